@@ -1,0 +1,38 @@
+"""Conflict-free replicated data types for room state: pure, no I/O, no clock reads.
+
+- `HybridLogicalClock` and `Stamp`: totally ordered stamps; time is passed in.
+- `LWWRegister`: one value, last writer wins (userData).
+- `LWWMap`: a JSON object with `replace` (an epoch) and `shallow_merge`/`delete` (per-key stamps,
+  tombstones) (meeting session data).
+- `RoomState`: participants (a set with final removal) and session data, with `Changes` reports.
+- `encode`/`decode`: the versioned byte codec.
+"""
+
+from __future__ import annotations
+
+from crdt.codec import VERSION, decode, encode, from_obj, to_obj
+from crdt.errors import ClockDriftError, CodecError, CrdtError
+from crdt.hlc import DEFAULT_MAX_DRIFT_MS, ZERO, HybridLogicalClock, Stamp
+from crdt.lww import Entry, LWWMap, LWWRegister
+from crdt.room import Changes, Participant, RoomState
+
+__all__ = [
+    "DEFAULT_MAX_DRIFT_MS",
+    "VERSION",
+    "ZERO",
+    "Changes",
+    "ClockDriftError",
+    "CodecError",
+    "CrdtError",
+    "Entry",
+    "HybridLogicalClock",
+    "LWWMap",
+    "LWWRegister",
+    "Participant",
+    "RoomState",
+    "Stamp",
+    "decode",
+    "encode",
+    "from_obj",
+    "to_obj",
+]

@@ -1,0 +1,171 @@
+"""The replicated state of one room: its participants and its meeting session data.
+
+- Participants form a set keyed by session id. A participant has three LWW registers: `info`
+  (user id, user name, join time, owner: written once, at join), `location` (the node and node
+  incarnation holding its connection: rewritten when it resumes on another node) and `user_data`.
+  A participant is present once its `info` is known. Removal is final: a removed session id is
+  remembered and anything later said about it is ignored, so it never comes back.
+- Session data is one `LWWMap`.
+
+Writes are methods that apply the write to this replica and return the delta to publish (a small
+`RoomState` that other replicas merge). `merge` reports what became visible through `Changes`, so
+the node knows which events to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from crdt.hlc import Stamp
+from crdt.lww import Json, LWWMap, LWWRegister
+
+__all__ = ["Changes", "Participant", "RoomState"]
+
+
+def _merge_register(
+    mine: LWWRegister | None, theirs: LWWRegister | None
+) -> tuple[LWWRegister | None, bool]:
+    """The merge of two optional registers (a delta may carry only some of them), and whether
+    it differs from `mine`."""
+    if theirs is None:
+        return mine, False
+    if mine is None:
+        return theirs.copy(), True
+    return mine, mine.merge(theirs)
+
+
+@dataclass
+class Participant:
+    """One participant's registers; any may still be unknown at a replica (None)."""
+
+    info: LWWRegister | None = None  # {"user_id", "user_name", "joined_at", "owner"}
+    location: LWWRegister | None = None  # {"node", "incarnation"}
+    user_data: LWWRegister | None = None  # the participant's userData (any JSON value)
+
+    @property
+    def present(self) -> bool:
+        return self.info is not None
+
+    def copy(self) -> Participant:
+        return Participant(
+            *(None if r is None else r.copy() for r in (self.info, self.location, self.user_data))
+        )
+
+
+@dataclass
+class Changes:
+    """What a merge changed, as the participants would see it."""
+
+    joined: list[str] = field(default_factory=list)  # became present
+    updated: list[str] = field(default_factory=list)  # userData changed (and not just joined)
+    left: list[str] = field(default_factory=list)  # were present, now removed
+    session_data: bool = False  # the session data's state changed
+
+    def __bool__(self) -> bool:
+        return bool(self.joined or self.updated or self.left or self.session_data)
+
+
+@dataclass
+class RoomState:
+    """One replica of a room."""
+
+    participants: dict[str, Participant] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)  # session ids removed for good
+    session_data: LWWMap = field(default_factory=LWWMap)
+
+    # -- reads --
+
+    def present(self) -> dict[str, Participant]:
+        """The participants whose join is known, by session id."""
+        return {sid: p for sid, p in self.participants.items() if p.present}
+
+    def located_at(self, node: str, incarnation: str) -> list[str]:
+        """Session ids whose connection is held by this node incarnation."""
+        return [
+            sid
+            for sid, p in self.participants.items()
+            if p.location is not None
+            and p.location.value == {"node": node, "incarnation": incarnation}
+        ]
+
+    # -- writes: each applies to this replica and returns the delta to publish --
+
+    def join(
+        self,
+        session_id: str,
+        info: dict[str, Json],
+        location: dict[str, Json],
+        user_data: Json,
+        stamp: Stamp,
+    ) -> RoomState:
+        return self._apply(
+            RoomState(
+                participants={
+                    session_id: Participant(
+                        LWWRegister(info, stamp),
+                        LWWRegister(location, stamp),
+                        LWWRegister(user_data, stamp),
+                    )
+                }
+            )
+        )
+
+    def set_user_data(self, session_id: str, data: Json, stamp: Stamp) -> RoomState:
+        delta = Participant(user_data=LWWRegister(data, stamp))
+        return self._apply(RoomState(participants={session_id: delta}))
+
+    def move(self, session_id: str, location: dict[str, Json], stamp: Stamp) -> RoomState:
+        delta = Participant(location=LWWRegister(location, stamp))
+        return self._apply(RoomState(participants={session_id: delta}))
+
+    def remove(self, session_ids: Iterable[str]) -> RoomState:
+        return self._apply(RoomState(removed=set(session_ids)))
+
+    def replace_session_data(self, data: dict[str, Json], stamp: Stamp) -> RoomState:
+        return RoomState(session_data=self.session_data.replace(data, stamp))
+
+    def merge_session_data(
+        self, data: dict[str, Json], stamp: Stamp, keys_to_delete: tuple[str, ...] = ()
+    ) -> RoomState:
+        return RoomState(session_data=self.session_data.shallow_merge(data, stamp, keys_to_delete))
+
+    def _apply(self, delta: RoomState) -> RoomState:
+        self.merge(delta)
+        return delta
+
+    # -- merge --
+
+    def merge(self, other: RoomState) -> Changes:
+        changes = Changes()
+        for sid in other.removed - self.removed:
+            self.removed.add(sid)
+            gone = self.participants.pop(sid, None)
+            if gone is not None and gone.present:
+                changes.left.append(sid)
+        for sid, theirs in other.participants.items():
+            if sid in self.removed:
+                continue
+            mine = self.participants.get(sid)
+            if mine is None:
+                self.participants[sid] = theirs.copy()
+                if theirs.present:
+                    changes.joined.append(sid)
+                continue
+            was_present = mine.present
+            mine.info, _ = _merge_register(mine.info, theirs.info)
+            mine.location, _ = _merge_register(mine.location, theirs.location)
+            mine.user_data, data_changed = _merge_register(mine.user_data, theirs.user_data)
+            if mine.present and not was_present:
+                changes.joined.append(sid)
+            elif mine.present and data_changed:
+                changes.updated.append(sid)
+        changes.session_data = self.session_data.merge(other.session_data)
+        return changes
+
+    def copy(self) -> RoomState:
+        return RoomState(
+            {sid: p.copy() for sid, p in self.participants.items()},
+            set(self.removed),
+            self.session_data.copy(),
+        )

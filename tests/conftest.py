@@ -1,0 +1,31 @@
+"""Shared test configuration: Hypothesis profiles.
+
+Choose one with HYPOTHESIS_PROFILE (default ``dev``):
+
+- ``dev``: 100 examples per property, for quick local runs;
+- ``ci``: 500 examples per property (what `.ci/run` uses);
+- ``nightly``: 10,000 examples per property.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=500,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "nightly",
+    max_examples=10_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

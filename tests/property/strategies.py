@@ -1,0 +1,108 @@
+"""Hypothesis strategies for the CRDT types.
+
+States are built the way real ones are: by applying random writes to an empty state. Stamps come
+from a small space so that writes often collide on wall time, counter or key, which is where the
+merge rules matter. `unique_stamps` gives writes the distinct stamps a real clock would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from crdt import LWWMap, LWWRegister, RoomState, Stamp
+
+NODES = ("a", "b", "c")
+KEYS = ("k1", "k2", "k3", "k4", "k5")
+SESSIONS = ("s1", "s2", "s3", "s4")
+
+stamps = st.builds(Stamp, st.integers(0, 12), st.integers(0, 2), st.sampled_from(NODES))
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(max_size=3)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=6,
+)
+objects = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4)
+
+registers = st.builds(LWWRegister, json_values, stamps)
+
+
+@st.composite
+def map_ops(draw: st.DrawFn, stamp: st.SearchStrategy[Stamp] = stamps) -> tuple[Any, ...]:
+    kind = draw(st.sampled_from(["replace", "merge", "delete"]))
+    if kind == "replace":
+        return ("replace", draw(objects), draw(stamp))
+    if kind == "merge":
+        deletes = draw(st.lists(st.sampled_from(KEYS), max_size=2, unique=True))
+        return ("merge", draw(objects), tuple(deletes), draw(stamp))
+    return ("delete", tuple(draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))), draw(stamp))
+
+
+def apply_map_op(state: LWWMap, op: tuple[Any, ...]) -> LWWMap:
+    """Apply one op to `state`; return its delta."""
+    if op[0] == "replace":
+        return state.replace(op[1], op[2])
+    if op[0] == "merge":
+        return state.shallow_merge(op[1], op[3], op[2])
+    return state.delete(op[1], op[2])
+
+
+@st.composite
+def maps(draw: st.DrawFn) -> LWWMap:
+    state = LWWMap()
+    for op in draw(st.lists(map_ops(), max_size=6)):
+        apply_map_op(state, op)
+    return state
+
+
+@st.composite
+def room_ops(draw: st.DrawFn) -> tuple[Any, ...]:
+    kind = draw(st.sampled_from(["join", "user-data", "move", "remove", "session"]))
+    sid = draw(st.sampled_from(SESSIONS))
+    if kind == "join":
+        info = {"user_name": draw(st.text(max_size=3)), "owner": draw(st.booleans())}
+        location = {"node": draw(st.sampled_from(NODES)), "incarnation": "1"}
+        return ("join", sid, info, location, draw(json_values), draw(stamps))
+    if kind == "user-data":
+        return ("user-data", sid, draw(json_values), draw(stamps))
+    if kind == "move":
+        return ("move", sid, {"node": draw(st.sampled_from(NODES)), "incarnation": "2"}, draw(stamps))
+    if kind == "remove":
+        return ("remove", sid)
+    return ("session", draw(map_ops()))
+
+
+def apply_room_op(state: RoomState, op: tuple[Any, ...]) -> RoomState:
+    """Apply one op to `state`; return its delta."""
+    kind = op[0]
+    if kind == "join":
+        return state.join(*op[1:])
+    if kind == "user-data":
+        return state.set_user_data(*op[1:])
+    if kind == "move":
+        return state.move(*op[1:])
+    if kind == "remove":
+        return state.remove([op[1]])
+    session = op[1]
+    if session[0] == "replace":
+        return state.replace_session_data(session[1], session[2])
+    if session[0] == "merge":
+        return state.merge_session_data(session[1], session[3], session[2])
+    return state.merge_session_data({}, session[2], session[1])
+
+
+@st.composite
+def rooms(draw: st.DrawFn) -> RoomState:
+    state = RoomState()
+    for op in draw(st.lists(room_ops(), max_size=8)):
+        apply_room_op(state, op)
+    return state
