@@ -1,8 +1,8 @@
 """Exceptions raised by `crdt`.
 
-    CrdtError                 the root: a value or encoding the data types cannot accept
-    ├── ClockDriftError       a remote stamp is further ahead of the local clock than allowed
-    └── CodecError            bytes that are not a state of a known codec version
+CrdtError                 the root: a value or encoding the data types cannot accept
+├── ClockDriftError       a remote stamp is further ahead of the local clock than allowed
+└── CodecError            bytes that are not a state of a known codec version
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 objects = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4)
@@ -44,7 +46,11 @@ def map_ops(draw: st.DrawFn, stamp: st.SearchStrategy[Stamp] = stamps) -> tuple[
     if kind == "merge":
         deletes = draw(st.lists(st.sampled_from(KEYS), max_size=2, unique=True))
         return ("merge", draw(objects), tuple(deletes), draw(stamp))
-    return ("delete", tuple(draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))), draw(stamp))
+    return (
+        "delete",
+        tuple(draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))),
+        draw(stamp),
+    )
 
 
 def apply_map_op(state: LWWMap, op: tuple[Any, ...]) -> LWWMap:
@@ -75,7 +81,12 @@ def room_ops(draw: st.DrawFn) -> tuple[Any, ...]:
     if kind == "user-data":
         return ("user-data", sid, draw(json_values), draw(stamps))
     if kind == "move":
-        return ("move", sid, {"node": draw(st.sampled_from(NODES)), "incarnation": "2"}, draw(stamps))
+        return (
+            "move",
+            sid,
+            {"node": draw(st.sampled_from(NODES)), "incarnation": "2"},
+            draw(stamps),
+        )
     if kind == "remove":
         return ("remove", sid)
     return ("session", draw(map_ops()))

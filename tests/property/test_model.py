@@ -43,11 +43,13 @@ def map_model(ops: list[tuple[Any, ...]]) -> dict[str, Any]:
 def map_histories(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     """Map ops with distinct stamps."""
     ops = draw(st.lists(map_ops(), max_size=10))
-    return [op[:-1] + (stamp,) for op, stamp in zip(ops, draw(unique_stamps(len(ops))), strict=True)]
+    return [(*op[:-1], stamp) for op, stamp in zip(ops, draw(unique_stamps(len(ops))), strict=True)]
 
 
 @given(ops=map_histories(), order=st.randoms(use_true_random=False))
-def test_map_value_equals_the_model_in_any_delivery_order(ops: list[tuple[Any, ...]], order: Any) -> None:
+def test_map_value_equals_the_model_in_any_delivery_order(
+    ops: list[tuple[Any, ...]], order: Any
+) -> None:
     deltas = [apply_map_op(LWWMap(), op) for op in ops]
     order.shuffle(deltas)
     replica = LWWMap()
@@ -69,7 +71,9 @@ def test_room_value_equals_the_model_in_any_delivery_order(
     stamps = data.draw(unique_stamps(len(writes) + 4))
     join_stamp = min(stamps)  # every join precedes the writes, as the writer saw it first
     deltas = [
-        RoomState().join(sid, {"user_name": sid}, {"node": "a", "incarnation": "1"}, None, join_stamp)
+        RoomState().join(
+            sid, {"user_name": sid}, {"node": "a", "incarnation": "1"}, None, join_stamp
+        )
         for sid in ("s1", "s2", "s3")
     ]
     deltas += [

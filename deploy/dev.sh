@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Set up roomstate in a local virtualenv (.venv) and run it.
+#
+#   ./deploy/dev.sh serve [ARGS...]   set up, then start a node (embedded in-memory bus, demo page)
+#   ./deploy/dev.sh test  [PYTEST ARGS...]
+#                                     set up, then run every check: ruff, mypy, the whole test suite
+#   ./deploy/dev.sh setup             only set up
+#
+# Needs Python 3.11+. As root on Debian/Ubuntu it installs the system packages it is missing
+# (python3-venv; for the tests: redis-server, haproxy, chromium) with apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+apt_install() {
+    # apt_install PACKAGE... : install the Debian packages that are missing, as root.
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "missing system packages: ${missing[*]} (install them, or run this as root on Debian/Ubuntu)" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]} with apt-get" >&2
+    if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]; then
+        apt-get update -qq
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup() {
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        echo "roomstate needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version)" >&2
+        exit 1
+    }
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+        "$PYTHON" -m venv "$VENV"
+    fi
+    # Reinstall only when pyproject.toml changed since the last install.
+    if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+        echo "installing roomstate and its dependencies into $VENV" >&2
+        local log="$VENV/install.log"
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+               "$VENV/bin/python" -m pip install -e '.[dev,redis]'; } >"$log" 2>&1; then
+            tail -n 30 "$log" >&2
+            echo "pip install failed; the whole log is $log" >&2
+            exit 1
+        fi
+        touch "$VENV/.installed"
+    fi
+}
+
+run_tests() {
+    export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    local status=0
+    "$VENV/bin/python" -m pytest "$@" || status=$?
+    if [ "$status" -eq 5 ]; then
+        echo "pytest ran no test: that is a failure" >&2
+        exit 1
+    fi
+    exit "$status"
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+    setup) setup ;;
+    serve) setup; exec "$VENV/bin/roomstate" demo "$@" ;;
+    test) setup; run_tests "$@" ;;
+    *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

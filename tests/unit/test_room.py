@@ -1,0 +1,85 @@
+"""RoomState: the change reports a node turns into events, and the write rules."""
+
+from __future__ import annotations
+
+from crdt import LWWMap, RoomState, Stamp
+
+LOC = {"node": "n1", "incarnation": "i1"}
+
+
+def stamp(wall: int, node: str = "n1") -> Stamp:
+    return Stamp(wall, 0, node)
+
+
+def test_merge_reports_joins_updates_leaves_and_session_changes() -> None:
+    source, replica = RoomState(), RoomState()
+    changes = replica.merge(source.join("s1", {"user_name": "a"}, LOC, None, stamp(1)))
+    assert (changes.joined, changes.updated, changes.left) == (["s1"], [], [])
+    changes = replica.merge(source.set_user_data("s1", {"hand": True}, stamp(2)))
+    assert changes.updated == ["s1"] and not changes.joined
+    assert not replica.merge(source.set_user_data("s1", {"hand": False}, stamp(1, "n0")))
+    changes = replica.merge(source.replace_session_data({"a": 1}, stamp(3)))
+    assert changes.session_data and not changes.updated
+    changes = replica.merge(source.remove(["s1"]))
+    assert changes.left == ["s1"]
+    assert not replica.merge(source.remove(["s1"])), "a duplicate removal is no news"
+
+
+def test_user_data_arriving_before_its_join_shows_on_join() -> None:
+    source, replica = RoomState(), RoomState()
+    join = source.join("s1", {"user_name": "a"}, LOC, None, stamp(1))
+    update = source.set_user_data("s1", "late", stamp(2))
+    assert not replica.merge(update), "not present yet: nothing to show"
+    assert replica.merge(join).joined == ["s1"]
+    user_data = replica.present()["s1"].user_data
+    assert user_data is not None and user_data.value == "late"
+
+
+def test_a_removed_session_never_comes_back() -> None:
+    room = RoomState()
+    join = room.join("s1", {"user_name": "a"}, LOC, 1, stamp(1))
+    room.remove(["s1"])
+    assert not room.merge(join)
+    assert not room.merge(RoomState().set_user_data("s1", 2, stamp(9)))
+    assert room.present() == {}
+
+
+def test_located_at_names_only_that_node_incarnation() -> None:
+    room = RoomState()
+    room.join("s1", {}, LOC, None, stamp(1))
+    room.join("s2", {}, {"node": "n1", "incarnation": "i0"}, None, stamp(1))
+    room.join("s3", {}, LOC, None, stamp(1))
+    room.move("s3", {"node": "n2", "incarnation": "i7"}, stamp(2))
+    assert room.located_at("n1", "i1") == ["s1"]
+
+
+def test_replace_hides_concurrent_older_merges_but_not_newer_ones() -> None:
+    """The worked example of docs/crdt.md."""
+    a, b = LWWMap(), LWWMap()
+    older = a.shallow_merge({"x": 1}, stamp(10, "a"))
+    replace = b.replace({"y": 2}, stamp(11, "b"))
+    newer = a.shallow_merge({"z": 3}, stamp(12, "a"))
+    for delta in (older, newer):
+        b.merge(delta)
+    a.merge(replace)
+    assert a == b
+    assert a.value() == {"y": 2, "z": 3}
+    assert set(a.entries) == {"y", "z"}, "keys older than the epoch are collected"
+
+
+def test_delete_beats_an_older_write_that_arrives_later() -> None:
+    m = LWWMap()
+    write = LWWMap().shallow_merge({"x": 1}, stamp(5))
+    m.delete(("x",), stamp(6))
+    m.merge(write)
+    assert m.value() == {}
+    assert m.entries["x"].deleted, "the tombstone stays while no replace covers it"
+
+
+def test_equal_stamps_resolve_the_same_way_everywhere() -> None:
+    a = LWWMap().shallow_merge({"k": "A"}, stamp(1))
+    b = LWWMap().shallow_merge({"k": "B"}, stamp(1))
+    left, right = a.copy(), b.copy()
+    left.merge(b)
+    right.merge(a)
+    assert left == right and left.value() == {"k": "B"}
