@@ -1,16 +1,115 @@
-"""The `roomstate` command."""
+"""The `roomstate` command: run a node, make a meeting token, or show the CRDT demo."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from node.settings import Settings
+
+SERVE_HELP = """\
+Every option can also be set with an environment variable (the option wins):
+  ROOMSTATE_HOST, ROOMSTATE_PORT, ROOMSTATE_API_KEY, ROOMSTATE_REDIS, ROOMSTATE_REDIS_CLUSTER,
+  ROOMSTATE_NODE_ID, ROOMSTATE_ALLOWED_ORIGINS (comma-separated),
+  limits: ROOMSTATE_APP_MESSAGE_BYTES (4096), ROOMSTATE_USER_DATA_BYTES (4096),
+  ROOMSTATE_SESSION_DATA_BYTES (102400), ROOMSTATE_FRAME_BYTES (131072), ROOMSTATE_MAX_DEPTH (32),
+  ROOMSTATE_SEND_QUEUE_BYTES (1048576), ROOMSTATE_RATE_PER_S (100), ROOMSTATE_RATE_BURST (200),
+  timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
+  ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_HEARTBEAT_S (20), ROOMSTATE_MAX_DRIFT_MS (500).
+Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
+"""
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="roomstate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run an edge node",
+        epilog=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="address to listen on (ROOMSTATE_HOST; 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="TCP port, 0 for any free one (ROOMSTATE_PORT; 8080)"
+    )
+    serve.add_argument("--api-key", help="REST key and token signing key (ROOMSTATE_API_KEY)")
+    serve.add_argument(
+        "--redis", help="redis://HOST:PORT/DB of a standalone Redis (ROOMSTATE_REDIS)"
+    )
+    serve.add_argument(
+        "--redis-cluster", help="HOST:PORT[,HOST:PORT...] Cluster seeds (ROOMSTATE_REDIS_CLUSTER)"
+    )
+    serve.add_argument("--node-id", help="this node's id (ROOMSTATE_NODE_ID; random)")
+    serve.add_argument("--log-level", default=os.environ.get("ROOMSTATE_LOG_LEVEL", "INFO"))
+
+    token = commands.add_parser("token", help="print a meeting token (JWT) for a room")
+    token.add_argument("--room", required=True)
+    token.add_argument("--user-name")
+    token.add_argument("--user-id")
+    token.add_argument("--owner", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
+    token.add_argument("--api-key", help="signing key (ROOMSTATE_API_KEY)")
+
     commands.add_parser("demo", help="show two CRDT replicas of a room converging")
     args = parser.parse_args(argv)
-    if args.command == "demo":
+
+    if args.command == "serve":
+        _serve(args)
+    elif args.command == "token":
+        from node.auth import make_token
+
+        key = args.api_key or os.environ.get("ROOMSTATE_API_KEY")
+        if not key:
+            parser.error("token needs --api-key or ROOMSTATE_API_KEY")
+        exp = int(time.time()) + args.ttl
+        print(
+            make_token(
+                key,
+                args.room,
+                user_name=args.user_name,
+                user_id=args.user_id,
+                owner=args.owner,
+                exp=exp,
+            )
+        )
+    else:
         from node.demo import main as demo
 
         demo()
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from node.server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env(
+            os.environ,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            redis=args.redis,
+            redis_cluster=args.redis_cluster,
+            node_id=args.node_id,
+        )
+    except ValueError as exc:
+        sys.exit(f"roomstate: {exc}")
+
+    def started(url: str) -> None:
+        print(f"roomstate node listening on {url}", flush=True)
+        print(f"demo room: {url}/rooms/demo", flush=True)
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings, started))
+    else:
+        uvloop.run(serve(settings, started))

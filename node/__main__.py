@@ -1,0 +1,5 @@
+"""`python -m node` is the `roomstate` command."""
+
+from node.cli import main
+
+main()

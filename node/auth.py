@@ -1,0 +1,76 @@
+"""Meeting tokens (JWT, HS256, signed with the API key) and the REST API key check.
+
+Claims follow Daily's short names: ``r`` room, ``u`` user name, ``ud`` user id, ``o`` owner,
+``exp`` and ``nbf``. PyJWT verifies the signature, the algorithm (HS256 only: ``alg: none`` and
+every other algorithm are refused) and the time claims.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from node.errors import RequestError
+
+__all__ = ["TokenClaims", "check_api_key", "make_token", "verify_token"]
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    room: str
+    user_name: str | None
+    user_id: str | None
+    owner: bool
+
+
+def make_token(
+    api_key: str,
+    room: str,
+    *,
+    user_name: str | None = None,
+    user_id: str | None = None,
+    owner: bool = False,
+    exp: int | None = None,
+    nbf: int | None = None,
+) -> str:
+    """A meeting token for `room`; `exp` and `nbf` are Unix times in seconds."""
+    claims: dict[str, Any] = {"r": room, "o": owner}
+    optional = {"u": user_name, "ud": user_id, "exp": exp, "nbf": nbf}
+    claims.update({name: value for name, value in optional.items() if value is not None})
+    return jwt.encode(claims, api_key, algorithm=ALGORITHM)
+
+
+def verify_token(api_key: str, token: str, room: str) -> TokenClaims:
+    """The claims of a valid token for `room`, or `RequestError` (unauthorized / forbidden)."""
+    try:
+        claims = jwt.decode(
+            token, api_key, algorithms=[ALGORITHM], options={"require": ["r"]}, leeway=0
+        )
+    except jwt.ExpiredSignatureError:
+        raise RequestError("unauthorized", "the meeting token has expired (exp)") from None
+    except jwt.ImmatureSignatureError:
+        raise RequestError("unauthorized", "the meeting token is not valid yet (nbf)") from None
+    except jwt.InvalidTokenError as exc:
+        raise RequestError("unauthorized", f"invalid meeting token: {exc}") from None
+    if claims["r"] != room:
+        raise RequestError("forbidden", f"the meeting token is for another room, not {room!r}")
+    user_name, user_id = claims.get("u"), claims.get("ud")
+    return TokenClaims(
+        room=room,
+        user_name=user_name if isinstance(user_name, str) else None,
+        user_id=user_id if isinstance(user_id, str) else None,
+        owner=claims.get("o") is True,
+    )
+
+
+def check_api_key(expected: str, authorization: str | None) -> bool:
+    """Whether an ``Authorization: Bearer <key>`` header carries `expected` (constant time)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    )

@@ -1,0 +1,132 @@
+"""The bus: how nodes share room events. One interface, two implementations.
+
+- `MemoryBus` (here): one process, no Redis: the embedded default of `roomstate serve`.
+- `RedisBus` (node/redis_bus.py): Redis Streams, standalone or Cluster.
+
+A bus keeps, per room, an ordered log of events and the merged room state those events add up to.
+A node that starts serving a room takes a `snapshot` (the stored state and the log position it
+corresponds to, read together), then subscribes *after* that position: no gap, and an event that
+is seen twice does no harm because CRDT merge is idempotent.
+
+The stored state of a room with no participants left is dropped after `room_grace_s`.
+Handlers are called on the event loop, in log order per room.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from crdt import RoomState
+from node.events import BusEvent, decode_event, encode_event
+
+__all__ = ["Bus", "EventHandler", "MemoryBus", "Snapshot"]
+
+EventHandler = Callable[[str, str, BusEvent], None]
+"""Called with (room, position, event) for each event of a subscribed room."""
+
+
+@dataclass
+class Snapshot:
+    state: RoomState  # the stored state of the room (empty if the room is new)
+    position: str  # the log position the state includes everything up to
+
+
+class Bus(abc.ABC):
+    """Publish room events, subscribe to rooms, snapshot a room for a late joiner."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, room: str, event: BusEvent) -> str:
+        """Store `event` in the room's log (merging its delta into the stored state); return
+        its position. Raises `BusError` if it could not be stored."""
+
+    @abc.abstractmethod
+    async def snapshot(self, room: str) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
+        """Deliver the room's events after position `after` to `handler`."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, room: str, handler: EventHandler) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether the bus can take writes now."""
+
+
+class MemoryBus(Bus):
+    """The in-process bus: a log position counter, a stored state per room, direct delivery.
+
+    Events go through the codec on publish, as they would through Redis, and every subscriber
+    gets the same decoded event (merge never mutates its argument).
+    """
+
+    def __init__(self, room_grace_s: float = 30.0) -> None:
+        self.room_grace_s = room_grace_s  # how long an empty room's state is kept
+        self._states: dict[str, RoomState] = {}
+        self._positions: dict[str, int] = {}
+        self._subscribers: dict[str, list[tuple[int, EventHandler]]] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        self._subscribers.clear()
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def publish(self, room: str, event: BusEvent) -> str:
+        event = decode_event(encode_event(event))
+        position = self._positions.get(room, 0) + 1
+        self._positions[room] = position
+        state = self._states.setdefault(room, RoomState())
+        if event.delta is not None:
+            state.merge(event.delta)
+            self._schedule_expiry(room, state)
+        for after, handler in list(self._subscribers.get(room, ())):
+            if position > after:
+                handler(room, str(position), event)
+        return str(position)
+
+    async def snapshot(self, room: str) -> Snapshot:
+        state = self._states.get(room)
+        position = self._positions.get(room, 0)
+        return Snapshot(state.copy() if state is not None else RoomState(), str(position))
+
+    def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
+        self._subscribers.setdefault(room, []).append((int(after), handler))
+
+    def unsubscribe(self, room: str, handler: EventHandler) -> None:
+        remaining = [(a, h) for a, h in self._subscribers.get(room, ()) if h != handler]
+        if remaining:
+            self._subscribers[room] = remaining
+        else:
+            self._subscribers.pop(room, None)
+
+    def _schedule_expiry(self, room: str, state: RoomState) -> None:
+        handle = self._expiry.pop(room, None)
+        if handle is not None:
+            handle.cancel()
+        if not any(p.present for p in state.participants.values()):
+            loop = asyncio.get_running_loop()
+            self._expiry[room] = loop.call_later(self.room_grace_s, self._expire, room)
+
+    def _expire(self, room: str) -> None:
+        self._expiry.pop(room, None)
+        self._states.pop(room, None)  # positions stay: they only ever grow

@@ -1,0 +1,125 @@
+"""One client's WebSocket connection: a send queue drained by its own task, and a rate limit.
+
+Fan-out never waits for a slow client: `send` only appends to the queue. A client whose queue
+passes `send_queue_bytes` is disconnected (close code 1008), so one slow reader cannot make the
+node hold unbounded memory or delay the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from aiohttp import WSMsgType, web
+
+from node.metrics import Metrics
+
+__all__ = ["Connection", "TokenBucket", "frame_type"]
+
+log = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, persistent flooding)
+
+
+def frame_type(frame: bytes) -> str:
+    """The ``type`` of a frame made by `node.protocol.encode` (it is always the first field)."""
+    end = frame.find(b'"', 9)
+    return frame[9:end].decode() if frame.startswith(b'{"type":"') and end > 0 else "?"
+
+
+class TokenBucket:
+    """`rate` requests per second on average, `burst` at once. Time is passed in (seconds)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)  # requests allowed right now
+        self.stamp = now  # when `tokens` was last brought up to date
+        self.refused = 0  # requests refused since the bucket was last full
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= self.burst:
+            self.refused = 0
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.refused += 1
+        return False
+
+
+class Connection:
+    """A joined or joining client. `session_id` and `room` are set once it has joined."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        metrics: Metrics,
+        send_queue_bytes: int,
+        bucket: TokenBucket,
+    ) -> None:
+        self.ws = ws
+        self.metrics = metrics
+        self.bucket = bucket
+        self.session_id: str | None = None  # set by a successful join
+        self.room: str | None = None  # the room it joined
+        self.send_queue_bytes = send_queue_bytes  # the most unsent bytes before it is cut off
+        self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes in _queue
+        self._ready = asyncio.Event()  # set when _queue has frames
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; never blocks. Cuts the client off if its queue is over the limit."""
+        if self._closing:
+            return
+        self._queue.append(frame)
+        self._queued += len(frame)
+        self.metrics.frames_out.labels(frame_type(frame)).inc()
+        if self._queued > self.send_queue_bytes:
+            self.metrics.slow_consumers.inc()
+            log.warning("closing a slow consumer: %d bytes unsent", self._queued)
+            self.close_soon(CLOSE_POLICY, f"send queue over {self.send_queue_bytes} bytes")
+            return
+        self._ready.set()
+
+    def close_soon(self, code: int, message: str) -> None:
+        """Drop what is queued and close the socket (from synchronous code)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.clear()
+        self._queued = 0
+        self._writer.cancel()
+        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=message.encode()))
+
+    async def flush_and_close(self, code: int, message: str) -> None:
+        """Send what is queued, then close the socket."""
+        if not self._closing:
+            self._closing = True
+            while self._queue and not self.ws.closed:
+                await asyncio.sleep(0)
+            self._writer.cancel()
+        await self.ws.close(code=code, message=message.encode())
+
+    async def stop(self) -> None:
+        """Stop the writer task (the socket is already closed)."""
+        self._closing = True
+        self._writer.cancel()
+
+    async def _drain(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                frame = self._queue.popleft()
+                self._queued -= len(frame)
+                try:
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+                except (ConnectionError, RuntimeError):
+                    self._queue.clear()
+                    self._queued = 0
+                    return

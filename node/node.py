@@ -1,0 +1,287 @@
+"""The edge node: asyncio glue between connections, the room logic and the bus.
+
+The node owns the rooms that have local participants. For each it keeps a `Room` (the sans-I/O
+logic over this node's replica), subscribes to the room on the bus, and runs the room's timer.
+Every step of the room logic returns an `Output`; `_run` hands its frames to the connections'
+send queues (encoded once, the same bytes to every recipient) and publishes its events.
+
+A request is acknowledged only after its events are stored on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from crdt import HybridLogicalClock
+from node.auth import verify_token
+from node.bus import Bus
+from node.connection import Connection
+from node.errors import BusError, RequestError
+from node.events import AppMessage, BusEvent
+from node.metrics import Metrics
+from node.protocol import (
+    Join,
+    Leave,
+    Limits,
+    Ping,
+    Request,
+    SendAppMessage,
+    SetMeetingSessionData,
+    SetUserData,
+    encode,
+)
+from node.room import Output, Room, RoomConfig
+from node.settings import Settings
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        metrics: Metrics | None = None,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.metrics = metrics or Metrics()
+        self.now_ms = clock  # wall clock in ms; tests may inject another
+        self.node_id = settings.node_id or f"node-{uuid.uuid4().hex[:8]}"
+        self.incarnation = uuid.uuid4().hex[:12]  # new at every start
+        self.origin = f"{self.node_id}/{self.incarnation}"
+        self.hlc = HybridLogicalClock(self.node_id, settings.max_drift_ms)
+        self.limits = Limits(
+            app_message_bytes=settings.app_message_bytes,
+            user_data_bytes=settings.user_data_bytes,
+            session_data_bytes=settings.session_data_bytes,
+            max_depth=settings.max_depth,
+        )
+        self.room_config = RoomConfig(
+            limits=self.limits,
+            user_data_interval_ms=settings.user_data_interval_ms,
+            session_data_interval_ms=settings.session_data_interval_ms,
+        )
+        self.rooms: dict[str, Room] = {}
+        self.connections: dict[str, Connection] = {}  # by session id
+        self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
+        self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
+
+    # -- client requests --
+
+    async def handle(self, conn: Connection, request: Request, room_name: str) -> None:
+        """Carry out one parsed request; raise `RequestError` for the client to see."""
+        if isinstance(request, Ping):
+            conn.send(encode("pong", id=request.id))
+            return
+        if isinstance(request, Join):
+            await self._join(conn, request, room_name)
+            return
+        room = self.rooms.get(conn.room or "")
+        if conn.session_id is None or room is None:
+            raise RequestError("not-joined", "send 'join' first")
+        sid, now = conn.session_id, self.now_ms()
+        if isinstance(request, SendAppMessage):
+            out = room.send_app_message(sid, request.data, request.to, now)
+        elif isinstance(request, SetUserData):
+            out = room.set_user_data(sid, request.data, now)
+        elif isinstance(request, SetMeetingSessionData):
+            out = room.set_session_data(request, now)
+        else:
+            assert isinstance(request, Leave)
+            await self.disconnect(conn, "left")
+            conn.send(encode("ack", id=request.id))
+            await conn.flush_and_close(1000, "left")
+            return
+        await self._run(room, out)
+        conn.send(encode("ack", id=request.id))
+
+    async def _join(self, conn: Connection, request: Join, room_name: str) -> None:
+        if conn.session_id is not None:
+            raise RequestError("already-joined", f"this connection already joined {conn.room!r}")
+        info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
+        if not self.settings.development:
+            if request.token is None:
+                raise RequestError("unauthorized", "a meeting token is required to join")
+            claims = verify_token(self.settings.api_key or "", request.token, room_name)
+            info["owner"] = claims.owner
+            if claims.user_name is not None:
+                info["user_name"] = claims.user_name
+            if claims.user_id is not None:
+                info["user_id"] = claims.user_id
+        room = await self._open(room_name)
+        sid = str(uuid.uuid4())
+        info.setdefault("user_id", sid)
+        location = {"node": self.node_id, "incarnation": self.incarnation}
+        out = room.join(sid, info, location, request.user_data, self.now_ms())
+        conn.session_id, conn.room = sid, room_name
+        self.connections[sid] = conn
+        conn.send(room.joined_frame(request.id, sid))
+        await self._run(room, out)
+
+    async def disconnect(self, conn: Connection, reason: str) -> None:
+        """The connection's participant leaves its room (idempotent)."""
+        sid, room_name = conn.session_id, conn.room
+        if sid is None or room_name is None or self.connections.get(sid) is not conn:
+            return
+        del self.connections[sid]
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        out = room.leave(sid, reason, self.now_ms())
+        if not room.local:
+            self._close_room(room_name)
+        try:
+            await self._run(room, out)
+        except BusError as exc:
+            log.warning("could not publish the leave of %s: %s", sid, exc)
+
+    # -- server-side (REST) requests --
+
+    async def rest_send_app_message(
+        self, room_name: str, data: Any, to: str | tuple[str, ...]
+    ) -> None:
+        room = self.rooms.get(room_name)
+        if room is not None:
+            await self._run(room, room.send_app_message("API", data, to, self.now_ms()))
+        else:
+            event = BusEvent(self.origin, self.now_ms(), message=AppMessage(data, "API", to))
+            await self.bus.publish(room_name, event)
+
+    async def presence(self, room_name: str) -> list[dict[str, Any]]:
+        room = await self._view(room_name)
+        return list(room.participants().values())
+
+    async def session_data(self, room_name: str) -> dict[str, Any]:
+        return (await self._view(room_name)).session_data()
+
+    async def rest_set_session_data(
+        self, room_name: str, write: SetMeetingSessionData
+    ) -> dict[str, Any]:
+        room = await self._view(room_name)
+        await self._run(room, room.set_session_data(write, self.now_ms()))
+        return room.session_data()
+
+    async def _view(self, room_name: str) -> Room:
+        """The hosted room, or a throwaway replica of it from a bus snapshot."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            return room
+        snapshot = await self.bus.snapshot(room_name)
+        return Room(room_name, snapshot.state, self.hlc, self.origin, self.room_config)
+
+    # -- rooms --
+
+    async def _open(self, room_name: str) -> Room:
+        """The hosted room, snapshotting and subscribing to it first if needed."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            return room
+        pending = self._opening.get(room_name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Room] = asyncio.get_running_loop().create_future()
+        self._opening[room_name] = future
+        try:
+            snapshot = await self.bus.snapshot(room_name)
+            for stamp in snapshot.state.stamps():
+                self.hlc.observe(stamp)
+            room = Room(room_name, snapshot.state, self.hlc, self.origin, self.room_config)
+            self.rooms[room_name] = room
+            self.bus.subscribe(room_name, snapshot.position, self._on_event)
+            self.metrics.rooms.set(len(self.rooms))
+            future.set_result(room)
+            return room
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            raise
+        finally:
+            del self._opening[room_name]
+
+    def _close_room(self, room_name: str) -> None:
+        """Stop hosting a room that has no local participants left."""
+        self.rooms.pop(room_name, None)
+        self.bus.unsubscribe(room_name, self._on_event)
+        timer = self._timers.pop(room_name, None)
+        if timer is not None:
+            timer[1].cancel()
+        self.metrics.rooms.set(len(self.rooms))
+
+    def _on_event(self, room_name: str, position: str, event: BusEvent) -> None:
+        room = self.rooms.get(room_name)
+        if room is None or event.origin == self.origin:
+            return
+        now = self.now_ms()
+        self.metrics.delivery_latency.observe(max(0, now - event.sent_ms) / 1000)
+        if event.delta is not None:
+            ahead = max((s.wall_ms for s in event.delta.stamps()), default=0) - now
+            if ahead > self.settings.max_drift_ms:
+                self.metrics.clock_drift.inc()
+                log.warning("room %s: a delivered stamp is %d ms ahead", room_name, ahead)
+        self._deliver(room, room.receive(event, now))
+        for sid in event.delta.removed if event.delta is not None else ():
+            conn = self.connections.get(sid)
+            if conn is not None and conn.room == room_name:  # removed elsewhere: cut it off
+                del self.connections[sid]
+                conn.close_soon(4001, "removed from the room")
+
+    # -- running outputs --
+
+    async def _run(self, room: Room, out: Output) -> None:
+        """Deliver an output's frames, then publish its events (raising `BusError`)."""
+        self._deliver(room, out)
+        for event in out.publish:
+            await self.bus.publish(room.name, event)
+
+    def _deliver(self, room: Room, out: Output) -> None:
+        for recipients, frame in out.sends:
+            for sid in recipients:
+                conn = self.connections.get(sid)
+                if conn is not None:
+                    conn.send(frame)
+        self._schedule(room)
+
+    def _schedule(self, room: Room) -> None:
+        deadline = room.next_deadline()
+        current = self._timers.get(room.name)
+        if current is not None and current[0] == deadline:
+            return
+        if current is not None:
+            current[1].cancel()
+            del self._timers[room.name]
+        if deadline is None or room.name not in self.rooms:
+            return
+        delay = max(0.0, (deadline - self.now_ms()) / 1000)
+        handle = asyncio.get_running_loop().call_later(delay, self._on_timer, room.name)
+        self._timers[room.name] = (deadline, handle)
+
+    def _on_timer(self, room_name: str) -> None:
+        self._timers.pop(room_name, None)
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._deliver(room, room.poll(self.now_ms()))
+
+    # -- lifecycle --
+
+    async def shutdown(self) -> None:
+        """Graceful stop: every local participant leaves, every client gets close code 1012."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            await self.disconnect(conn, "node-shutdown")
+        await asyncio.gather(
+            *(conn.flush_and_close(1012, "node shutting down") for conn in conns),
+            return_exceptions=True,
+        )

@@ -1,0 +1,268 @@
+"""Wire protocol version 1: client frames in, server frames out. Sans-I/O.
+
+`parse` turns one text frame into a typed request (frozen dataclasses) or raises `RequestError`
+naming the rule it broke. The ``encode_*`` functions build server frames as bytes, ready to be sent
+as WebSocket text frames; a frame for many recipients is encoded once and the same bytes are sent
+to each. docs/protocol.md documents every frame with an example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from node.errors import RequestError
+
+__all__ = [
+    "Join",
+    "Leave",
+    "Limits",
+    "Ping",
+    "Request",
+    "SendAppMessage",
+    "SetMeetingSessionData",
+    "SetUserData",
+    "compact_size",
+    "encode",
+    "encode_error",
+    "parse",
+]
+
+MERGE_STRATEGIES: Final = ("replace", "shallow-merge")
+MAX_ID_LENGTH: Final = 64
+MAX_NAME_LENGTH: Final = 256
+
+Json = Any
+RequestId = str | int | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The sizes a request is checked against (bytes of compact JSON, nesting levels)."""
+
+    app_message_bytes: int = 4096
+    user_data_bytes: int = 4096
+    session_data_bytes: int = 102_400
+    max_depth: int = 32
+
+
+@dataclass(frozen=True)
+class Join:
+    id: RequestId
+    token: str | None
+    user_name: str | None
+    user_data: Json
+    resume: str | None
+
+
+@dataclass(frozen=True)
+class SendAppMessage:
+    id: RequestId
+    data: Json
+    to: str | tuple[str, ...]  # "*" or the recipients' session ids
+
+
+@dataclass(frozen=True)
+class SetUserData:
+    id: RequestId
+    data: Json
+
+
+@dataclass(frozen=True)
+class SetMeetingSessionData:
+    id: RequestId
+    data: dict[str, Json]
+    merge_strategy: str  # "replace" or "shallow-merge"
+    keys_to_delete: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Leave:
+    id: RequestId
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: RequestId
+
+
+Request = Join | SendAppMessage | SetUserData | SetMeetingSessionData | Leave | Ping
+
+
+def compact_size(value: Json) -> int:
+    """Bytes of `value` as compact JSON: the measure of every size limit."""
+    return len(orjson.dumps(value))
+
+
+def depth(value: Json) -> int:
+    """Nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item)
+        else:
+            deepest = max(deepest, level)
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
+
+
+def parse(frame: bytes | str, limits: Limits) -> Request:
+    """Parse and validate one client frame."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc) or "recursion" in str(exc):
+            raise RequestError(
+                "bad-request", f"JSON nesting is deeper than {limits.max_depth} levels"
+            ) from None
+        raise RequestError("bad-json", f"the frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise RequestError("bad-json", "a frame must be a JSON object")
+    request_id = message.get("id")
+    try:
+        return _parse_object(message, limits)
+    except RequestError as exc:
+        exc.request_id = request_id if isinstance(request_id, str | int) else None
+        raise
+
+
+def _parse_object(message: dict[str, Json], limits: Limits) -> Request:
+    request_id = message.get("id")
+    if request_id is not None and not _is_id(request_id):
+        raise RequestError(
+            "bad-request", f"'id' must be a string of 1-{MAX_ID_LENGTH} characters or an integer"
+        )
+    if depth(message) > limits.max_depth:
+        raise RequestError("bad-request", f"JSON nesting is deeper than {limits.max_depth} levels")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise RequestError("bad-request", "a frame needs a string 'type'")
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        known = ", ".join(sorted(_PARSERS))
+        raise RequestError("unknown-type", f"unknown type {kind[:40]!r}; the types are {known}")
+    return parser(message, request_id, limits)
+
+
+def _is_id(value: Json) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH)
+
+
+def _optional_str(message: dict[str, Json], field: str, max_length: int) -> str | None:
+    value = message.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length:
+        raise RequestError(
+            "bad-request", f"{field!r} must be a string of at most {max_length} characters"
+        )
+    return value
+
+
+def _check_size(what: str, value: Json, limit: int) -> None:
+    size = compact_size(value)
+    if size > limit:
+        raise RequestError("too-large", f"{what} is {size} bytes; the limit is {limit}")
+
+
+def _parse_join(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Join:
+    user_data = message.get("userData")
+    _check_size("userData", user_data, limits.user_data_bytes)
+    return Join(
+        request_id,
+        token=_optional_str(message, "token", 8192),
+        user_name=_optional_str(message, "userName", MAX_NAME_LENGTH),
+        user_data=user_data,
+        resume=_optional_str(message, "resume", 1024),
+    )
+
+
+def _parse_send_app_message(
+    message: dict[str, Json], request_id: RequestId, limits: Limits
+) -> SendAppMessage:
+    if "data" not in message:
+        raise RequestError("bad-request", "send-app-message needs 'data'")
+    data = message["data"]
+    _check_size("app message data", data, limits.app_message_bytes)
+    to = message.get("to", "*")
+    if isinstance(to, list) and all(isinstance(sid, str) for sid in to):
+        return SendAppMessage(request_id, data, tuple(to))
+    if not isinstance(to, str) or not to:
+        raise RequestError(
+            "bad-request", "'to' must be \"*\", a session id or a list of session ids"
+        )
+    return SendAppMessage(request_id, data, to)
+
+
+def _parse_set_user_data(
+    message: dict[str, Json], request_id: RequestId, limits: Limits
+) -> SetUserData:
+    if "data" not in message:
+        raise RequestError("bad-request", "set-user-data needs 'data'")
+    _check_size("userData", message["data"], limits.user_data_bytes)
+    return SetUserData(request_id, message["data"])
+
+
+def parse_session_data_write(
+    body: dict[str, Json], request_id: RequestId, limits: Limits
+) -> SetMeetingSessionData:
+    """Validate a session-data write (a client frame or a REST body: the same fields)."""
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise RequestError("bad-request", "meeting session 'data' must be a JSON object")
+    strategy = body.get("mergeStrategy", "replace")
+    if strategy not in MERGE_STRATEGIES:
+        raise RequestError("bad-request", '\'mergeStrategy\' must be "replace" or "shallow-merge"')
+    keys = body.get("keysToDelete") or []
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise RequestError("bad-request", "'keysToDelete' must be a list of strings")
+    if keys and strategy != "shallow-merge":
+        raise RequestError(
+            "bad-request", "'keysToDelete' goes with mergeStrategy \"shallow-merge\""
+        )
+    both = sorted(set(keys) & data.keys())
+    if both:
+        raise RequestError("bad-request", f"keys both set and deleted: {', '.join(both[:5])}")
+    _check_size("meeting session data", data, limits.session_data_bytes)
+    return SetMeetingSessionData(request_id, data, strategy, tuple(dict.fromkeys(keys)))
+
+
+def _parse_leave(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Leave:
+    return Leave(request_id)
+
+
+def _parse_ping(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Ping:
+    return Ping(request_id)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits], Request]] = {
+    "join": _parse_join,
+    "send-app-message": _parse_send_app_message,
+    "set-user-data": _parse_set_user_data,
+    "set-meeting-session-data": parse_session_data_write,
+    "leave": _parse_leave,
+    "ping": _parse_ping,
+}
+
+
+# -- server frames --
+
+
+def encode(frame_type: str, **fields: Json) -> bytes:
+    """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id` of None is left out."""
+    if "id" in fields and fields["id"] is None:
+        del fields["id"]
+    return orjson.dumps({"type": frame_type, **fields})
+
+
+def encode_error(request_id: RequestId, code: str, message: str) -> bytes:
+    return encode("error", id=request_id, code=code, message=message)

@@ -1,0 +1,277 @@
+"""Room logic: one node's replica of a room and who receives what. Sans-I/O.
+
+A `Room` takes local requests (join, leave, app message, userData and session-data writes) and
+remote bus events, and returns an `Output`: frames for local connections and events to publish.
+Time is passed in (``now_ms``); the caller runs `poll` when `next_deadline` comes.
+
+Every write is applied to the replica and published at once, so the writer's own state changes
+at once and the bus stores every acknowledged write. What is throttled is the *events* to the
+other participants, per node:
+
+- ``participant-updated``: at most one per participant per `user_data_interval_ms`: the first
+  change goes out at once, later ones are coalesced into one carrying the latest value;
+- ``meeting-session-state-updated``: at most one per room per `session_data_interval_ms`, the same
+  way, always carrying the converged state, to every local participant, the writer included.
+
+Joins and leaves are never delayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt import HybridLogicalClock, RoomState
+from node.errors import RequestError
+from node.events import AppMessage, BusEvent
+from node.protocol import Limits, SetMeetingSessionData, compact_size, encode
+
+__all__ = ["Output", "Room", "RoomConfig"]
+
+
+@dataclass(frozen=True)
+class RoomConfig:
+    limits: Limits = field(default_factory=Limits)
+    user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
+    session_data_interval_ms: int = 1000  # at most one session-state event per room per this
+
+
+@dataclass
+class Output:
+    """What a step of the room logic asks the node to do."""
+
+    sends: list[tuple[list[str], bytes]] = field(default_factory=list)  # (local sids, frame)
+    publish: list[BusEvent] = field(default_factory=list)
+
+    def send(self, recipients: list[str], frame: bytes) -> None:
+        if recipients:
+            self.sends.append((recipients, frame))
+
+
+class Room:
+    """One room as seen by one node: the replica, the local participants, the event timers."""
+
+    def __init__(
+        self,
+        name: str,
+        state: RoomState,
+        clock: HybridLogicalClock,
+        origin: str,
+        config: RoomConfig,
+    ) -> None:
+        self.name = name
+        self.state = state  # this node's replica
+        self.clock = clock  # the node's clock (shared by its rooms)
+        self.origin = origin  # "{node}/{incarnation}": this node, as bus events name it
+        self.config = config
+        self.local: dict[str, None] = {}  # session ids connected to this node, in join order
+        self._user_data_sent: dict[str, int] = {}  # sid -> when its last update went out
+        self._user_data_due: dict[str, int] = {}  # sid -> when its coalesced update goes out
+        self._session_sent: int | None = None  # when the last session-state event went out
+        self._session_due: int | None = None  # when the coalesced session-state event goes out
+
+    # -- reads --
+
+    def participant(self, session_id: str) -> dict[str, Any]:
+        """A participant as the wire protocol shows it."""
+        p = self.state.participants[session_id]
+        info = p.info.value if p.info is not None else {}
+        return {
+            "session_id": session_id,
+            "user_id": info.get("user_id", session_id),
+            "user_name": info.get("user_name", ""),
+            "userData": p.user_data.value if p.user_data is not None else None,
+            "joined_at": info.get("joined_at"),
+            "owner": bool(info.get("owner", False)),
+        }
+
+    def participants(self) -> dict[str, dict[str, Any]]:
+        return {sid: self.participant(sid) for sid in self.state.present()}
+
+    def session_data(self) -> dict[str, Any]:
+        return self.state.session_data.value()
+
+    def joined_frame(self, request_id: str | int | None, session_id: str) -> bytes:
+        return encode(
+            "joined",
+            id=request_id,
+            sessionId=session_id,
+            participants=self.participants(),
+            meetingSessionState={"data": self.session_data()},
+        )
+
+    # -- local requests --
+
+    def join(
+        self,
+        session_id: str,
+        info: dict[str, Any],
+        location: dict[str, Any],
+        user_data: Any,
+        now_ms: int,
+    ) -> Output:
+        stamp = self.clock.tick(now_ms)
+        info = {**info, "joined_at": stamp.wall_ms}
+        delta = self.state.join(session_id, info, location, user_data, stamp)
+        out = self._publish(delta, now_ms)
+        out.send(
+            self._others(session_id), self._participant_frame("participant-joined", session_id)
+        )
+        self.local[session_id] = None
+        return out
+
+    def leave(self, session_id: str, reason: str, now_ms: int) -> Output:
+        """A local participant is gone (left, disconnected): tell everyone."""
+        self.local.pop(session_id, None)
+        if session_id not in self.state.participants:
+            return Output()
+        frame = self._participant_frame("participant-left", session_id, reason)
+        self._forget(session_id)
+        out = self._publish(self.state.remove([session_id]), now_ms, reason)
+        out.send(list(self.local), frame)
+        return out
+
+    def send_app_message(
+        self, from_id: str, data: Any, to: str | tuple[str, ...], now_ms: int
+    ) -> Output:
+        """Publish an app message and deliver it to its local recipients."""
+        message = AppMessage(data, from_id, to)
+        out = Output(publish=[BusEvent(self.origin, now_ms, message=message)])
+        out.send(self._recipients(message), encode("app-message", data=data, fromId=from_id))
+        return out
+
+    def set_user_data(self, session_id: str, data: Any, now_ms: int) -> Output:
+        delta = self.state.set_user_data(session_id, data, self.clock.tick(now_ms))
+        out = self._publish(delta, now_ms)
+        self._user_data_changed(session_id, now_ms, out)
+        return out
+
+    def set_session_data(self, write: SetMeetingSessionData, now_ms: int) -> Output:
+        """Apply a session-data write, refusing one whose result is over the size limit."""
+        stamp = self.clock.tick(now_ms)
+        candidate = self.state.session_data.copy()
+        if write.merge_strategy == "replace":
+            delta = candidate.replace(write.data, stamp)
+        else:
+            delta = candidate.shallow_merge(write.data, stamp, write.keys_to_delete)
+        size, limit = compact_size(candidate.value()), self.config.limits.session_data_bytes
+        if size > limit:
+            raise RequestError(
+                "too-large",
+                f"meeting session data would be {size} bytes; the limit is {limit}",
+            )
+        self.state.session_data.merge(delta)
+        out = self._publish(RoomState(session_data=delta), now_ms)
+        self._session_changed(now_ms, out)
+        return out
+
+    # -- remote events --
+
+    def receive(self, event: BusEvent, now_ms: int) -> Output:
+        """Apply an event from the bus (skipping this node's own)."""
+        out = Output()
+        if event.origin == self.origin:
+            return out
+        if event.message is not None:
+            frame = encode("app-message", data=event.message.data, fromId=event.message.from_id)
+            out.send(self._recipients(event.message), frame)
+        if event.delta is None:
+            return out
+        for stamp in event.delta.stamps():
+            self.clock.observe(stamp)  # already history: never refused here
+        left_frames = {
+            sid: self._participant_frame("participant-left", sid, event.reason or "left")
+            for sid in event.delta.removed
+            if sid in self.state.participants and self.state.participants[sid].present
+        }
+        changes = self.state.merge(event.delta)
+        for sid in changes.joined:
+            out.send(self._others(sid), self._participant_frame("participant-joined", sid))
+        for sid in changes.updated:
+            self._user_data_changed(sid, now_ms, out)
+        for sid in changes.left:
+            self.local.pop(sid, None)
+            self._forget(sid)
+            out.send(list(self.local), left_frames[sid])
+        if changes.session_data:
+            self._session_changed(now_ms, out)
+        return out
+
+    # -- timers --
+
+    def next_deadline(self) -> int | None:
+        """When `poll` next has something to send, if ever."""
+        times = list(self._user_data_due.values())
+        if self._session_due is not None:
+            times.append(self._session_due)
+        return min(times, default=None)
+
+    def poll(self, now_ms: int) -> Output:
+        """Send the coalesced events that are due."""
+        out = Output()
+        for sid, due in list(self._user_data_due.items()):
+            if due <= now_ms:
+                del self._user_data_due[sid]
+                self._send_user_data(sid, now_ms, out)
+        if self._session_due is not None and self._session_due <= now_ms:
+            self._session_due = None
+            self._send_session_data(now_ms, out)
+        return out
+
+    # -- internals --
+
+    def _publish(self, delta: RoomState, now_ms: int, reason: str | None = None) -> Output:
+        return Output(publish=[BusEvent(self.origin, now_ms, delta=delta, reason=reason)])
+
+    def _others(self, session_id: str) -> list[str]:
+        return [sid for sid in self.local if sid != session_id]
+
+    def _recipients(self, message: AppMessage) -> list[str]:
+        if message.to == "*":
+            return self._others(message.from_id)
+        wanted = (message.to,) if isinstance(message.to, str) else message.to
+        return [
+            sid for sid in dict.fromkeys(wanted) if sid in self.local and sid != message.from_id
+        ]
+
+    def _participant_frame(self, kind: str, session_id: str, reason: str | None = None) -> bytes:
+        if reason is None:
+            return encode(kind, participant=self.participant(session_id))
+        return encode(kind, participant=self.participant(session_id), reason=reason)
+
+    def _forget(self, session_id: str) -> None:
+        self._user_data_sent.pop(session_id, None)
+        self._user_data_due.pop(session_id, None)
+
+    def _user_data_changed(self, session_id: str, now_ms: int, out: Output) -> None:
+        if session_id in self._user_data_due:
+            return  # an update is already scheduled; it will carry the latest value
+        sent = self._user_data_sent.get(session_id)
+        if sent is None or now_ms - sent >= self.config.user_data_interval_ms:
+            self._send_user_data(session_id, now_ms, out)
+        else:
+            self._user_data_due[session_id] = sent + self.config.user_data_interval_ms
+
+    def _send_user_data(self, session_id: str, now_ms: int, out: Output) -> None:
+        participant = self.state.participants.get(session_id)
+        if participant is None or not participant.present:
+            return
+        self._user_data_sent[session_id] = now_ms
+        frame = self._participant_frame("participant-updated", session_id)
+        out.send(self._others(session_id), frame)
+
+    def _session_changed(self, now_ms: int, out: Output) -> None:
+        if self._session_due is not None:
+            return
+        sent = self._session_sent
+        if sent is None or now_ms - sent >= self.config.session_data_interval_ms:
+            self._send_session_data(now_ms, out)
+        else:
+            self._session_due = sent + self.config.session_data_interval_ms
+
+    def _send_session_data(self, now_ms: int, out: Output) -> None:
+        self._session_sent = now_ms
+        frame = encode(
+            "meeting-session-state-updated", meetingSessionState={"data": self.session_data()}
+        )
+        out.send(list(self.local), frame)

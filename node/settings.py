@@ -1,0 +1,76 @@
+"""Node settings: one frozen dataclass, read from ``ROOMSTATE_*`` environment variables.
+
+`Settings.from_env` is the only place that reads the environment; the CLI layers its options on
+top (an option given on the command line wins over the environment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = "127.0.0.1"  # address to listen on; without an API key only loopback is allowed
+    port: int = 8080  # TCP port (0: pick a free one)
+    api_key: str | None = None  # REST bearer key and token signing key; None: development mode
+    redis: str | None = None  # redis://HOST:PORT/DB of a standalone Redis; None: in-memory bus
+    redis_cluster: str | None = None  # HOST:PORT[,HOST:PORT...] seed nodes of a Redis Cluster
+    node_id: str | None = None  # this node's id in stamps and membership; None: derived
+    allowed_origins: tuple[str, ...] = ()  # WebSocket Origin allowlist; empty: any origin
+
+    # Limits
+    app_message_bytes: int = 4096  # app message data, bytes of compact JSON
+    user_data_bytes: int = 4096  # one participant's userData, bytes of compact JSON
+    session_data_bytes: int = 102_400  # the whole meeting session data, bytes of compact JSON
+    frame_bytes: int = 128 * 1024  # largest WebSocket frame; bigger ones close with 1009
+    max_depth: int = 32  # deepest JSON nesting in a frame
+    send_queue_bytes: int = 1024 * 1024  # a connection whose unsent frames pass this is closed
+    rate_per_s: float = 100.0  # requests per second per connection (token bucket refill)
+    rate_burst: int = 200  # requests a connection may send at once (token bucket size)
+
+    # Timeouts
+    user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
+    session_data_interval_ms: int = 1000  # at most one session-state event per room per this
+    room_grace_s: float = 30.0  # an empty room's state is dropped after this
+    heartbeat_s: float = 20.0  # WebSocket ping interval; a peer silent for 2x this is closed
+    max_drift_ms: int = 500  # a stamp further ahead of the local clock is refused
+
+    @property
+    def development(self) -> bool:
+        """No API key: anonymous joins, open REST, loopback only."""
+        return self.api_key is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from ``ROOMSTATE_<FIELD>`` variables, then `overrides` (None = not given)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"ROOMSTATE_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, raw, f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    try:
+        if name == "allowed_origins":
+            return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"ROOMSTATE_{name.upper()}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+    return raw

@@ -1,0 +1,1 @@
+// The browser SDK is not built yet.
