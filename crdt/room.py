@@ -89,6 +89,15 @@ class RoomState:
             and p.location.value == {"node": node, "incarnation": incarnation}
         ]
 
+    def stamps(self) -> list[Stamp]:
+        """Every stamp this state carries (what a receiving clock must move past)."""
+        found = [entry.stamp for entry in self.session_data.entries.values()]
+        if self.session_data.epoch is not None:
+            found.append(self.session_data.epoch)
+        for p in self.participants.values():
+            found += [r.stamp for r in (p.info, p.location, p.user_data) if r is not None]
+        return found
+
     # -- writes: each applies to this replica and returns the delta to publish --
 
     def join(

@@ -73,7 +73,7 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
     setup) setup ;;
-    serve) setup; exec "$VENV/bin/roomstate" demo "$@" ;;
+    serve) setup; exec "$VENV/bin/roomstate" serve "$@" ;;
     test) setup; run_tests "$@" ;;
     *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -129,7 +129,7 @@ def parse(frame: bytes | str, limits: Limits) -> Request:
     try:
         return _parse_object(message, limits)
     except RequestError as exc:
-        exc.request_id = request_id if isinstance(request_id, str | int) else None
+        exc.request_id = request_id if _is_id(request_id) else None
         raise
 
 
@@ -222,7 +222,9 @@ def parse_session_data_write(
     strategy = body.get("mergeStrategy", "replace")
     if strategy not in MERGE_STRATEGIES:
         raise RequestError("bad-request", '\'mergeStrategy\' must be "replace" or "shallow-merge"')
-    keys = body.get("keysToDelete") or []
+    keys = body.get("keysToDelete")
+    if keys is None:
+        keys = []
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         raise RequestError("bad-request", "'keysToDelete' must be a list of strings")
     if keys and strategy != "shallow-merge":

@@ -149,7 +149,7 @@ class RoomConvergence(RuleBasedStateMachine):
     def receive(self, message: Message) -> None:
         replica = self.replicas[message.receiver]
         delta = decode(message.payload, RoomState)
-        for stamp in stamps_in(delta):
+        for stamp in delta.stamps():
             replica.clock.recv(stamp, self.wall(replica))  # within the bound: never refused
         replica.state.merge(delta)
 
@@ -233,16 +233,6 @@ class RoomConvergence(RuleBasedStateMachine):
             for key in deletes:
                 session.pop(key, None)
         return {"participants": participants, "session_data": session}
-
-
-def stamps_in(delta: RoomState) -> list[Stamp]:
-    """Every stamp a delta carries (what a receiving clock must move past)."""
-    found = [entry.stamp for entry in delta.session_data.entries.values()]
-    if delta.session_data.epoch is not None:
-        found.append(delta.session_data.epoch)
-    for p in delta.participants.values():
-        found += [r.stamp for r in (p.info, p.location, p.user_data) if r is not None]
-    return found
 
 
 TestRoomConvergence = RoomConvergence.TestCase
