@@ -202,3 +202,462 @@ def _apply_write(base: dict[str, Json], write: SessionWrite) -> dict[str, Json]:
     for key in keys_to_delete:
         merged.pop(key, None)
     return merged
+
+
+class CallClient:
+    """One participant's connection to one room at a time, like daily-js's call object.
+
+    A background reader task owns every change that comes from the node; the public methods
+    change local state at once and then wait for the node's reply. With `record_events` (the
+    default) every event is also kept for `events` and `next_event`; a long-running client that
+    sends many messages (a benchmark) turns it off to keep memory flat.
+    """
+
+    def __init__(self, timeout: float = 10.0, record_events: bool = True) -> None:
+        self.timeout = timeout  # seconds to wait for the reply to each request
+        self.record_events = record_events
+        self.session_id: str | None = None  # set by the `joined` reply
+        self.resume_token: str | None = None  # the `joined` reply's, if the node sent one
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse[Literal[True]] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Json]]] = {}  # request id -> reply
+        self._leaving = False  # a close is expected: not an `error` event
+        self._left = True  # `left-meeting` was emitted for the current connection
+        self._local: dict[str, Json] | None = None
+        self._others: dict[str, dict[str, Json]] = {}  # session id -> participant
+        self._session_base: dict[str, Json] = {}  # the node's last state + writes acked since
+        self._session_pending: dict[int, SessionWrite] = {}  # request id -> write not yet acked
+        self._session_view: dict[str, Json] = {}  # base with the pending writes applied
+        self._handlers: dict[str, list[Handler]] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()  # running coroutine handlers
+        self._history: dict[str, list[Event]] = {}  # event name -> every event so far
+        self._cursor: dict[str, int] = {}  # event name -> index of the next for next_event
+        self._arrived = asyncio.Event()  # set, then replaced, whenever an event is recorded
+
+    async def __aenter__(self) -> CallClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.leave()
+
+    # -- requests --
+
+    async def join(
+        self,
+        url: str,
+        token: str | None = None,
+        user_name: str | None = None,
+        user_data: Json = None,
+        resume: str | None = None,
+    ) -> dict[str, Json]:
+        """Connect to the room at `url` and join it; returns the `joined` frame's content.
+
+        On any failure (refused, timed out, no route) the connection is closed before the
+        exception propagates, so the client can join again.
+        """
+        if self._ws is not None:
+            raise AlreadyJoined("already-joined", "this client is connected; call leave() first")
+        ws_url = room_ws_url(url)
+        self._http = aiohttp.ClientSession()
+        self._leaving, self._left, self.session_id = False, False, None
+        fields = {"token": token, "userName": user_name, "userData": user_data, "resume": resume}
+        try:
+            self._ws = await self._http.ws_connect(ws_url)
+            self._reader = asyncio.create_task(self._read(self._ws), name=f"roomstate {ws_url}")
+            rid = next(self._ids)
+            joined = await self._request(
+                rid, "join", **{key: value for key, value in fields.items() if value is not None}
+            )
+        except BaseException:
+            self._left = True
+            await self._shutdown()
+            raise
+        return {key: value for key, value in joined.items() if key not in ("type", "id")}
+
+    async def send_app_message(self, data: Json, to: str | list[str] = "*") -> None:
+        """Send `data` to every other participant (``"*"``), one session id, or a list."""
+        await self._request(next(self._ids), "send-app-message", data=data, to=to)
+
+    async def set_user_data(self, data: Json) -> None:
+        """Replace the local participant's userData: locally at once, then on the node."""
+        self._check_connected()
+        assert self._local is not None, "join() has not finished"
+        previous, self._local["userData"] = self._local["userData"], data
+        try:
+            await self._request(next(self._ids), "set-user-data", data=data)
+        except ServerError:
+            if self._local["userData"] is data:  # refused, and no later write: roll back
+                self._local["userData"] = previous
+            raise
+
+    async def set_meeting_session_data(
+        self,
+        data: dict[str, Json],
+        merge_strategy: str = "replace",
+        keys_to_delete: list[str] | None = None,
+    ) -> None:
+        """Write the room's session data (`replace` or `shallow-merge`); local state at once."""
+        rid = next(self._ids)
+        self._check_connected()
+        keys = list(keys_to_delete or [])
+        self._session_pending[rid] = (data, merge_strategy, keys)
+        self._refresh_session()
+        fields: dict[str, Json] = {"data": data, "mergeStrategy": merge_strategy}
+        if keys:
+            fields["keysToDelete"] = keys
+        await self._request(rid, "set-meeting-session-data", **fields)
+
+    async def ping(self) -> float:
+        """Round trip to the node, in seconds."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self._request(next(self._ids), "ping")
+        return loop.time() - start
+
+    async def leave(self) -> None:
+        """Leave the room and close everything; safe to call at any time, more than once.
+
+        Best effort: a node that does not answer or a socket already lost is logged, not
+        raised, since the client is gone either way. Emits `left-meeting` once.
+        """
+        self._leaving = True
+        reader = self._reader
+        try:
+            if self.session_id is not None and self._ws is not None and not self._ws.closed:
+                await self._request(next(self._ids), "leave")
+                if reader is not None:  # the node closes with 1000 after the ack
+                    await asyncio.wait({reader}, timeout=self.timeout)
+        except ClientError as exc:
+            logger.debug("leave: %s", exc)
+        finally:
+            await self._shutdown()
+            self._others.clear()
+        self._emit_left({"reason": "left"})
+
+    async def close(self) -> None:
+        """Drop the connection without leaving: the others see ``participant-left`` with reason
+        ``disconnected``, as if the network had gone. Safe to call after `leave`."""
+        await self._shutdown()
+        self._others.clear()
+        self._emit_left({"reason": "closed"})
+
+    # -- local state --
+
+    def participants(self) -> dict[str, dict[str, Json]]:
+        """``{"local": the local participant, session id: participant, ...}`` (copies)."""
+        result = {sid: dict(p) for sid, p in self._others.items()}
+        if self._local is not None:
+            result["local"] = dict(self._local)
+        return result
+
+    def meeting_session_state(self) -> dict[str, Json]:
+        """``{"data": ...}``: the node's converged state with this client's writes applied."""
+        return {"data": dict(self._session_view)}
+
+    # -- events --
+
+    def on(self, event: str, handler: Handler) -> None:
+        """Call `handler(event)` for each event named `event`; a coroutine runs as a task."""
+        self._handlers.setdefault(_check_event(event), []).append(handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove `handler` from `event`, or every handler of `event`."""
+        handlers = self._handlers.get(_check_event(event), [])
+        if handler is None:
+            handlers.clear()
+        elif handler in handlers:
+            handlers.remove(handler)
+
+    def events(self, event: str) -> list[Event]:
+        """Every event named `event` received so far, oldest first."""
+        return list(self._history.get(_check_event(event), []))
+
+    async def next_event(
+        self,
+        event: str,
+        timeout: float = 5.0,
+        predicate: Callable[[Event], bool] | None = None,
+    ) -> Event:
+        """The next event named `event` (matching `predicate`) not yet returned by this method.
+
+        Events are buffered from the start, so one that arrived before the call is returned
+        at once; events skipped by `predicate` are consumed. Raises `TimeoutError`.
+        """
+        if not self.record_events:
+            raise RuntimeError("next_event needs CallClient(record_events=True)")
+        history = self._history.setdefault(_check_event(event), [])
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    index = self._cursor.get(event, 0)
+                    while index < len(history):
+                        found, index = history[index], index + 1
+                        if predicate is None or predicate(found):
+                            self._cursor[event] = index
+                            return found
+                    self._cursor[event] = index
+                    await self._arrived.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no {event!r} event within {timeout} s") from None
+
+    # -- internals --
+
+    def _check_connected(self) -> None:
+        if self._ws is None:
+            raise NotJoined("not-joined", "this client is not connected; call join() first")
+        if self._ws.closed:
+            raise ConnectionClosed(self._ws.close_code)
+
+    async def _request(self, rid: int, frame_type: str, **fields: Json) -> dict[str, Json]:
+        """Send one request and wait for the reply with its id."""
+        try:
+            self._check_connected()
+            assert self._ws is not None
+            future: asyncio.Future[dict[str, Json]] = asyncio.get_running_loop().create_future()
+            self._pending[rid] = future
+            try:
+                frame = {"type": frame_type, "id": rid, **fields}
+                await self._ws.send_str(orjson.dumps(frame).decode())
+            except (ConnectionError, aiohttp.ClientError):
+                raise ConnectionClosed(self._ws.close_code) from None
+        except ClientError:
+            self._settle(rid, ok=False)  # never sent: roll the local write back
+            self._pending.pop(rid, None)
+            raise
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except TimeoutError:
+            self._settle(rid, ok=True)  # maybe applied: keep it until the node says otherwise
+            raise RequestTimeout(
+                "timeout", f"no reply to {frame_type} within {self.timeout} s"
+            ) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _settle(self, rid: int, ok: bool) -> None:
+        """Fold an answered session-data write into the base (`ok`), or drop it (refused)."""
+        write = self._session_pending.pop(rid, None)
+        if write is not None:
+            if ok:
+                self._session_base = _apply_write(self._session_base, write)
+            self._refresh_session()
+
+    def _refresh_session(self) -> None:
+        view = self._session_base
+        for write in self._session_pending.values():
+            view = _apply_write(view, write)
+        self._session_view = dict(view)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse[Literal[True]]) -> None:
+        """The reader task: dispatch every frame until the socket closes."""
+        try:
+            while True:
+                message = await ws.receive()
+                if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    try:
+                        self._dispatch(orjson.loads(message.data))
+                    except Exception:
+                        logger.exception("could not handle the frame %.200r", message.data)
+                else:  # CLOSE, CLOSING, CLOSED or ERROR (pings are answered inside aiohttp)
+                    break
+        finally:
+            closed = ConnectionClosed(ws.close_code)
+            for rid, future in list(self._pending.items()):
+                self._settle(rid, ok=True)
+                if not future.done():
+                    future.set_exception(closed)
+        if not self._leaving:
+            logger.warning("connection lost (close code %s)", ws.close_code)
+            self._emit("error", {"errorMsg": closed.message, "closeCode": ws.close_code})
+            self._emit_left({"reason": "connection-closed", "closeCode": ws.close_code})
+
+    def _dispatch(self, frame: dict[str, Json]) -> None:
+        """Apply one server frame to local state, answer its request, emit its event."""
+        kind = frame.get("type")
+        content = {key: value for key, value in frame.items() if key != "type"}
+        future = self._pending.get(frame["id"]) if "id" in frame else None
+        if kind in _REPLIES and future is not None:
+            if kind == "error":
+                self._settle(frame["id"], ok=False)
+                error = _ERRORS.get(frame.get("code", ""), ServerError)
+                future.set_exception(error(frame.get("code", ""), frame.get("message", "")))
+                return
+            self._settle(frame["id"], ok=True)
+            future.set_result(frame)
+            if kind == "joined":
+                self._on_joined(frame)
+        elif kind == "error":  # not the reply to a waiting request
+            self._emit("nonfatal-error", content)
+        elif kind in ("participant-joined", "participant-updated", "participant-left"):
+            self._on_participant(kind, frame["participant"])
+            self._emit(kind, content)
+        elif kind == "meeting-session-state-updated":
+            self._session_base = dict(frame["meetingSessionState"]["data"])
+            self._refresh_session()
+            self._emit(kind, content)
+        elif kind in ("app-message", "nonfatal-error"):
+            self._emit(kind, content)
+        elif kind not in _REPLIES:
+            logger.debug("ignoring a frame of type %r", kind)
+
+    def _on_joined(self, frame: dict[str, Json]) -> None:
+        sid = frame["sessionId"]
+        participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
+        self.session_id, self.resume_token = sid, frame.get("resumeToken")
+        mine = participants.pop(sid, None)
+        self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}
+        self._others = participants
+        self._session_base = dict(frame["meetingSessionState"]["data"])
+        self._session_pending.clear()
+        self._refresh_session()
+        self._emit("joined-meeting", {"participants": self.participants()})
+
+    def _on_participant(self, kind: str, participant: dict[str, Json]) -> None:
+        sid = participant["session_id"]
+        if sid == self.session_id:
+            return  # the node never echoes our own changes; the local record is ours
+        if kind == "participant-left":
+            self._others.pop(sid, None)
+        else:
+            self._others[sid] = participant
+
+    def _emit(self, event: str, payload: Event) -> None:
+        """Record an event and run its handlers; a failing handler is logged, never raised."""
+        if self.record_events:
+            self._history.setdefault(event, []).append(payload)
+            self._arrived.set()
+            self._arrived = asyncio.Event()
+        for handler in list(self._handlers.get(event, [])):
+            try:
+                result = handler(payload)
+            except Exception:
+                logger.exception("the %r handler %r failed", event, handler)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("an event handler failed", exc_info=task.exception())
+
+    def _emit_left(self, payload: Event) -> None:
+        if not self._left:
+            self._left = True
+            self._emit("left-meeting", payload)
+
+    async def _shutdown(self) -> None:
+        """Close the socket, stop the reader and close the HTTP session."""
+        self._leaving = True
+        ws, reader, http = self._ws, self._reader, self._http
+        self._ws, self._reader, self._http = None, None, None
+        if ws is not None:
+            await ws.close()
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if http is not None:
+            await http.close()
+
+
+def _check_event(event: str) -> str:
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}; the events are {', '.join(sorted(EVENTS))}")
+    return event
+
+
+class RestClient:
+    """The node's server-side REST API (`Authorization: Bearer <api key>`)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")  # http(s)://HOST:PORT
+        self.api_key = api_key
+        self.timeout = timeout  # seconds for each call
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RestClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def send_app_message(self, room: str, data: Json, recipient: str = "*") -> Json:
+        """Send an app message from ``"API"`` to the room's participants (or one of them)."""
+        body = {"data": data, "recipient": recipient}
+        return await self._call("POST", f"/v1/rooms/{_room(room)}/send-app-message", body)
+
+    async def presence(self, room: str) -> Json:
+        """The node's answer listing the room's participants."""
+        return await self._call("GET", f"/v1/rooms/{_room(room)}/presence")
+
+    async def get_session_data(self, room: str) -> Json:
+        """``{"data": ...}``: the room's meeting session data."""
+        return await self._call("GET", f"/v1/rooms/{_room(room)}/session-data")
+
+    async def set_session_data(
+        self,
+        room: str,
+        data: dict[str, Json],
+        merge_strategy: str = "replace",
+        keys_to_delete: list[str] | None = None,
+    ) -> Json:
+        """Write the room's meeting session data, as a participant's write would."""
+        body: dict[str, Json] = {"data": data, "mergeStrategy": merge_strategy}
+        if keys_to_delete:
+            body["keysToDelete"] = keys_to_delete
+        return await self._call("POST", f"/v1/rooms/{_room(room)}/session-data", body)
+
+    async def create_meeting_token(
+        self,
+        room_name: str,
+        user_name: str | None = None,
+        user_id: str | None = None,
+        is_owner: bool | None = None,
+        exp: int | None = None,
+    ) -> str:
+        """A meeting token (JWT) for `room_name`; `exp` is a Unix time in seconds."""
+        given = {"user_name": user_name, "user_id": user_id, "is_owner": is_owner, "exp": exp}
+        properties = {"room_name": room_name, **{k: v for k, v in given.items() if v is not None}}
+        answer = await self._call("POST", "/v1/meeting-tokens", {"properties": properties})
+        return str(answer["token"])
+
+    async def _call(self, method: str, path: str, body: Json = None) -> Json:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        headers = {"Content-Type": "application/json"}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else orjson.dumps(body)
+        async with self._http.request(
+            method, self.base_url + path, data=data, headers=headers
+        ) as response:
+            raw = await response.read()
+            status = response.status
+        try:
+            answer = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            answer = {"error": "bad-response", "info": raw[:200].decode(errors="replace")}
+        if status >= 400:
+            error = answer if isinstance(answer, dict) else {}
+            raise RestError(status, str(error.get("error", f"http-{status}")), error.get("info"))
+        return answer
+
+
+def _room(room: str) -> str:
+    if not re.fullmatch(_ROOM, room):
+        raise ValueError(f"a room name is 1-64 characters of A-Z a-z 0-9 . _ -, not {room!r}")
+    return room
