@@ -18,6 +18,7 @@ import abc
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from crdt import RoomState
 from node.events import BusEvent, decode_event, encode_event
@@ -44,9 +45,13 @@ class Bus(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, room: str, event: BusEvent) -> str:
+    async def publish(
+        self, room: str, event: BusEvent, only_if_at: tuple[str, Any] | None = None
+    ) -> str | None:
         """Store `event` in the room's log (merging its delta into the stored state); return
-        its position. Raises `BusError` if it could not be stored."""
+        its position. With `only_if_at` = (session id, location), store it only if the stored
+        location of that participant is that one, else return None. Raises `BusError` if it
+        could not be stored."""
 
     @abc.abstractmethod
     async def snapshot(self, room: str) -> Snapshot: ...
@@ -57,6 +62,20 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     def unsubscribe(self, room: str, handler: EventHandler) -> None: ...
+
+    @abc.abstractmethod
+    def start_reading(self, origin: str) -> None:
+        """Begin delivering events; `origin` names the node reading (for its wake-ups)."""
+
+    @abc.abstractmethod
+    async def renew_lease(
+        self, node_id: str, incarnation: str, ttl_ms: int, register: bool
+    ) -> bool:
+        """Register (`register`) or renew a node's lease; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
+        """The incarnation holding each node's lease, or None where it has expired."""
 
     @property
     @abc.abstractmethod
@@ -77,9 +96,13 @@ class MemoryBus(Bus):
         self._positions: dict[str, int] = {}
         self._subscribers: dict[str, list[tuple[int, EventHandler]]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._leases: dict[str, str] = {}  # node id -> incarnation
 
     async def start(self) -> None:
         pass
+
+    def start_reading(self, origin: str) -> None:
+        pass  # delivery is direct, from `publish`
 
     async def close(self) -> None:
         for handle in self._expiry.values():
@@ -91,11 +114,19 @@ class MemoryBus(Bus):
     def ready(self) -> bool:
         return True
 
-    async def publish(self, room: str, event: BusEvent) -> str:
+    async def publish(
+        self, room: str, event: BusEvent, only_if_at: tuple[str, Any] | None = None
+    ) -> str | None:
         event = decode_event(encode_event(event))
+        state = self._states.setdefault(room, RoomState())
+        if only_if_at is not None:
+            located = state.participants.get(only_if_at[0])
+            if located is None or located.location is None:
+                return None
+            if located.location.value != only_if_at[1]:
+                return None
         position = self._positions.get(room, 0) + 1
         self._positions[room] = position
-        state = self._states.setdefault(room, RoomState())
         if event.delta is not None:
             state.merge(event.delta)
             self._schedule_expiry(room, state)
@@ -118,6 +149,18 @@ class MemoryBus(Bus):
             self._subscribers[room] = remaining
         else:
             self._subscribers.pop(room, None)
+
+    async def renew_lease(
+        self, node_id: str, incarnation: str, ttl_ms: int, register: bool
+    ) -> bool:
+        # One process: a node's lease is lost only if another incarnation took it.
+        if register or self._leases.get(node_id, incarnation) == incarnation:
+            self._leases[node_id] = incarnation
+            return True
+        return False
+
+    async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
+        return {node_id: self._leases.get(node_id) for node_id in node_ids}
 
     def _schedule_expiry(self, room: str, state: RoomState) -> None:
         handle = self._expiry.pop(room, None)

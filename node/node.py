@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from crdt import HybridLogicalClock
+from crdt import HybridLogicalClock, RoomState
 from node.auth import verify_token
 from node.bus import Bus
 from node.connection import Connection
@@ -41,6 +41,11 @@ from node.settings import Settings
 __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
+
+
+LEASE_TTL_MS = 5000  # a node's lease expires this long after its last renewal
+LEASE_RENEW_S = 1.0  # how often a node renews its lease and looks for lost nodes
+CLOSE_FENCED = 4002  # close code: this node lost its lease
 
 
 def wall_ms() -> int:
@@ -78,6 +83,7 @@ class Node:
         self.connections: dict[str, Connection] = {}  # by session id
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
+        self._lease_task: asyncio.Task[None] | None = None
 
     # -- client requests --
 
@@ -274,10 +280,73 @@ class Node:
         if room is not None:
             self._deliver(room, room.poll(self.now_ms()))
 
+    # -- membership --
+
+    async def start(self) -> None:
+        """Register this node's lease and start delivering bus events."""
+        await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
+        self.bus.start_reading(self.origin)
+        self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+
+    async def _keep_lease(self) -> None:
+        """Every second: renew the lease (fence if it was lost), remove participants of nodes
+        whose lease expired."""
+        while True:
+            await asyncio.sleep(LEASE_RENEW_S)
+            try:
+                if not await self.bus.renew_lease(
+                    self.node_id, self.incarnation, LEASE_TTL_MS, register=False
+                ):
+                    await self._fence()
+                    continue
+                await self._remove_lost_participants()
+            except BusError as exc:
+                log.warning("lease upkeep failed: %s", exc)
+            except Exception:
+                log.exception("lease upkeep failed")
+
+    async def _remove_lost_participants(self) -> None:
+        located = {name: room.located_elsewhere(self.node_id) for name, room in self.rooms.items()}
+        nodes = sorted({loc["node"] for rooms in located.values() for loc in rooms.values()})
+        if not nodes:
+            return
+        live = await self.bus.live_incarnations(nodes)
+        for name, participants in located.items():
+            for sid, location in participants.items():
+                if live.get(location["node"]) == location["incarnation"]:
+                    continue
+                event = BusEvent(
+                    self.origin,
+                    self.now_ms(),
+                    delta=RoomState(removed={sid}),
+                    reason="node-lost",
+                )
+                stored = await self.bus.publish(name, event, only_if_at=(sid, location))
+                room = self.rooms.get(name)
+                if stored is not None and room is not None:
+                    log.info("room %s: %s left with its node %s", name, sid, location["node"])
+                    self._deliver(room, room.remove_lost(sid, "node-lost"))
+
+    async def _fence(self) -> None:
+        """Our lease was lost (we were paused or cut off too long): others have removed our
+        participants. Close every client and come back as a new incarnation."""
+        log.warning("lease lost: fencing node %s incarnation %s", self.node_id, self.incarnation)
+        conns = list(self.connections.values())
+        self.connections.clear()
+        for name in list(self.rooms):
+            self._close_room(name)
+        for conn in conns:
+            conn.close_soon(CLOSE_FENCED, "node lost its lease; reconnect")
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.origin = f"{self.node_id}/{self.incarnation}"
+        await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
+
     # -- lifecycle --
 
     async def shutdown(self) -> None:
         """Graceful stop: every local participant leaves, every client gets close code 1012."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         conns = list(self.connections.values())
         for conn in conns:
             await self.disconnect(conn, "node-shutdown")

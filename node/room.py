@@ -131,6 +131,28 @@ class Room:
         out.send(list(self.local), frame)
         return out
 
+    def remove_lost(self, session_id: str, reason: str) -> Output:
+        """Apply a removal this node already stored on the bus (a participant of a lost node)."""
+        out = Output()
+        participant = self.state.participants.get(session_id)
+        if participant is None or not participant.present:
+            self.state.remove([session_id])
+            return out
+        frame = self._participant_frame("participant-left", session_id, reason)
+        self.local.pop(session_id, None)
+        self._forget(session_id)
+        self.state.remove([session_id])
+        out.send(list(self.local), frame)
+        return out
+
+    def located_elsewhere(self, node_id: str) -> dict[str, dict[str, Any]]:
+        """Present participants held by other nodes (or other incarnations), with locations."""
+        found = {}
+        for sid, p in self.state.participants.items():
+            if p.present and p.location is not None and sid not in self.local:
+                found[sid] = p.location.value
+        return found
+
     def send_app_message(
         self, from_id: str, data: Any, to: str | tuple[str, ...], now_ms: int
     ) -> Output:

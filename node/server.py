@@ -262,7 +262,9 @@ def build_app(node: Node) -> web.Application:
 
 def make_bus(settings: Settings) -> Bus:
     if settings.redis or settings.redis_cluster:
-        raise SystemExit("the Redis Streams bus is not in this version yet: run without --redis")
+        from node.redis_bus import RedisBus  # the only module that imports redis
+
+        return RedisBus(settings)
     return MemoryBus(room_grace_s=settings.room_grace_s)
 
 
@@ -276,6 +278,7 @@ async def serve(settings: Settings, started: Callable[[str], None] | None = None
     bus = make_bus(settings)
     await bus.start()
     node = Node(settings, bus)
+    await node.start()
     runner = web.AppRunner(build_app(node), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -1,0 +1,157 @@
+"""Lua scripts run inside Redis by `node.redis_bus`. Kept apart so they can be read as a whole.
+
+A room's stored state is a hash whose fields are the CRDT registers, each stored as
+``"<stamp> <payload>"`` (a stamp never contains a space):
+
+    p:<sid>:i, p:<sid>:l, p:<sid>:u   participant info, location, userData: "<stamp> <json>"
+    x:<sid>                           the participant was removed (final): "1"
+    e                                 the session data's epoch (stamp of the latest replace)
+    m:<key>                           session data entry "<stamp> v<json>", or tombstone "<stamp> d"
+    n                                 how many participants are present (joined, not removed)
+
+Payloads are canonical JSON (sorted keys) made by the node; the scripts never decode them, so no
+value is changed by Lua's number handling. Stamps and payloads are compared byte by byte (`lt`):
+Lua's `<` on strings follows the server's locale.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PUBLISH", "RENEW_LEASE", "SNAPSHOT"]
+
+_COMMON = """
+local function lt(a, b)  -- byte-wise a < b, whatever the locale
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function split(v)  -- "<stamp> <payload>" -> stamp, payload
+  local i = string.find(v, " ", 1, true)
+  return string.sub(v, 1, i - 1), string.sub(v, i + 1)
+end
+"""
+
+PUBLISH = (
+    _COMMON
+    + """
+-- KEYS: log stream, state hash
+-- ARGV: event bytes, maxlen, grace ms, then ops of 4: kind, id, stamp, payload
+--   kind i/l/u  register of participant `id`       m  session entry `id` (payload "v<json>")
+--   x           remove participant `id`            d  session tombstone `id` (payload "d")
+--   e           session epoch                      c  only if participant `id`'s location is
+--                                                     `payload` (else nothing is stored)
+-- Returns the stream id of the stored event, or false if a `c` condition failed.
+local log, state = KEYS[1], KEYS[2]
+
+local function wins(new_stamp, new_payload, old)
+  if not old then return true end
+  local s, p = split(old)
+  if new_stamp ~= s then return lt(s, new_stamp) end
+  if new_payload == p then return false end
+  if p == "d" then return false end          -- a tombstone beats a value at one stamp
+  if new_payload == "d" then return true end
+  return lt(p, new_payload)
+end
+
+local ops = {}
+for i = 4, #ARGV, 4 do
+  ops[#ops + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}
+end
+
+for _, op in ipairs(ops) do
+  if op[1] == "c" then
+    local loc = redis.call("HGET", state, "p:" .. op[2] .. ":l")
+    if not loc then return false end
+    local _, payload = split(loc)
+    if payload ~= op[4] then return false end
+  end
+end
+
+for _, op in ipairs(ops) do
+  if op[1] == "x" then
+    local sid = op[2]
+    if redis.call("HSETNX", state, "x:" .. sid, "1") == 1 then
+      if redis.call("HDEL", state, "p:" .. sid .. ":i") == 1 then
+        redis.call("HINCRBY", state, "n", -1)
+      end
+      redis.call("HDEL", state, "p:" .. sid .. ":l", "p:" .. sid .. ":u")
+    end
+  end
+end
+
+for _, op in ipairs(ops) do
+  if op[1] == "e" then
+    local old = redis.call("HGET", state, "e")
+    if (not old) or lt(old, op[3]) then
+      redis.call("HSET", state, "e", op[3])
+      local fields = redis.call("HGETALL", state)
+      for j = 1, #fields, 2 do
+        local f = fields[j]
+        if string.sub(f, 1, 2) == "m:" then
+          local s = split(fields[j + 1])
+          if lt(s, op[3]) then redis.call("HDEL", state, f) end
+        end
+      end
+    end
+  end
+end
+
+local epoch = redis.call("HGET", state, "e")
+for _, op in ipairs(ops) do
+  local kind = op[1]
+  if kind == "i" or kind == "l" or kind == "u" then
+    if redis.call("HEXISTS", state, "x:" .. op[2]) == 0 then
+      local field = "p:" .. op[2] .. ":" .. kind
+      local old = redis.call("HGET", state, field)
+      if wins(op[3], op[4], old) then
+        redis.call("HSET", state, field, op[3] .. " " .. op[4])
+        if kind == "i" and not old then redis.call("HINCRBY", state, "n", 1) end
+      end
+    end
+  elseif kind == "m" or kind == "d" then
+    if (not epoch) or not lt(op[3], epoch) then
+      local field = "m:" .. op[2]
+      if wins(op[3], op[4], redis.call("HGET", state, field)) then
+        redis.call("HSET", state, field, op[3] .. " " .. op[4])
+      end
+    end
+  end
+end
+
+-- A room with no participant present expires after the grace period.
+local present = tonumber(redis.call("HGET", state, "n") or "0")
+local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
+if present == 0 then
+  redis.call("PEXPIRE", log, ARGV[3])
+  redis.call("PEXPIRE", state, ARGV[3])
+else
+  redis.call("PERSIST", log)
+  redis.call("PERSIST", state)
+end
+return id
+"""
+)
+
+SNAPSHOT = """
+-- KEYS: log stream, state hash. Returns {state fields and values..., last stream id}, read
+-- together so the state includes exactly the events up to that id.
+local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
+local id = "0-0"
+if #last > 0 then id = last[1][1] end
+return {redis.call("HGETALL", KEYS[2]), id}
+"""
+
+RENEW_LEASE = """
+-- KEYS: lease key. ARGV: incarnation, ttl ms, "register" or "renew".
+-- Registering sets the lease; renewing extends it only if it is still ours. Returns 1 if the
+-- lease is ours now, 0 if it was lost (expired, or taken by another incarnation): fence.
+local current = redis.call("GET", KEYS[1])
+if ARGV[3] == "register" or current == ARGV[1] then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+end
+return 0
+"""
