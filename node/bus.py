@@ -118,6 +118,8 @@ class MemoryBus(Bus):
         self, room: str, event: BusEvent, only_if_at: tuple[str, Any] | None = None
     ) -> str | None:
         event = decode_event(encode_event(event))
+        if event.delta is None and room not in self._subscribers:
+            return str(self._positions.get(room, 0))  # nobody hosts the room: nobody to tell
         state = self._states.setdefault(room, RoomState())
         if only_if_at is not None:
             located = state.participants.get(only_if_at[0])

@@ -20,6 +20,7 @@ __all__ = ["Connection", "TokenBucket", "frame_type"]
 log = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, persistent flooding)
+CLOSE_TIMEOUT_S = 2.0  # how long a closing peer gets to take its last frames
 
 
 def frame_type(frame: bytes) -> str:
@@ -56,11 +57,13 @@ class Connection:
     def __init__(
         self,
         ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
         metrics: Metrics,
         send_queue_bytes: int,
         bucket: TokenBucket,
     ) -> None:
         self.ws = ws
+        self.transport = transport  # to cut off a peer that does not read even a close frame
         self.metrics = metrics
         self.bucket = bucket
         self.session_id: str | None = None  # set by a successful join
@@ -86,24 +89,31 @@ class Connection:
             return
         self._ready.set()
 
-    def close_soon(self, code: int, message: str) -> None:
-        """Drop what is queued and close the socket (from synchronous code)."""
+    def close_soon(self, code: int, message: str, flush: bool = False) -> None:
+        """Close the socket from synchronous code: drop what is queued, or send it first
+        (`flush`, so that the last replies, such as `rate-limited` errors, reach the client)."""
         if self._closing:
             return
-        self._closing = True
-        self._queue.clear()
-        self._queued = 0
-        self._writer.cancel()
-        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=message.encode()))
+        if not flush:
+            self._queue.clear()
+            self._queued = 0
+        asyncio.get_running_loop().create_task(self.flush_and_close(code, message))
 
     async def flush_and_close(self, code: int, message: str) -> None:
-        """Send what is queued, then close the socket."""
-        if not self._closing:
-            self._closing = True
-            while self._queue and not self.ws.closed:
-                await asyncio.sleep(0)
+        """Send what is queued, then close the socket; a peer that does not take the frames
+        within `CLOSE_TIMEOUT_S` is cut off."""
+        self._closing = True
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                while self._queue and not self.ws.closed and not self._writer.done():
+                    await asyncio.sleep(0.01)
+                self._writer.cancel()
+                await self.ws.close(code=code, message=message.encode())
+        except TimeoutError:
             self._writer.cancel()
-        await self.ws.close(code=code, message=message.encode())
+            log.info("peer did not take its close frame; aborting the connection")
+            if self.transport is not None:
+                self.transport.abort()
 
     async def stop(self) -> None:
         """Stop the writer task (the socket is already closed)."""

@@ -238,6 +238,16 @@ def parse_session_data_write(
     return SetMeetingSessionData(request_id, data, strategy, tuple(dict.fromkeys(keys)))
 
 
+WIRE_TYPES: dict[type, str] = {
+    Join: "join",
+    SendAppMessage: "send-app-message",
+    SetUserData: "set-user-data",
+    SetMeetingSessionData: "set-meeting-session-data",
+    Leave: "leave",
+    Ping: "ping",
+}
+
+
 def _parse_leave(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Leave:
     return Leave(request_id)
 

@@ -32,7 +32,7 @@ from node.bus import Bus, MemoryBus
 from node.connection import CLOSE_POLICY, Connection, TokenBucket
 from node.errors import BusError, RequestError
 from node.node import Node
-from node.protocol import encode_error, parse, parse_session_data_write
+from node.protocol import WIRE_TYPES, encode_error, parse, parse_session_data_write
 from node.settings import Settings
 
 __all__ = ["build_app", "make_bus", "serve"]
@@ -81,7 +81,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, time.monotonic())
-    conn = Connection(ws, node.metrics, settings.send_queue_bytes, bucket)
+    conn = Connection(ws, request.transport, node.metrics, settings.send_queue_bytes, bucket)
     node.metrics.connections.inc()
     try:
         async for message in ws:
@@ -101,7 +101,7 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
     try:
         if not conn.bucket.allow(time.monotonic()):
             if conn.bucket.refused > conn.bucket.burst:
-                conn.close_soon(CLOSE_POLICY, "rate limit exceeded for too long")
+                conn.close_soon(CLOSE_POLICY, "rate limit exceeded for too long", flush=True)
                 return
             raise RequestError(
                 "rate-limited",
@@ -109,7 +109,7 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
             )
         request = parse(frame, node.limits)
         request_id = request.id
-        node.metrics.frames_in.labels(type(request).__name__).inc()
+        node.metrics.frames_in.labels(WIRE_TYPES[type(request)]).inc()
         await node.handle(conn, request, room)
     except RequestError as exc:
         request_id = request_id if request_id is not None else exc.request_id
@@ -201,10 +201,11 @@ async def rest_meeting_token(request: web.Request) -> web.Response:
         info = "room_name is 1-64 characters of A-Z a-z 0-9 . _ -"
         raise _rest_error(400, "invalid-request-error", info)
     fields = {"user_name": str, "user_id": str, "is_owner": bool, "exp": int, "nbf": int}
+    names = {str: "a string", bool: "a boolean", int: "an integer (Unix seconds)"}
     for field, kind in fields.items():
         value = props.get(field)
         if value is not None and type(value) is not kind:  # (True is not an int here)
-            raise _rest_error(400, "invalid-request-error", f"'{field}' must be a {kind.__name__}")
+            raise _rest_error(400, "invalid-request-error", f"'{field}' must be {names[kind]}")
     token = make_token(
         node.settings.api_key,
         props["room_name"],

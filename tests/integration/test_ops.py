@@ -36,7 +36,7 @@ async def test_health_readiness_and_metrics(
         for line in text.splitlines()
         if line[:1] != "#"
     }
-    assert lines['roomstate_frames_in_total{type="SendAppMessage"}'] >= 1
+    assert lines['roomstate_frames_in_total{type="send-app-message"}'] >= 1
     assert lines['roomstate_frames_out_total{type="app-message"}'] >= 1
     assert lines["roomstate_connections"] >= 2
     assert lines["roomstate_rooms"] >= 1

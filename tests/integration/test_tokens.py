@@ -122,4 +122,4 @@ async def test_rest_meeting_token_joins_its_room(
     bad = {"properties": {"room_name": room, "exp": "tomorrow"}}
     async with http.post(f"{keyed_node.url}/v1/meeting-tokens", json=bad, headers=auth) as r:
         assert r.status == 400
-        assert (await r.json())["info"] == "'exp' must be a int"
+        assert (await r.json())["info"] == "'exp' must be an integer (Unix seconds)"
