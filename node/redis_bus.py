@@ -130,6 +130,7 @@ class RedisBus(Bus):
         self._positions: dict[str, str] = {}  # room -> last stream id read
         self._readers: list[asyncio.Task[None]] = []
         self._ready = False
+        self._closing = False
         self._grace_ms = int(settings.room_grace_s * 1000)
 
     def _connect(self, timeout: float) -> aioredis.Redis | RedisCluster:
@@ -154,6 +155,10 @@ class RedisBus(Bus):
     async def start(self) -> None:
         try:
             await cast(Awaitable[Any], self.client.ping())
+            if isinstance(self.reader, RedisCluster):
+                # Before the shard readers start at once: redis-py's cluster client loses
+                # connections when many tasks make it discover the cluster concurrently.
+                await self.reader.initialize()
         except RedisError as exc:
             raise BusError(f"cannot reach Redis: {exc}") from exc
         self._ready = True
@@ -165,12 +170,15 @@ class RedisBus(Bus):
         self._readers = [loop.create_task(self._read_shard(k)) for k in range(SHARDS)]
 
     async def close(self) -> None:
+        # redis-py may turn the cancellation of a blocked read into a connection error, so the
+        # readers also stop on `_closing`, and closing the reader client ends reads in flight.
+        self._closing = True
         for task in self._readers:
             task.cancel()
+        await self.reader.aclose()
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers = []
         await self.client.aclose()
-        await self.reader.aclose()
 
     @property
     def ready(self) -> bool:
@@ -264,9 +272,11 @@ class RedisBus(Bus):
             log.warning("cannot wake shard %d's reader: %s", shard, exc)
 
     async def _read_shard(self, shard: int) -> None:
-        wake_key, wake_last = self._wake_key(shard), "$"
+        # From the start of this incarnation's wake-up stream, not "$": a wake-up added while
+        # the read is being sent must still end the read.
+        wake_key, wake_last = self._wake_key(shard), "0-0"
         backoff = 0.1
-        while True:
+        while not self._closing:
             rooms = [r for r in self._positions if shard_of(r) == shard]
             streams: dict[Any, Any] = {wake_key: wake_last}
             streams.update((log_key(room), self._positions[room]) for room in rooms)
@@ -275,6 +285,8 @@ class RedisBus(Bus):
             except asyncio.CancelledError:
                 raise
             except RedisError as exc:
+                if self._closing:
+                    return
                 self._ready = False
                 log.warning("shard %d read failed (%s); retrying in %.1f s", shard, exc, backoff)
                 await asyncio.sleep(backoff)
