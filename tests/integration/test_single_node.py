@@ -1,7 +1,9 @@
-"""The three mechanisms end to end, through the Python client SDK, against a node process.
+"""The three mechanisms end to end, through the Python client SDK, on every deployment.
 
-The node runs with a 300 ms session-data interval and a 1.5 s room grace (see conftest.FAST) to
-keep the suite fast; the rules checked do not depend on those values.
+The same tests run on one node with the in-memory bus, one node + Redis, three nodes + Redis,
+and three nodes + Redis Cluster behind haproxy, with each room's participants spread over the
+nodes (tests/integration/deployments.py). Nodes run with a 300 ms session-data interval and a
+1.5 s room grace (conftest.FAST) to keep the suite fast; the rules do not depend on them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -18,9 +20,20 @@ import pytest
 
 from node.client import CallClient, RestClient, TooLarge
 
-from .conftest import NodeProcess
+from .deployments import TOPOLOGIES, Deployment, start_deployment
 
 pytestmark = pytest.mark.integration
+NodeProcess = Deployment  # the tests below take a deployment as their `node`
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    deployment = start_deployment(request.param, tmp_path_factory.mktemp(request.param))
+    yield deployment
+    deployment.stop()
+
 
 SESSION_INTERVAL_S = 0.3  # ROOMSTATE_SESSION_DATA_INTERVAL_MS in conftest.FAST
 USER_DATA_INTERVAL_S = 0.1  # the default
@@ -353,3 +366,18 @@ async def test_rest_to_a_room_with_nobody_in_it(node: NodeProcess, room: str) ->
         assert await rest.send_app_message(room, "anyone?") == {"sent": True}
         assert (await rest.presence(room))["total_count"] == 0
         assert await rest.get_session_data(room) == {"data": {}}
+
+
+async def test_a_rooms_participants_are_spread_over_the_nodes(
+    node: NodeProcess, room: str, clients: Any, http: aiohttp.ClientSession
+) -> None:
+    """Guards the premise of the suite: on a multi-node deployment, rooms span nodes."""
+    joined = [await clients(node, room) for _ in range(6)]
+    per_node = []
+    for process in node.nodes:
+        async with http.get(f"{process.url}/metrics") as response:
+            text = await response.text()
+        line = next(x for x in text.splitlines() if x.startswith("roomstate_connections "))
+        per_node.append(float(line.split()[1]))
+    assert sum(per_node) >= len(joined)
+    assert all(count >= 1 for count in per_node), per_node
