@@ -1,0 +1,99 @@
+"""Multi-node behaviour that needs nodes to die: kill -9, SIGTERM. Three nodes on one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.client import CallClient
+
+from .deployments import Deployment, start_deployment
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def three_nodes(tmp_path: Path) -> Iterator[Deployment]:
+    deployment = start_deployment("3-nodes-redis", tmp_path)
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[CallClient]]:
+    made: list[CallClient] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+async def spread(
+    deployment: Deployment, room: str, per_node: int, made: list[CallClient]
+) -> list[list[CallClient]]:
+    """`per_node` participants joined through each node, grouped by node."""
+    groups: list[list[CallClient]] = []
+    for process in deployment.nodes:
+        group = []
+        for _ in range(per_node):
+            client = CallClient()
+            made.append(client)
+            await client.join(process.room_url(room))
+            group.append(client)
+        groups.append(group)
+    return groups
+
+
+async def wait_for_leaves(watchers: list[CallClient], sids: set[str], timeout: float) -> None:
+    """Until every watcher has seen every one of `sids` leave."""
+    async with asyncio.timeout(timeout):
+        while not all(
+            sids <= {e["participant"]["session_id"] for e in w.events("participant-left")}
+            for w in watchers
+        ):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_killed_nodes_participants_leave_within_8_s_and_no_one_else(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 3, clients)
+    victims = {c.session_id for c in groups[1]}
+    survivors = groups[0] + groups[2]
+    async with asyncio.timeout(5):
+        while not all(len(c.participants()) == 9 for c in survivors):
+            await asyncio.sleep(0.02)
+
+    killed_at = time.monotonic()
+    os.kill(three_nodes.nodes[1].proc.pid, signal.SIGKILL)
+    await wait_for_leaves(survivors, {sid for sid in victims if sid}, timeout=8)
+    elapsed = time.monotonic() - killed_at
+    print(f"\nghost removal after kill -9: {elapsed:.2f} s")  # reported in the issue notes
+    await asyncio.sleep(1.5)  # a second lease round: nobody else may go
+    for watcher in survivors:
+        left = watcher.events("participant-left")
+        assert {e["participant"]["session_id"] for e in left} == victims
+        assert {e["reason"] for e in left} == {"node-lost"}
+        assert len(watcher.participants()) == 6
+
+
+async def test_sigterm_makes_a_nodes_participants_leave_within_1_s(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 2, clients)
+    leaving = {c.session_id for c in groups[2] if c.session_id}
+    watchers = groups[0] + groups[1]
+    sent_at = time.monotonic()
+    three_nodes.nodes[2].proc.send_signal(signal.SIGTERM)
+    await wait_for_leaves(watchers, leaving, timeout=1.0)
+    print(f"\ngraceful leave after SIGTERM: {time.monotonic() - sent_at:.3f} s")
+    for client in groups[2]:
+        closed: Any = await client.next_event("left-meeting", timeout=5)
+        assert closed["closeCode"] == 1012
+    assert three_nodes.nodes[2].proc.wait(10) == 0
