@@ -18,12 +18,14 @@ import abc
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from crdt import RoomState
 from node.events import BusEvent, decode_event, encode_event
 
-__all__ = ["Bus", "EventHandler", "MemoryBus", "Snapshot"]
+__all__ = ["Bus", "EventHandler", "LeaseState", "MemoryBus", "Snapshot"]
+
+LeaseState = Literal["held", "taken", "missing"]
 
 EventHandler = Callable[[str, str, BusEvent], None]
 """Called with (room, position, event) for each event of a subscribed room."""
@@ -70,8 +72,14 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
-    ) -> bool:
-        """Register (`register`) or renew a node's lease; False if the lease was lost."""
+    ) -> LeaseState:
+        """Register (`register`) or renew a node's lease: "held" (it is ours), "taken"
+        (another incarnation holds it) or "missing" (expired, or the store lost it)."""
+
+    @abc.abstractmethod
+    async def lost_rooms(self, rooms: list[str]) -> list[str]:
+        """Those of `rooms` whose stored state may have been lost since the last call (the
+        store restarted without its data): their hosts merge their replicas back."""
 
     @abc.abstractmethod
     async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
@@ -154,12 +162,15 @@ class MemoryBus(Bus):
 
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
-    ) -> bool:
+    ) -> LeaseState:
         # One process: a node's lease is lost only if another incarnation took it.
         if register or self._leases.get(node_id, incarnation) == incarnation:
             self._leases[node_id] = incarnation
-            return True
-        return False
+            return "held"
+        return "taken"
+
+    async def lost_rooms(self, rooms: list[str]) -> list[str]:
+        return []  # the store lives and dies with the node
 
     async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
         return {node_id: self._leases.get(node_id) for node_id in node_ids}

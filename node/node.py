@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -84,6 +85,11 @@ class Node:
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
         self._lease_task: asyncio.Task[None] | None = None
+        self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
+        # Since when the lease has been held without a break (inf: it is not held now). Lost
+        # nodes are judged only after a whole lease period of it: after an outage of the store,
+        # the other nodes must be given the time to renew theirs first.
+        self._held_since = math.inf
 
     # -- client requests --
 
@@ -285,25 +291,50 @@ class Node:
     async def start(self) -> None:
         """Register this node's lease and start delivering bus events."""
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
+        self._renewed_at = self._held_since = time.monotonic()
         self.bus.start_reading(self.origin)
         self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
 
     async def _keep_lease(self) -> None:
-        """Every second: renew the lease (fence if it was lost), remove participants of nodes
-        whose lease expired."""
+        """Every second: renew the lease (fence if it was lost), merge replicas back into a
+        store that lost them, remove participants of nodes whose lease expired."""
         while True:
             await asyncio.sleep(LEASE_RENEW_S)
             try:
-                if not await self.bus.renew_lease(
-                    self.node_id, self.incarnation, LEASE_TTL_MS, register=False
-                ):
+                if not await self._renew_lease():
                     await self._fence()
                     continue
-                await self._remove_lost_participants()
+                await self._restore_lost_rooms()
+                if time.monotonic() - self._held_since >= LEASE_TTL_MS / 1000:
+                    await self._remove_lost_participants()
             except BusError as exc:
+                self._held_since = math.inf
                 log.warning("lease upkeep failed: %s", exc)
             except Exception:
                 log.exception("lease upkeep failed")
+
+    async def _renew_lease(self) -> bool:
+        """Whether this incarnation still holds its lease (re-registering it if the store lost
+        it while we renewed on time)."""
+        state = await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, False)
+        now = time.monotonic()
+        if state == "missing" and now - self._renewed_at < LEASE_TTL_MS / 1000:
+            log.warning("the lease vanished while renewed on time: the store lost its data")
+            state = await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, True)
+            self._held_since = now  # the other nodes need a moment to re-register too
+        if state == "held":
+            self._renewed_at = now
+            self._held_since = min(self._held_since, now)
+        return state == "held"
+
+    async def _restore_lost_rooms(self) -> None:
+        """Anti-entropy: merge this node's replica of each room the store lost back into it."""
+        for name in await self.bus.lost_rooms(list(self.rooms)):
+            room = self.rooms.get(name)
+            if room is not None:
+                log.warning("room %s: the store lost its state; merging this replica back", name)
+                event = BusEvent(self.origin, self.now_ms(), delta=room.state.copy())
+                await self.bus.publish(name, event)
 
     async def _remove_lost_participants(self) -> None:
         located = {name: room.located_elsewhere(self.node_id) for name, room in self.rooms.items()}
@@ -340,6 +371,7 @@ class Node:
         self.incarnation = uuid.uuid4().hex[:12]
         self.origin = f"{self.node_id}/{self.incarnation}"
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
+        self._renewed_at = self._held_since = time.monotonic()
 
     # -- lifecycle --
 

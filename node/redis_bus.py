@@ -9,6 +9,7 @@ atomically:
     rs:{rs<k>}:log:<room>      stream of the room's events (MAXLEN ~ `STREAM_MAXLEN`)
     rs:{rs<k>}:state:<room>    hash: the merged room state (node/redis_scripts.py)
     rs:{rs<k>}:wake:<origin>   per-node wake-up stream of shard k
+    rs:{rs<k>}:epoch           shard k's epoch: changes when its Redis loses its data
     rs:lease:<node id>         the node's lease: its incarnation, with a TTL
 
 Reading: one task per shard holds one ``XREAD BLOCK`` over the node's rooms in that shard and its
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import zlib
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -31,7 +33,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
-from node.bus import Bus, EventHandler, Snapshot
+from node.bus import Bus, EventHandler, LeaseState, Snapshot
 from node.errors import BusError
 from node.events import BusEvent, decode_event, encode_event
 from node.redis_scripts import PUBLISH, RENEW_LEASE, SNAPSHOT
@@ -61,6 +63,11 @@ def log_key(room: str) -> str:
 
 def state_key(room: str) -> str:
     return f"rs:{_tag(shard_of(room))}:state:{room}"
+
+
+def epoch_key(shard: int) -> str:
+    """A shard's epoch: a random value that changes when that shard's Redis loses its data."""
+    return f"rs:{_tag(shard)}:epoch"
 
 
 def _canonical(value: Any) -> str:
@@ -131,6 +138,7 @@ class RedisBus(Bus):
         self._readers: list[asyncio.Task[None]] = []
         self._ready = False
         self._closing = False
+        self._epochs: dict[int, str] = {}  # shard -> its epoch key's value when last seen
         self._grace_ms = int(settings.room_grace_s * 1000)
 
     def _connect(self, timeout: float) -> aioredis.Redis | RedisCluster:
@@ -203,10 +211,12 @@ class RedisBus(Bus):
 
     async def snapshot(self, room: str) -> Snapshot:
         try:
-            flat, position = await self._snapshot(keys=[log_key(room), state_key(room)])
+            keys = [log_key(room), state_key(room), epoch_key(shard_of(room))]
+            flat, position, epoch = await self._snapshot(keys=keys, args=[uuid.uuid4().hex])
         except RedisError as exc:
             self._ready = False
             raise BusError(f"cannot read the room from Redis: {exc}") from exc
+        self._epochs.setdefault(shard_of(room), epoch.decode())  # lost_rooms compares with it
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         try:
             state = state_from_hash(fields)
@@ -232,8 +242,7 @@ class RedisBus(Bus):
 
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
-    ) -> bool:
-        """Register or renew this node's lease; False if it was lost (the node must fence)."""
+    ) -> LeaseState:
         mode = "register" if register else "renew"
         try:
             result = await self._renew(
@@ -243,7 +252,27 @@ class RedisBus(Bus):
             self._ready = False
             raise BusError(f"cannot renew the lease: {exc}") from exc
         self._ready = True
-        return bool(result)
+        return "held" if result == 1 else "taken" if result == 0 else "missing"
+
+    async def lost_rooms(self, rooms: list[str]) -> list[str]:
+        """Rooms in shards whose epoch key changed or vanished: that shard's Redis lost its
+        data (a restart without persistence, or a failover to a replica that was behind)."""
+        shards = sorted({shard_of(room) for room in rooms})
+        lost: set[int] = set()
+        try:
+            for shard in shards:
+                key = epoch_key(shard)
+                fresh = uuid.uuid4().hex
+                await self.client.set(key, fresh, nx=True)
+                value = await self.client.get(key)
+                current = value.decode() if isinstance(value, bytes) else str(value)
+                known = self._epochs.get(shard)
+                if known is not None and known != current:
+                    lost.add(shard)
+                self._epochs[shard] = current
+        except RedisError as exc:
+            raise BusError(f"cannot check the shard epochs: {exc}") from exc
+        return [room for room in rooms if shard_of(room) in lost]
 
     async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
         """The current incarnation of each node whose lease is alive (None: expired)."""

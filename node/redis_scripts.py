@@ -136,22 +136,26 @@ return id
 )
 
 SNAPSHOT = """
--- KEYS: log stream, state hash. Returns {state fields and values..., last stream id}, read
+-- KEYS: log stream, state hash, the shard's epoch key. ARGV: a fresh epoch, used if the shard
+-- has none. Returns {state fields and values..., last stream id, the shard's epoch}, read
 -- together so the state includes exactly the events up to that id.
 local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
 local id = "0-0"
 if #last > 0 then id = last[1][1] end
-return {redis.call("HGETALL", KEYS[2]), id}
+redis.call("SET", KEYS[3], ARGV[1], "NX")
+return {redis.call("HGETALL", KEYS[2]), id, redis.call("GET", KEYS[3])}
 """
 
 RENEW_LEASE = """
 -- KEYS: lease key. ARGV: incarnation, ttl ms, "register" or "renew".
--- Registering sets the lease; renewing extends it only if it is still ours. Returns 1 if the
--- lease is ours now, 0 if it was lost (expired, or taken by another incarnation): fence.
+-- Registering sets the lease; renewing extends it only if it is still ours.
+-- Returns 1: the lease is ours; 0: another incarnation holds it; -1: there is no lease (it
+-- expired, or Redis lost its data: the node tells which by when it last renewed).
 local current = redis.call("GET", KEYS[1])
 if ARGV[3] == "register" or current == ARGV[1] then
   redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
   return 1
 end
-return 0
+if current then return 0 end
+return -1
 """

@@ -183,11 +183,11 @@ async def test_an_empty_room_is_dropped_after_the_grace_period(make_bus: Any) ->
 async def test_leases_register_renew_expire_and_fence(make_bus: Any) -> None:
     bus = await make_bus()
     node = f"lease-{uuid.uuid4().hex[:6]}"
-    assert await bus.renew_lease(node, "inc-1", 5000, register=True)
-    assert await bus.renew_lease(node, "inc-1", 5000, register=False)
+    assert await bus.renew_lease(node, "inc-1", 5000, register=True) == "held"
+    assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "held"
     assert await bus.live_incarnations([node, "never-seen"]) == {node: "inc-1", "never-seen": None}
-    assert await bus.renew_lease(node, "inc-2", 5000, register=True)
-    assert not await bus.renew_lease(node, "inc-1", 5000, register=False), "inc-1 is fenced"
+    assert await bus.renew_lease(node, "inc-2", 5000, register=True) == "held"
+    assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "taken", "fenced"
 
 
 @pytest.mark.parametrize("bus_settings", ["redis", "cluster"], indirect=True)

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from node.client import CallClient
+from node.redis_bus import RedisBus
+from node.settings import Settings
 
 from .deployments import Deployment, start_deployment
 
@@ -97,3 +99,44 @@ async def test_sigterm_makes_a_nodes_participants_leave_within_1_s(
         closed: Any = await client.next_event("left-meeting", timeout=5)
         assert closed["closeCode"] == 1012
     assert three_nodes.nodes[2].proc.wait(10) == 0
+
+
+async def test_state_survives_a_redis_restart_without_persistence(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    """Redis loses everything; the nodes notice (shard epochs), merge their replicas back
+    (anti-entropy), and a late joiner and every client see the whole state again."""
+    groups = await spread(three_nodes, room, 1, clients)
+    a, b, c = (group[0] for group in groups)
+    await a.set_user_data({"name": "a"})
+    await b.set_meeting_session_data({"topic": "before"})
+    await c.set_meeting_session_data({"c": 1}, "shallow-merge")
+    redis = three_nodes.stop_list[0]
+    store = RedisBus(Settings(redis=redis.url))  # type: ignore[attr-defined]
+    restarted_at = time.monotonic()
+    redis.kill()  # type: ignore[attr-defined]
+    redis.restart()  # type: ignore[attr-defined]
+    await store.start()
+    async with asyncio.timeout(15):
+        while True:
+            stored = (await store.snapshot(room)).state
+            if (
+                stored.session_data.value() == {"topic": "before", "c": 1}
+                and len(stored.present()) == 3
+            ):
+                break
+            await asyncio.sleep(0.05)
+    print(f"\nstate back in Redis after its restart: {time.monotonic() - restarted_at:.2f} s")
+    user_data = stored.present()[a.session_id or ""].user_data
+    assert user_data is not None and user_data.value == {"name": "a"}
+    await store.close()
+    late = CallClient()
+    clients.append(late)
+    await late.join(three_nodes.nodes[1].room_url(room + ""))
+    await a.set_meeting_session_data({"topic": "after"}, "shallow-merge")
+    for client in (a, b, c, late):
+        await client.next_event(
+            "meeting-session-state-updated",
+            timeout=5,
+            predicate=lambda e: e["meetingSessionState"]["data"] == {"topic": "after", "c": 1},
+        )
