@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from node.client import CallClient
+from node.client import CallClient, Unavailable
 from node.redis_bus import RedisBus
 from node.settings import Settings
 
@@ -140,3 +141,40 @@ async def test_state_survives_a_redis_restart_without_persistence(
             timeout=5,
             predicate=lambda e: e["meetingSessionState"]["data"] == {"topic": "after", "c": 1},
         )
+
+
+async def test_while_redis_is_down_writes_get_an_error_and_readyz_fails(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 1, clients)
+    writer = groups[0][0]
+    await writer.set_user_data({"before": True})
+    redis = three_nodes.stop_list[0]
+    redis.pause()  # type: ignore[attr-defined]  # unreachable, as a partition would make it
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="not stored"):
+            await writer.set_meeting_session_data({"lost": True})
+        print(f"\nwrite refused after {time.monotonic() - started:.2f} s with Redis unreachable")
+        assert time.monotonic() - started < 2.5
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(5):
+                while True:
+                    async with http.get(f"{three_nodes.nodes[0].url}/readyz") as response:
+                        if response.status == 503:
+                            break
+                    await asyncio.sleep(0.1)
+    finally:
+        redis.resume()  # type: ignore[attr-defined]
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await writer.set_meeting_session_data({"after": True})
+                break
+            except Unavailable:
+                await asyncio.sleep(0.2)
+    other = groups[1][0]
+    await other.next_event(
+        "meeting-session-state-updated",
+        predicate=lambda e: e["meetingSessionState"]["data"] == {"after": True},
+    )
