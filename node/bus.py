@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +25,8 @@ from crdt import RoomState
 from node.events import BusEvent, decode_event, encode_event
 
 __all__ = ["Bus", "EventHandler", "LeaseState", "MemoryBus", "Snapshot"]
+
+LOG_LENGTH = 1000  # events kept per room for replay (the Redis bus trims its streams likewise)
 
 LeaseState = Literal["held", "taken", "missing"]
 
@@ -57,6 +60,11 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def snapshot(self, room: str) -> Snapshot: ...
+
+    @abc.abstractmethod
+    async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
+        """The room's events after position `after`, oldest first; None if the log no longer
+        holds them all (trimmed, or the store lost its data): then nothing can be replayed."""
 
     @abc.abstractmethod
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
@@ -105,6 +113,7 @@ class MemoryBus(Bus):
         self._subscribers: dict[str, list[tuple[int, EventHandler]]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._leases: dict[str, str] = {}  # node id -> incarnation
+        self._logs: dict[str, deque[tuple[int, BusEvent]]] = {}  # the latest events per room
 
     async def start(self) -> None:
         pass
@@ -137,6 +146,7 @@ class MemoryBus(Bus):
                 return None
         position = self._positions.get(room, 0) + 1
         self._positions[room] = position
+        self._logs.setdefault(room, deque(maxlen=LOG_LENGTH)).append((position, event))
         if event.delta is not None:
             state.merge(event.delta)
             self._schedule_expiry(room, state)
@@ -149,6 +159,12 @@ class MemoryBus(Bus):
         state = self._states.get(room)
         position = self._positions.get(room, 0)
         return Snapshot(state.copy() if state is not None else RoomState(), str(position))
+
+    async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
+        log, start = self._logs.get(room, deque()), int(after)
+        if start < self._positions.get(room, 0) and (not log or log[0][0] > start + 1):
+            return None
+        return [(str(position), event) for position, event in log if position > start]
 
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
         self._subscribers.setdefault(room, []).append((int(after), handler))
@@ -186,3 +202,4 @@ class MemoryBus(Bus):
     def _expire(self, room: str) -> None:
         self._expiry.pop(room, None)
         self._states.pop(room, None)  # positions stay: they only ever grow
+        self._logs.pop(room, None)

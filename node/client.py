@@ -218,6 +218,7 @@ class CallClient:
         self.record_events = record_events
         self.session_id: str | None = None  # set by the `joined` reply
         self.resume_token: str | None = None  # the `joined` reply's, if the node sent one
+        self.last_seq: str | None = None  # position of the last app message received
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse[Literal[True]] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -265,6 +266,8 @@ class CallClient:
         self._http = aiohttp.ClientSession()
         self._leaving, self._left, self.session_id = False, False, None
         fields = {"token": token, "userName": user_name, "userData": user_data, "resume": resume}
+        if resume is not None:
+            fields["resumeAfter"] = self.last_seq  # replay the app messages after this one
         try:
             self._ws = await self._http.ws_connect(ws_url)
             self._reader = asyncio.create_task(self._read(self._ws), name=f"roomstate {ws_url}")
@@ -500,7 +503,12 @@ class CallClient:
             self._session_base = dict(frame["meetingSessionState"]["data"])
             self._refresh_session()
             self._emit(kind, content)
-        elif kind in ("app-message", "nonfatal-error"):
+        elif kind == "app-message":
+            seq = content.pop("seq", None)
+            if isinstance(seq, str):
+                self.last_seq = seq
+            self._emit(kind, content)
+        elif kind == "nonfatal-error":
             self._emit(kind, content)
         elif kind not in _REPLIES:
             logger.debug("ignoring a frame of type %r", kind)
@@ -508,6 +516,8 @@ class CallClient:
     def _on_joined(self, frame: dict[str, Json]) -> None:
         sid = frame["sessionId"]
         participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
+        if frame.get("resumed") is not True:
+            self.last_seq = None  # a new session: nothing to replay from
         self.session_id, self.resume_token = sid, frame.get("resumeToken")
         mine = participants.pop(sid, None)
         self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}

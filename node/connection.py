@@ -73,11 +73,31 @@ class Connection:
         self._queued = 0  # bytes in _queue
         self._ready = asyncio.Event()  # set when _queue has frames
         self._closing = False
+        self._held: list[bytes] | None = None  # frames kept aside while a resume replays
         self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def hold(self) -> None:
+        """Keep frames from `send` aside (a resume replays missed events first)."""
+        self._held = []
+
+    def send_first(self, frame: bytes) -> None:
+        """Queue a frame ahead of those held back."""
+        held, self._held = self._held, None
+        self.send(frame)
+        self._held = held
+
+    def release(self) -> None:
+        """Queue the frames held back, after those sent meanwhile with `send_first`."""
+        held, self._held = self._held or [], None
+        for frame in held:
+            self.send(frame)
 
     def send(self, frame: bytes) -> None:
         """Queue a frame; never blocks. Cuts the client off if its queue is over the limit."""
         if self._closing:
+            return
+        if self._held is not None:
+            self._held.append(frame)
             return
         self._queue.append(frame)
         self._queued += len(frame)

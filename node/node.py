@@ -11,8 +11,11 @@ A request is acknowledged only after its events are stored on the bus.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +50,12 @@ log = logging.getLogger(__name__)
 LEASE_TTL_MS = 5000  # a node's lease expires this long after its last renewal
 LEASE_RENEW_S = 1.0  # how often a node renews its lease and looks for lost nodes
 CLOSE_FENCED = 4002  # close code: this node lost its lease
+CLOSE_REPLACED = 4003  # close code: the session was resumed on another connection
+
+
+def _digest(secret: str) -> str:
+    """What the room state keeps of a resume secret (the secret itself stays with the client)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def wall_ms() -> int:
@@ -85,6 +94,7 @@ class Node:
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
         self._lease_task: asyncio.Task[None] | None = None
+        self._away: dict[str, tuple[str, asyncio.TimerHandle]] = {}  # dropped sid -> room, timer
         self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
         # Since when the lease has been held without a break (inf: it is not held now). Lost
         # nodes are judged only after a whole lease period of it: after an outage of the store,
@@ -106,8 +116,10 @@ class Node:
             raise RequestError("not-joined", "send 'join' first")
         sid, now = conn.session_id, self.now_ms()
         if isinstance(request, SendAppMessage):
-            out = room.send_app_message(sid, request.data, request.to, now)
-        elif isinstance(request, SetUserData):
+            await self._send_app_message(room, sid, request.data, request.to)
+            conn.send(encode("ack", id=request.id))
+            return
+        if isinstance(request, SetUserData):
             out = room.set_user_data(sid, request.data, now)
         elif isinstance(request, SetMeetingSessionData):
             out = room.set_session_data(request, now)
@@ -134,17 +146,63 @@ class Node:
             if claims.user_id is not None:
                 info["user_id"] = claims.user_id
         room = await self._open(room_name)
-        sid = str(uuid.uuid4())
+        if request.resume is not None and await self._resume(conn, request, room):
+            return
+        sid, secret = str(uuid.uuid4()), secrets.token_urlsafe(18)
         info.setdefault("user_id", sid)
+        info["resume"] = _digest(secret)
         location = {"node": self.node_id, "incarnation": self.incarnation}
         out = room.join(sid, info, location, request.user_data, self.now_ms())
         conn.session_id, conn.room = sid, room_name
         self.connections[sid] = conn
-        conn.send(room.joined_frame(request.id, sid))
+        extra = {"resumed": False} if request.resume is not None else {}
+        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", **extra))
         await self._run(room, out)
 
+    async def _resume(self, conn: Connection, request: Join, room: Room) -> bool:
+        """Take up a session again (on this node or from another one). False if it cannot be
+        (unknown, removed, or a wrong secret): then the join goes on as a fresh one."""
+        sid, _, secret = (request.resume or "").partition(".")
+        digest = room.resume_digest(sid)
+        if digest is None or not hmac.compare_digest(digest, _digest(secret)):
+            return False
+        if sid in self.connections:  # the old connection is still open here: replace it
+            old = self.connections.pop(sid)
+            old.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
+        away = self._away.pop(sid, None)
+        if away is not None:
+            away[1].cancel()
+        location = {"node": self.node_id, "incarnation": self.incarnation}
+        delta = room.state.move(sid, location, self.hlc.tick(self.now_ms()))
+        conn.session_id, conn.room = sid, room.name
+        self.connections[sid] = conn
+        room.attach(sid)
+        conn.hold()  # live events wait until the missed ones are replayed
+        try:
+            missed = None
+            if request.resume_after is not None:
+                missed = await self.bus.read_range(room.name, request.resume_after)
+            conn.send_first(
+                room.joined_frame(
+                    request.id, sid, request.resume, resumed=True, replayed=missed is not None
+                )
+            )
+            for position, event in missed or ():
+                if event.message is not None:
+                    for recipients, frame in room.deliver_app_message(
+                        event.message, position
+                    ).sends:
+                        if sid in recipients:
+                            conn.send_first(frame)
+        finally:
+            conn.release()
+        await self.bus.publish(room.name, BusEvent(self.origin, self.now_ms(), delta=delta))
+        log.info("room %s: %s resumed (%d events read back)", room.name, sid, len(missed or ()))
+        return True
+
     async def disconnect(self, conn: Connection, reason: str) -> None:
-        """The connection's participant leaves its room (idempotent)."""
+        """The connection's participant leaves its room (idempotent). A dropped connection
+        ("disconnected") keeps the participant for `resume_grace_s`, so that it can resume."""
         sid, room_name = conn.session_id, conn.room
         if sid is None or room_name is None or self.connections.get(sid) is not conn:
             return
@@ -152,13 +210,46 @@ class Node:
         room = self.rooms.get(room_name)
         if room is None:
             return
+        grace = self.settings.resume_grace_s
+        if reason == "disconnected" and grace > 0:
+            room.detach(sid)
+            handle = asyncio.get_running_loop().call_later(
+                grace, lambda: asyncio.ensure_future(self._grace_over(room_name, sid))
+            )
+            self._away[sid] = (room_name, handle)
+            return
         out = room.leave(sid, reason, self.now_ms())
-        if not room.local:
-            self._close_room(room_name)
+        self._close_room_if_unused(room_name)
         try:
             await self._run(room, out)
         except BusError as exc:
             log.warning("could not publish the leave of %s: %s", sid, exc)
+
+    async def _grace_over(self, room_name: str, sid: str) -> None:
+        """A dropped participant did not resume in time: it leaves, unless it moved on."""
+        if self._away.pop(sid, None) is None:
+            return
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        where = {"node": self.node_id, "incarnation": self.incarnation}
+        event = BusEvent(
+            self.origin, self.now_ms(), delta=RoomState(removed={sid}), reason="disconnected"
+        )
+        try:
+            stored = await self.bus.publish(room_name, event, only_if_at=(sid, where))
+        except BusError as exc:
+            log.warning("could not publish the leave of %s: %s", sid, exc)
+            stored = None
+        if stored is not None:
+            self._deliver(room, room.remove_lost(sid, "disconnected"))
+        self._close_room_if_unused(room_name)
+
+    def _close_room_if_unused(self, room_name: str) -> None:
+        room = self.rooms.get(room_name)
+        away = any(name == room_name for name, _ in self._away.values())
+        if room is not None and not room.local and not away:
+            self._close_room(room_name)
 
     # -- server-side (REST) requests --
 
@@ -167,10 +258,19 @@ class Node:
     ) -> None:
         room = self.rooms.get(room_name)
         if room is not None:
-            await self._run(room, room.send_app_message("API", data, to, self.now_ms()))
+            await self._send_app_message(room, "API", data, to)
         else:
             event = BusEvent(self.origin, self.now_ms(), message=AppMessage(data, "API", to))
             await self.bus.publish(room_name, event)
+
+    async def _send_app_message(
+        self, room: Room, from_id: str, data: Any, to: str | tuple[str, ...]
+    ) -> None:
+        """Store an app message, then deliver it to local recipients with its position."""
+        event = room.app_message(from_id, data, to, self.now_ms())
+        position = await self.bus.publish(room.name, event)
+        assert event.message is not None and position is not None
+        self._deliver(room, room.deliver_app_message(event.message, position))
 
     async def presence(self, room_name: str) -> list[dict[str, Any]]:
         room = await self._view(room_name)
@@ -243,7 +343,15 @@ class Node:
             if ahead > self.settings.max_drift_ms:
                 self.metrics.clock_drift.inc()
                 log.warning("room %s: a delivered stamp is %d ms ahead", room_name, ahead)
-        self._deliver(room, room.receive(event, now))
+        self._deliver(room, room.receive(event, now, position))
+        for sid in event.delta.participants if event.delta is not None else ():
+            if sid in self._away and sid not in room.local:
+                participant = room.state.participants.get(sid)
+                here = {"node": self.node_id, "incarnation": self.incarnation}
+                if participant and participant.location and participant.location.value != here:
+                    self._away.pop(sid)[1].cancel()  # it resumed on another node
+                    room.detach(sid)
+                    self._close_room_if_unused(room_name)
         for sid in event.delta.removed if event.delta is not None else ():
             conn = self.connections.get(sid)
             if conn is not None and conn.room == room_name:  # removed elsewhere: cut it off
@@ -364,6 +472,9 @@ class Node:
         log.warning("lease lost: fencing node %s incarnation %s", self.node_id, self.incarnation)
         conns = list(self.connections.values())
         self.connections.clear()
+        for _, handle in self._away.values():
+            handle.cancel()
+        self._away.clear()
         for name in list(self.rooms):
             self._close_room(name)
         for conn in conns:
@@ -382,6 +493,15 @@ class Node:
         conns = list(self.connections.values())
         for conn in conns:
             await self.disconnect(conn, "node-shutdown")
+        for sid, (room_name, handle) in list(self._away.items()):
+            handle.cancel()
+            del self._away[sid]
+            room = self.rooms.get(room_name)
+            if room is not None:
+                try:
+                    await self._run(room, room.leave(sid, "node-shutdown", self.now_ms()))
+                except BusError as exc:
+                    log.warning("could not publish the leave of %s: %s", sid, exc)
         await asyncio.gather(
             *(conn.flush_and_close(1012, "node shutting down") for conn in conns),
             return_exceptions=True,

@@ -55,7 +55,8 @@ class Join:
     token: str | None
     user_name: str | None
     user_data: Json
-    resume: str | None
+    resume: str | None  # the resumeToken of an earlier session, to take it up again
+    resume_after: str | None  # the `seq` of the last app message that session received
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def _parse_join(message: dict[str, Json], request_id: RequestId, limits: Limits)
         user_name=_optional_str(message, "userName", MAX_NAME_LENGTH),
         user_data=user_data,
         resume=_optional_str(message, "resume", 1024),
+        resume_after=_optional_str(message, "resumeAfter", 64),
     )
 
 
@@ -270,9 +272,11 @@ _PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits], Request]] = {
 
 
 def encode(frame_type: str, **fields: Json) -> bytes:
-    """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id` of None is left out."""
-    if "id" in fields and fields["id"] is None:
-        del fields["id"]
+    """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id` or `resumeToken` of
+    None is left out."""
+    for optional in ("id", "resumeToken"):
+        if optional in fields and fields[optional] is None:
+            del fields[optional]
     return orjson.dumps({"type": frame_type, **fields})
 
 

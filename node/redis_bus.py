@@ -224,6 +224,23 @@ class RedisBus(Bus):
             raise BusError(f"the stored state of {room!r} is unreadable: {exc}") from exc
         return Snapshot(state, position.decode())
 
+    async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
+        key = log_key(room)
+        try:
+            first: Any = await self.client.xrange(key, "-", "+", count=1)
+            if after != "0-0" and (not first or _stream_id(first[0][0]) > _stream_id(after)):
+                return None  # trimmed past `after`, or the stream is new (Redis lost it)
+            entries: Any = await self.client.xrange(key, "(" + after, "+")
+        except RedisError as exc:
+            raise BusError(f"cannot read the room's stream: {exc}") from exc
+        events = []
+        for entry_id, fields in entries:
+            try:
+                events.append((entry_id.decode(), decode_event(fields[b"e"])))
+            except (CodecError, KeyError) as exc:
+                log.error("room %s: skipping unreadable event %s: %s", room, entry_id, exc)
+        return events
+
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
         self._handlers.setdefault(room, []).append(handler)
         if room not in self._positions:
@@ -341,6 +358,12 @@ class RedisBus(Bus):
             return
         for handler in list(self._handlers.get(room, ())):
             handler(room, entry_id, event)
+
+
+def _stream_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]]:

@@ -91,13 +91,22 @@ class Room:
     def session_data(self) -> dict[str, Any]:
         return self.state.session_data.value()
 
-    def joined_frame(self, request_id: str | int | None, session_id: str) -> bytes:
+    def joined_frame(
+        self,
+        request_id: str | int | None,
+        session_id: str,
+        resume_token: str | None = None,
+        **flags: bool,
+    ) -> bytes:
+        """The reply to a join; `flags` are `resumed` and `replayed` for a resume attempt."""
         return encode(
             "joined",
             id=request_id,
             sessionId=session_id,
             participants=self.participants(),
             meetingSessionState={"data": self.session_data()},
+            resumeToken=resume_token,
+            **flags,
         )
 
     # -- local requests --
@@ -153,14 +162,35 @@ class Room:
                 found[sid] = p.location.value
         return found
 
-    def send_app_message(
+    def app_message(
         self, from_id: str, data: Any, to: str | tuple[str, ...], now_ms: int
-    ) -> Output:
-        """Publish an app message and deliver it to its local recipients."""
-        message = AppMessage(data, from_id, to)
-        out = Output(publish=[BusEvent(self.origin, now_ms, message=message)])
-        out.send(self._recipients(message), encode("app-message", data=data, fromId=from_id))
+    ) -> BusEvent:
+        """The event to publish for an app message; it is delivered locally once stored."""
+        return BusEvent(self.origin, now_ms, message=AppMessage(data, from_id, to))
+
+    def deliver_app_message(self, message: AppMessage, seq: str) -> Output:
+        """Deliver a stored app message to its local recipients; `seq` is its log position,
+        which a client quotes when it resumes to have what it missed replayed."""
+        out = Output()
+        frame = encode("app-message", data=message.data, fromId=message.from_id, seq=seq)
+        out.send(self._recipients(message), frame)
         return out
+
+    def attach(self, session_id: str) -> None:
+        """A present participant's connection is (again) on this node."""
+        self.local[session_id] = None
+
+    def detach(self, session_id: str) -> None:
+        """A participant's connection dropped; it stays present while it may resume."""
+        self.local.pop(session_id, None)
+
+    def resume_digest(self, session_id: str) -> str | None:
+        """The digest of the participant's resume secret, if it is present and has one."""
+        participant = self.state.participants.get(session_id)
+        if participant is None or participant.info is None:
+            return None
+        digest = participant.info.value.get("resume")
+        return digest if isinstance(digest, str) else None
 
     def set_user_data(self, session_id: str, data: Any, now_ms: int) -> Output:
         delta = self.state.set_user_data(session_id, data, self.clock.tick(now_ms))
@@ -189,14 +219,13 @@ class Room:
 
     # -- remote events --
 
-    def receive(self, event: BusEvent, now_ms: int) -> Output:
-        """Apply an event from the bus (skipping this node's own)."""
-        out = Output()
+    def receive(self, event: BusEvent, now_ms: int, position: str) -> Output:
+        """Apply an event read from the bus at `position` (skipping this node's own)."""
         if event.origin == self.origin:
-            return out
+            return Output()
         if event.message is not None:
-            frame = encode("app-message", data=event.message.data, fromId=event.message.from_id)
-            out.send(self._recipients(event.message), frame)
+            return self.deliver_app_message(event.message, position)
+        out = Output()
         if event.delta is None:
             return out
         for stamp in event.delta.stamps():

@@ -39,6 +39,7 @@ class Settings:
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
     session_data_interval_ms: int = 1000  # at most one session-state event per room per this
     room_grace_s: float = 30.0  # an empty room's state is dropped after this
+    resume_grace_s: float = 15.0  # a dropped participant may resume this long; 0: leave at once
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
     max_drift_ms: int = 500  # a stamp further ahead of the local clock is refused
 

@@ -72,7 +72,11 @@ def start_node(tmp: Path, env: dict[str, str] | None = None, *args: str) -> Node
 
 
 # Short intervals keep the suite fast; the semantics do not depend on them.
-FAST = {"ROOMSTATE_ROOM_GRACE_S": "1.5", "ROOMSTATE_SESSION_DATA_INTERVAL_MS": "300"}
+FAST = {
+    "ROOMSTATE_ROOM_GRACE_S": "1.5",
+    "ROOMSTATE_SESSION_DATA_INTERVAL_MS": "300",
+    "ROOMSTATE_RESUME_GRACE_S": "1",
+}
 
 
 @pytest.fixture(scope="module")

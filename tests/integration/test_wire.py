@@ -36,7 +36,15 @@ async def test_join_and_app_message_frames_are_exactly_as_documented(
 ) -> None:
     a, reply = await joined(http, node, room, userName="ann", userData={"hand": False})
     sid = reply["sessionId"]
-    assert list(reply) == ["type", "id", "sessionId", "participants", "meetingSessionState"]
+    assert list(reply) == [
+        "type",
+        "id",
+        "sessionId",
+        "participants",
+        "meetingSessionState",
+        "resumeToken",
+    ]
+    assert reply["resumeToken"].startswith(reply["sessionId"] + ".")
     me = reply["participants"][sid]
     assert set(me) == {"session_id", "user_id", "user_name", "userData", "joined_at", "owner"}
     assert (me["user_name"], me["userData"], me["owner"]) == ("ann", {"hand": False}, False)
@@ -49,7 +57,9 @@ async def test_join_and_app_message_frames_are_exactly_as_documented(
 
     await a.send_str('{"type":"send-app-message","id":7,"data":{"emoji":"+1"},"to":"*"}')
     assert await recv(a) == {"type": "ack", "id": 7}
-    assert await recv(b) == {"type": "app-message", "data": {"emoji": "+1"}, "fromId": sid}
+    message = await recv(b)
+    assert isinstance(message.pop("seq"), str), "its position, quoted when resuming"
+    assert message == {"type": "app-message", "data": {"emoji": "+1"}, "fromId": sid}
     await a.send_str('{"type":"ping","id":"p"}')
     assert await recv(a) == {"type": "pong", "id": "p"}
     await a.close()

@@ -63,11 +63,20 @@ REQUESTS: list[tuple[dict[str, Any], Any]] = [
             "userData": {"hand": True},
             "resume": "rt",
         },
-        lambda rid: Join(rid, token="tok", user_name="Ann", user_data={"hand": True}, resume="rt"),
+        lambda rid: Join(
+            rid,
+            token="tok",
+            user_name="Ann",
+            user_data={"hand": True},
+            resume="rt",
+            resume_after=None,
+        ),
     ),
     (
         {"type": "join"},
-        lambda rid: Join(rid, token=None, user_name=None, user_data=None, resume=None),
+        lambda rid: Join(
+            rid, token=None, user_name=None, user_data=None, resume=None, resume_after=None
+        ),
     ),
     (
         {"type": "send-app-message", "data": {"n": 1}},

@@ -18,6 +18,15 @@ from node.room import Output, Room, RoomConfig
 # -- helpers --
 
 
+def send_app_message(room: Room, from_id: str, data: Any, to: Any, now_ms: int) -> Output:
+    """What the node does for a local app message: publish, then deliver with its position."""
+    event = room.app_message(from_id, data, to, now_ms)
+    assert event.message is not None
+    out = room.deliver_app_message(event.message, "7-0")
+    out.publish.append(event)
+    return out
+
+
 def make_room(node: str = "n1", config: RoomConfig | None = None) -> Room:
     return Room(
         "lobby", RoomState(), HybridLogicalClock(node), f"{node}/i1", config or RoomConfig()
@@ -66,7 +75,7 @@ def deliver(events: list[BusEvent], room: Room, now_ms: int, codec: bool = True)
     for event in events:
         if codec:
             event = decode_event(encode_event(event))
-        out = room.receive(event, now_ms)
+        out = room.receive(event, now_ms, "9-0")
         total.sends += out.sends
         total.publish += out.publish
     return total
@@ -146,40 +155,42 @@ def test_joined_frame_without_a_request_id_has_no_id_and_empty_session_data() ->
 
 def test_app_message_to_star_reaches_every_other_local_never_the_sender() -> None:
     room = room_with("s1", "s2", "s3")
-    out = room.send_app_message("s2", {"x": 1}, "*", 100)
-    assert out.sends == [(["s1", "s3"], b'{"type":"app-message","data":{"x":1},"fromId":"s2"}')]
+    out = send_app_message(room, "s2", {"x": 1}, "*", 100)
+    assert out.sends == [
+        (["s1", "s3"], b'{"type":"app-message","data":{"x":1},"fromId":"s2","seq":"7-0"}')
+    ]
 
 
 def test_app_message_to_one_session_id_reaches_only_it() -> None:
     room = room_with("s1", "s2", "s3")
-    assert sends(room.send_app_message("s1", "hi", "s3", 100)) == [
-        (["s3"], {"type": "app-message", "data": "hi", "fromId": "s1"})
+    assert sends(send_app_message(room, "s1", "hi", "s3", 100)) == [
+        (["s3"], {"type": "app-message", "data": "hi", "fromId": "s1", "seq": "7-0"})
     ]
 
 
 def test_app_message_to_a_list_reaches_the_listed_locals() -> None:
     room = room_with("s1", "s2", "s3", "s4")
-    out = room.send_app_message("s1", 5, ("s2", "s4"), 100)
+    out = send_app_message(room, "s1", 5, ("s2", "s4"), 100)
     assert [recipients for recipients, _ in out.sends] == [["s2", "s4"]]
 
 
 def test_app_message_to_unknown_ids_is_not_delivered_to_them() -> None:
     room = room_with("s1", "s2")
-    assert room.send_app_message("s1", 5, "ghost", 100).sends == []
-    out = room.send_app_message("s1", 5, ("ghost", "s2", "other"), 100)
+    assert send_app_message(room, "s1", 5, "ghost", 100).sends == []
+    out = send_app_message(room, "s1", 5, ("ghost", "s2", "other"), 100)
     assert [recipients for recipients, _ in out.sends] == [["s2"]]
 
 
 def test_app_message_to_a_list_with_duplicates_delivers_once() -> None:
     room = room_with("s1", "s2", "s3")
-    out = room.send_app_message("s1", 5, ("s3", "s2", "s3", "s2"), 100)
+    out = send_app_message(room, "s1", 5, ("s3", "s2", "s3", "s2"), 100)
     assert [recipients for recipients, _ in out.sends] == [["s3", "s2"]]
 
 
 @pytest.mark.parametrize("to", ["*", "s2", ("s2", "ghost"), "ghost"])
 def test_app_message_publishes_exactly_one_event_with_the_message(to: Any) -> None:
     room = room_with("s1", "s2")
-    out = room.send_app_message("s1", {"x": [1]}, to, 100)
+    out = send_app_message(room, "s1", {"x": [1]}, to, 100)
     assert out.publish == [BusEvent("n1/i1", 100, message=AppMessage({"x": [1]}, "s1", to))]
 
 
@@ -193,24 +204,28 @@ def test_a_remote_app_message_is_delivered_to_its_local_recipients(
     room = room_with("s1", "s2")
     event = BusEvent("n2/i1", 50, message=AppMessage({"y": 2}, "r1", to))
     out = deliver([event], room, 60)
-    assert sends(out) == [(recipients, {"type": "app-message", "data": {"y": 2}, "fromId": "r1"})]
+    assert sends(out) == [
+        (recipients, {"type": "app-message", "data": {"y": 2}, "fromId": "r1", "seq": "9-0"})
+    ]
     assert out.publish == []
 
 
 def test_a_rest_app_message_comes_from_api() -> None:
     room = room_with("s1")
-    out = room.receive(BusEvent("n2/i1", 50, message=AppMessage("hello", "API", "*")), 60)
-    assert sends(out) == [(["s1"], {"type": "app-message", "data": "hello", "fromId": "API"})]
+    out = room.receive(BusEvent("n2/i1", 50, message=AppMessage("hello", "API", "*")), 60, "9-0")
+    assert sends(out) == [
+        (["s1"], {"type": "app-message", "data": "hello", "fromId": "API", "seq": "9-0"})
+    ]
 
 
 def test_receive_ignores_events_of_this_rooms_own_origin() -> None:
     room = room_with("s1", "s2")
     before = room.state.copy()
     message = BusEvent("n1/i1", 50, message=AppMessage("echo", "s1", "*"))
-    assert room.receive(message, 60) == Output()
+    assert room.receive(message, 60, "9-0") == Output()
     other = make_room("n2")
     delta = join(other, "r1", 50).publish[0].delta
-    assert room.receive(BusEvent("n1/i1", 50, delta=delta), 60) == Output()
+    assert room.receive(BusEvent("n1/i1", 50, delta=delta), 60, "9-0") == Output()
     assert room.state == before
 
 
@@ -486,8 +501,8 @@ def test_every_published_event_survives_the_bus_codec_unchanged() -> None:
         *room.set_user_data("s1", {"n": [1, None]}, 10).publish,
         *room.set_session_data(replace({"a": {"b": 1}}), 20).publish,
         *room.set_session_data(shallow_merge({"c": 1}, ("a",)), 30).publish,
-        *room.send_app_message("s1", "m", ("s2", "s2"), 40).publish,
-        *room.send_app_message("s1", {"k": 1}, "*", 41).publish,
+        *send_app_message(room, "s1", "m", ("s2", "s2"), 40).publish,
+        *send_app_message(room, "s1", {"k": 1}, "*", 41).publish,
         *room.leave("s2", "left", 50).publish,
     ]
     for event in events:
