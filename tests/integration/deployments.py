@@ -47,22 +47,24 @@ class Deployment:
             server.stop()  # type: ignore[attr-defined]
 
 
-def start_deployment(name: str, tmp: Path) -> Deployment:
+def start_deployment(name: str, tmp: Path, env: dict[str, str] | None = None) -> Deployment:
+    """Start one of `TOPOLOGIES`; `env` adds ROOMSTATE_* settings for every node."""
+    env = {**FAST, **(env or {})}
     if name == "memory":
-        node = start_node(tmp, FAST)
+        node = start_node(tmp, env)
         return Deployment(name, [node], [node.url])
     if name in ("redis", "3-nodes-redis"):
         redis = RedisServer.start(tmp)
         count = 1 if name == "redis" else 3
         nodes = [
-            start_node(tmp, {**FAST, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis", redis.url)
+            start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis", redis.url)
             for i in range(count)
         ]
         return Deployment(name, nodes, [n.url for n in nodes], [redis])
     cluster = RedisCluster.start(tmp)
     nodes = [
         start_node(
-            tmp, {**FAST, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis-cluster", cluster.seeds
+            tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis-cluster", cluster.seeds
         )
         for i in range(3)
     ]

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.client import CallClient, Unavailable
+from node.client import CallClient, RestClient, Unavailable
 from node.redis_bus import RedisBus
 from node.settings import Settings
 
@@ -178,3 +178,71 @@ async def test_while_redis_is_down_writes_get_an_error_and_readyz_fails(
         "meeting-session-state-updated",
         predicate=lambda e: e["meetingSessionState"]["data"] == {"after": True},
     )
+
+
+async def test_resume_on_another_node_keeps_the_session_and_replays_missed_messages(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 1, clients)
+    a, b, c = (group[0] for group in groups)
+    await a.set_user_data({"kept": True})
+    await b.send_app_message("seen before")
+    await a.next_event("app-message")
+    sid, token = a.session_id, a.resume_token
+    await a.close()  # the network drops; the grace period here is 1 s
+    for n in range(5):
+        await b.send_app_message({"missed": n})
+    await c.set_meeting_session_data({"while": "away"})
+    started = time.monotonic()
+    reply = await a.join(three_nodes.nodes[2].room_url(room), resume=token)
+    replayed = [(await a.next_event("app-message"))["data"] for _ in range(5)]
+    print(f"\nresumed on another node, 5 messages replayed, in {time.monotonic() - started:.3f} s")
+    assert (reply["sessionId"], reply["resumed"], reply["replayed"]) == (sid, True, True)
+    assert replayed == [{"missed": n} for n in range(5)]
+    assert a.participants()["local"]["userData"] == {"kept": True}
+    assert a.meeting_session_state() == {"data": {"while": "away"}}
+    await b.send_app_message("after")
+    assert (await a.next_event("app-message"))["data"] == "after"
+    await asyncio.sleep(1.5)  # past the grace period: nobody saw a leave or a join
+    for other in (b, c):
+        assert other.events("participant-left") == [], "no leave for a resumed participant"
+        joins = [e["participant"]["session_id"] for e in other.events("participant-joined")]
+        assert sid not in joins, "`a` joined first, so the others never see it join"
+
+
+async def test_a_resume_after_the_grace_period_is_a_fresh_join(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 1, clients)
+    a, b = groups[0][0], groups[1][0]
+    sid, token = a.session_id, a.resume_token
+    await a.close()
+    left = await b.next_event("participant-left", timeout=5)
+    assert (left["participant"]["session_id"], left["reason"]) == (sid, "disconnected")
+    reply = await a.join(three_nodes.nodes[1].room_url(room), resume=token)
+    assert reply["resumed"] is False and reply["sessionId"] != sid
+    assert "replayed" not in reply
+
+
+async def test_a_gap_beyond_the_log_gives_a_snapshot_and_says_nothing_was_replayed(
+    tmp_path: Path, room: str, clients: list[CallClient]
+) -> None:
+    deployment = start_deployment("3-nodes-redis", tmp_path, {"ROOMSTATE_RESUME_GRACE_S": "60"})
+    try:
+        groups = await spread(deployment, room, 1, clients)
+        a, b = groups[0][0], groups[1][0]
+        await b.send_app_message("first")
+        await a.next_event("app-message")
+        token = a.resume_token
+        await a.close()
+        async with RestClient(deployment.nodes[1].url) as rest:
+            for n in range(1300):  # the log keeps about the last 1,000
+                await rest.send_app_message(room, n, recipient=b.session_id or "")
+            await rest.set_session_data(room, {"state": "latest"})
+        reply = await a.join(deployment.nodes[2].room_url(room), resume=token)
+        assert (reply["resumed"], reply["replayed"]) == (True, False)
+        assert reply["meetingSessionState"] == {"data": {"state": "latest"}}
+        await asyncio.sleep(0.3)
+        assert [e["data"] for e in a.events("app-message")] == ["first"], "no partial replay"
+    finally:
+        deployment.stop()
