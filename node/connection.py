@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import deque
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from node.metrics import Metrics
@@ -86,10 +87,14 @@ class Connection:
         self.send(frame)
         self._held = held
 
-    def release(self) -> None:
-        """Queue the frames held back, after those sent meanwhile with `send_first`."""
+    def release(self, replayed: frozenset[str] = frozenset()) -> None:
+        """Queue the frames held back, after those sent meanwhile with `send_first`, but for
+        app messages already replayed (their log positions are in `replayed`)."""
         held, self._held = self._held or [], None
         for frame in held:
+            is_message = frame.startswith(b'{"type":"app-message"')
+            if replayed and is_message and orjson.loads(frame).get("seq") in replayed:
+                continue
             self.send(frame)
 
     def send(self, frame: bytes) -> None:

@@ -177,25 +177,27 @@ class Node:
         conn.session_id, conn.room = sid, room.name
         self.connections[sid] = conn
         room.attach(sid)
-        conn.hold()  # live events wait until the missed ones are replayed
+        # Live events wait until the missed ones are replayed. The log is read after the
+        # participant is attached, so nothing falls between the two; what both have is sent once.
+        conn.hold()
+        replayed: set[str] = set()
+        missed = None
         try:
-            missed = None
             if request.resume_after is not None:
                 missed = await self.bus.read_range(room.name, request.resume_after)
-            conn.send_first(
-                room.joined_frame(
-                    request.id, sid, request.resume, resumed=True, replayed=missed is not None
-                )
+            frame = room.joined_frame(
+                request.id, sid, request.resume, resumed=True, replayed=missed is not None
             )
+            conn.send_first(frame)
             for position, event in missed or ():
-                if event.message is not None:
-                    for recipients, frame in room.deliver_app_message(
-                        event.message, position
-                    ).sends:
-                        if sid in recipients:
-                            conn.send_first(frame)
+                if event.message is None:
+                    continue
+                for recipients, frame in room.deliver_app_message(event.message, position).sends:
+                    if sid in recipients:
+                        conn.send_first(frame)
+                        replayed.add(position)
         finally:
-            conn.release()
+            conn.release(frozenset(replayed))
         await self.bus.publish(room.name, BusEvent(self.origin, self.now_ms(), delta=delta))
         log.info("room %s: %s resumed (%d events read back)", room.name, sid, len(missed or ()))
         return True
