@@ -28,6 +28,7 @@ __all__ = [
     "compact_size",
     "encode",
     "encode_error",
+    "encode_state",
     "parse",
 ]
 
@@ -274,10 +275,22 @@ _PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits], Request]] = {
 def encode(frame_type: str, **fields: Json) -> bytes:
     """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id` or `resumeToken` of
     None is left out."""
-    for optional in ("id", "resumeToken"):
-        if optional in fields and fields[optional] is None:
-            del fields[optional]
-    return orjson.dumps({"type": frame_type, **fields})
+    return orjson.dumps({"type": frame_type, **_present(fields)})
+
+
+def encode_state(frame_type: str, **fields: Json) -> bytes:
+    """`encode` for frames that carry replicated state (participants, session data), with
+    object keys sorted below the top level: every node sends the same converged state as the
+    same bytes, whatever order its replica received the writes in."""
+    sorted_fields = {
+        name: orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+        for name, value in _present(fields).items()
+    }
+    return orjson.dumps({"type": frame_type, **sorted_fields})
+
+
+def _present(fields: dict[str, Json]) -> dict[str, Json]:
+    return {k: v for k, v in fields.items() if v is not None or k not in ("id", "resumeToken")}
 
 
 def encode_error(request_id: RequestId, code: str, message: str) -> bytes:

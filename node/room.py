@@ -24,7 +24,7 @@ from typing import Any
 from crdt import HybridLogicalClock, RoomState
 from node.errors import RequestError
 from node.events import AppMessage, BusEvent
-from node.protocol import Limits, SetMeetingSessionData, compact_size, encode
+from node.protocol import Limits, SetMeetingSessionData, compact_size, encode, encode_state
 
 __all__ = ["Output", "Room", "RoomConfig"]
 
@@ -99,7 +99,7 @@ class Room:
         **flags: bool,
     ) -> bytes:
         """The reply to a join; `flags` are `resumed` and `replayed` for a resume attempt."""
-        return encode(
+        return encode_state(
             "joined",
             id=request_id,
             sessionId=session_id,
@@ -287,8 +287,8 @@ class Room:
 
     def _participant_frame(self, kind: str, session_id: str, reason: str | None = None) -> bytes:
         if reason is None:
-            return encode(kind, participant=self.participant(session_id))
-        return encode(kind, participant=self.participant(session_id), reason=reason)
+            return encode_state(kind, participant=self.participant(session_id))
+        return encode_state(kind, participant=self.participant(session_id), reason=reason)
 
     def _forget(self, session_id: str) -> None:
         self._user_data_sent.pop(session_id, None)
@@ -322,7 +322,7 @@ class Room:
 
     def _send_session_data(self, now_ms: int, out: Output) -> None:
         self._session_sent = now_ms
-        frame = encode(
+        frame = encode_state(
             "meeting-session-state-updated", meetingSessionState={"data": self.session_data()}
         )
         out.send(list(self.local), frame)

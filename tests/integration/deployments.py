@@ -63,9 +63,7 @@ def start_deployment(name: str, tmp: Path, env: dict[str, str] | None = None) ->
         return Deployment(name, nodes, [n.url for n in nodes], [redis])
     cluster = RedisCluster.start(tmp)
     nodes = [
-        start_node(
-            tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis-cluster", cluster.seeds
-        )
+        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis-cluster", cluster.seeds)
         for i in range(3)
     ]
     backends = [("127.0.0.1", int(n.url.rsplit(":", 1)[1])) for n in nodes]

@@ -246,3 +246,30 @@ async def test_a_gap_beyond_the_log_gives_a_snapshot_and_says_nothing_was_replay
         assert [e["data"] for e in a.events("app-message")] == ["first"], "no partial replay"
     finally:
         deployment.stop()
+
+
+async def test_a_paused_node_fences_itself_and_no_ghost_comes_back(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    groups = await spread(three_nodes, room, 1, clients)
+    a, paused, c = (group[0] for group in groups)
+    process = three_nodes.nodes[1].proc
+    process.send_signal(signal.SIGSTOP)
+    try:
+        left = await a.next_event("participant-left", timeout=10)
+        assert (left["participant"]["session_id"], left["reason"]) == (
+            paused.session_id,
+            "node-lost",
+        )
+    finally:
+        process.send_signal(signal.SIGCONT)
+    closed = await paused.next_event("left-meeting", timeout=5)
+    assert closed["closeCode"] in (4001, 4002), closed  # removed / fenced: either cuts it off
+    await asyncio.sleep(2.0)
+    for survivor in (a, c):
+        assert paused.session_id not in survivor.participants(), "no ghost came back"
+    fresh = CallClient()
+    clients.append(fresh)
+    await fresh.join(three_nodes.nodes[1].room_url(room))  # the fenced node serves again
+    assert {a.session_id, c.session_id} <= set(fresh.participants())
+    assert paused.session_id not in fresh.participants()
