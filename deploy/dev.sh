@@ -46,7 +46,7 @@ setup() {
         echo "installing roomstate and its dependencies into $VENV" >&2
         local log="$VENV/install.log"
         if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
-               "$VENV/bin/python" -m pip install -e '.[dev,redis]'; } >"$log" 2>&1; then
+               "$VENV/bin/python" -m pip install -e '.[dev,redis,bench]'; } >"$log" 2>&1; then
             tail -n 30 "$log" >&2
             echo "pip install failed; the whole log is $log" >&2
             exit 1
