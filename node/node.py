@@ -5,7 +5,9 @@ logic over this node's replica), subscribes to the room on the bus, and runs the
 Every step of the room logic returns an `Output`; `_run` hands its frames to the connections'
 send queues (encoded once, the same bytes to every recipient) and publishes its events.
 
-A request is acknowledged only after its events are stored on the bus.
+A write is acknowledged only after its events are stored on the bus (`joined` goes out at once;
+if the join's event cannot be stored, the client gets an `unavailable` error after it, and the
+node merges its replica back into the store once it can).
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ class Node:
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
         self._lease_task: asyncio.Task[None] | None = None
+        self.draining = False  # shutting down: /readyz says no
+        self._unsynced: set[str] = set()  # rooms with writes the bus may not have stored
+        self._lease_checked_at = math.inf  # monotonic time of the last lease round
         self._away: dict[str, tuple[str, asyncio.TimerHandle]] = {}  # dropped sid -> room, timer
-        self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
         # Since when the lease has been held without a break (inf: it is not held now). Lost
         # nodes are judged only after a whole lease period of it: after an outage of the store,
         # the other nodes must be given the time to renew theirs first.
@@ -363,10 +367,15 @@ class Node:
     # -- running outputs --
 
     async def _run(self, room: Room, out: Output) -> None:
-        """Deliver an output's frames, then publish its events (raising `BusError`)."""
+        """Deliver an output's frames, then publish its events (raising `BusError`). A room
+        whose events could not be published is merged back whole once the bus is back."""
         self._deliver(room, out)
-        for event in out.publish:
-            await self.bus.publish(room.name, event)
+        try:
+            for event in out.publish:
+                await self.bus.publish(room.name, event)
+        except BusError:
+            self._unsynced.add(room.name)
+            raise
 
     def _deliver(self, room: Room, out: Output) -> None:
         for recipients, frame in out.sends:
@@ -401,7 +410,7 @@ class Node:
     async def start(self) -> None:
         """Register this node's lease and start delivering bus events."""
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._renewed_at = self._held_since = time.monotonic()
+        self._held_since = self._lease_checked_at = time.monotonic()
         self.bus.start_reading(self.origin)
         self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
 
@@ -424,27 +433,37 @@ class Node:
                 log.exception("lease upkeep failed")
 
     async def _renew_lease(self) -> bool:
-        """Whether this incarnation still holds its lease (re-registering it if the store lost
-        it while we renewed on time)."""
-        state = await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, False)
+        """Whether this incarnation still holds its lease. A lease that vanished while this
+        node kept trying to renew it (the store was unreachable or lost its data) is taken
+        again: participants that others removed meanwhile are removed here by their events.
+        A node that did not even try for a whole lease period (paused) must fence."""
         now = time.monotonic()
-        if state == "missing" and now - self._renewed_at < LEASE_TTL_MS / 1000:
-            log.warning("the lease vanished while renewed on time: the store lost its data")
+        paused = now - self._lease_checked_at > LEASE_TTL_MS / 1000
+        self._lease_checked_at = now
+        state = await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, False)
+        if state == "missing" and not paused:
+            log.warning("the lease vanished while this node kept renewing it: taking it again")
             state = await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, True)
             self._held_since = now  # the other nodes need a moment to re-register too
         if state == "held":
-            self._renewed_at = now
             self._held_since = min(self._held_since, now)
         return state == "held"
 
     async def _restore_lost_rooms(self) -> None:
-        """Anti-entropy: merge this node's replica of each room the store lost back into it."""
-        for name in await self.bus.lost_rooms(list(self.rooms)):
+        """Anti-entropy: merge this node's replica back into the store for each room the store
+        lost, and each room with a write the store may not have taken."""
+        lost = set(await self.bus.lost_rooms(list(self.rooms)))
+        for name in sorted(lost | self._unsynced):
             room = self.rooms.get(name)
+            self._unsynced.discard(name)
             if room is not None:
-                log.warning("room %s: the store lost its state; merging this replica back", name)
+                log.warning("room %s: merging this node's replica back into the store", name)
                 event = BusEvent(self.origin, self.now_ms(), delta=room.state.copy())
-                await self.bus.publish(name, event)
+                try:
+                    await self.bus.publish(name, event)
+                except BusError:
+                    self._unsynced.add(name)
+                    raise
 
     async def _remove_lost_participants(self) -> None:
         located = {name: room.located_elsewhere(self.node_id) for name, room in self.rooms.items()}
@@ -484,12 +503,18 @@ class Node:
         self.incarnation = uuid.uuid4().hex[:12]
         self.origin = f"{self.node_id}/{self.incarnation}"
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._renewed_at = self._held_since = time.monotonic()
+        self._held_since = self._lease_checked_at = time.monotonic()
 
     # -- lifecycle --
 
+    @property
+    def ready(self) -> bool:
+        """Whether the load balancer should send new clients here."""
+        return self.bus.ready and not self.draining
+
     async def shutdown(self) -> None:
         """Graceful stop: every local participant leaves, every client gets close code 1012."""
+        self.draining = True
         if self._lease_task is not None:
             self._lease_task.cancel()
         conns = list(self.connections.values())

@@ -348,8 +348,11 @@ class RedisBus(Bus):
                     self._deliver(room, entry_id, fields)
 
     def _deliver(self, room: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        if room not in self._positions:
+        position = self._positions.get(room)
+        if position is None:
             return  # unsubscribed meanwhile
+        if _stream_id(entry_id) <= _stream_id(position):
+            return  # from a read issued before the room was (re)subscribed at a later position
         self._positions[room] = entry_id
         try:
             event = decode_event(fields[b"e"])

@@ -226,7 +226,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[NODE_KEY].bus.ready
+    ready = request.app[NODE_KEY].ready
     return _json({"ready": ready}, status=200 if ready else 503)
 
 
