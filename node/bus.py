@@ -67,6 +67,11 @@ class Bus(abc.ABC):
         holds them all (trimmed, or the store lost its data): then nothing can be replayed."""
 
     @abc.abstractmethod
+    def position(self, room: str) -> str:
+        """The log position of the last event of a subscribed room handed to the handlers: a
+        client attached now gets every later event live."""
+
+    @abc.abstractmethod
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
         """Deliver the room's events after position `after` to `handler`."""
 
@@ -165,6 +170,9 @@ class MemoryBus(Bus):
         if start < self._positions.get(room, 0) and (not log or log[0][0] > start + 1):
             return None
         return [(str(position), event) for position, event in log if position > start]
+
+    def position(self, room: str) -> str:
+        return str(self._positions.get(room, 0))
 
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
         self._subscribers.setdefault(room, []).append((int(after), handler))

@@ -516,8 +516,9 @@ class CallClient:
     def _on_joined(self, frame: dict[str, Json]) -> None:
         sid = frame["sessionId"]
         participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
-        if frame.get("resumed") is not True:
-            self.last_seq = None  # a new session: nothing to replay from
+        if frame.get("resumed") is not True:  # a new session: replay from where it starts
+            seq = frame.get("seq")
+            self.last_seq = seq if isinstance(seq, str) else None
         self.session_id, self.resume_token = sid, frame.get("resumeToken")
         mine = participants.pop(sid, None)
         self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}

@@ -160,7 +160,8 @@ class Node:
         conn.session_id, conn.room = sid, room_name
         self.connections[sid] = conn
         extra = {"resumed": False} if request.resume is not None else {}
-        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", **extra))
+        seq = self.bus.position(room_name)
+        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", seq, **extra))
         await self._run(room, out)
 
     async def _resume(self, conn: Connection, request: Join, room: Room) -> bool:
@@ -190,7 +191,12 @@ class Node:
             if request.resume_after is not None:
                 missed = await self.bus.read_range(room.name, request.resume_after)
             frame = room.joined_frame(
-                request.id, sid, request.resume, resumed=True, replayed=missed is not None
+                request.id,
+                sid,
+                request.resume,
+                self.bus.position(room.name),
+                resumed=True,
+                replayed=missed is not None,
             )
             conn.send_first(frame)
             for position, event in missed or ():

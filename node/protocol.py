@@ -273,8 +273,8 @@ _PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits], Request]] = {
 
 
 def encode(frame_type: str, **fields: Json) -> bytes:
-    """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id` or `resumeToken` of
-    None is left out."""
+    """A server frame ``{"type": frame_type, **fields}`` as bytes; an `id`, `resumeToken` or
+    `seq` of None is left out."""
     return orjson.dumps({"type": frame_type, **_present(fields)})
 
 
@@ -290,7 +290,9 @@ def encode_state(frame_type: str, **fields: Json) -> bytes:
 
 
 def _present(fields: dict[str, Json]) -> dict[str, Json]:
-    return {k: v for k, v in fields.items() if v is not None or k not in ("id", "resumeToken")}
+    return {
+        k: v for k, v in fields.items() if v is not None or k not in ("id", "resumeToken", "seq")
+    }
 
 
 def encode_error(request_id: RequestId, code: str, message: str) -> bytes:

@@ -241,6 +241,9 @@ class RedisBus(Bus):
                 log.error("room %s: skipping unreadable event %s: %s", room, entry_id, exc)
         return events
 
+    def position(self, room: str) -> str:
+        return self._positions.get(room, "0-0")
+
     def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
         self._handlers.setdefault(room, []).append(handler)
         if room not in self._positions:

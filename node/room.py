@@ -96,9 +96,12 @@ class Room:
         request_id: str | int | None,
         session_id: str,
         resume_token: str | None = None,
+        seq: str | None = None,
         **flags: bool,
     ) -> bytes:
-        """The reply to a join; `flags` are `resumed` and `replayed` for a resume attempt."""
+        """The reply to a join. `seq` is the room's log position the snapshot stands at (what
+        a client quotes as `resumeAfter` if no app message came since); `flags` are `resumed`
+        and `replayed` for a resume attempt."""
         return encode_state(
             "joined",
             id=request_id,
@@ -106,6 +109,7 @@ class Room:
             participants=self.participants(),
             meetingSessionState={"data": self.session_data()},
             resumeToken=resume_token,
+            seq=seq,
             **flags,
         )
 

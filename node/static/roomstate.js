@@ -1,1 +1,483 @@
-// The browser SDK is not built yet.
+/**
+ * roomstate browser SDK: daily-js's call object for the three data-sharing mechanisms (app
+ * messages, userData, meeting session data). An ES module with no build step; every node serves
+ * it at /sdk/roomstate.js, with its types in roomstate.d.ts. The API is documented in docs/sdk.md.
+ *
+ *   import { createCallObject } from "/sdk/roomstate.js";
+ *   const call = createCallObject();
+ *   call.on("app-message", ({ data, fromId }) => console.log(fromId, data));
+ *   await call.join({ url: "http://127.0.0.1:8080/rooms/demo", userName: "ada" });
+ *   await call.setUserData({ handRaised: true });  // participants().local changes at once
+ *   await call.setMeetingSessionData({ topic: "crdts" }, "shallow-merge");
+ *   await call.sendAppMessage({ emoji: "👏" });     // to everyone else
+ *
+ * It behaves like the Python SDK (node/client.py). Local state changes at once and is kept by
+ * rebasing: the node's last state, plus the writes it acknowledged since, plus the writes still
+ * in flight; a write the node refuses is rolled back. Unlike the Python SDK it takes a lost
+ * connection up again on its own: it reconnects with exponential backoff and jitter and resumes
+ * the session (same session id, no leave/join seen by others, missed app messages replayed).
+ * Requests made while it reconnects are sent once it is back; those in flight when the socket
+ * dropped reject with `connection-closed`. It does not reconnect after `leave()` or when the
+ * session was taken over by another connection (close 4003).
+ */
+
+export const EVENTS = Object.freeze([
+  "joined-meeting", "participant-joined", "participant-updated", "participant-left",
+  "app-message", "meeting-session-state-updated", "error", "nonfatal-error", "left-meeting",
+  "network-connection",
+]);
+const REPLIES = new Set(["joined", "ack", "pong", "error"]);
+const ROOM_PATH = /^(.*)\/rooms\/([A-Za-z0-9._-]{1,64})\/?$/;
+const WS_PATH = /\/v1\/rooms\/[A-Za-z0-9._-]{1,64}\/ws$/;
+const CLOSE_REPLACED = 4003; // the session was resumed on another connection: never reconnect
+// A rejoin refused with one of these will be refused again: give up. Others (rate-limited,
+// unavailable, internal) are retried.
+const FATAL_JOIN_CODES = new Set(["unauthorized", "forbidden", "bad-request", "too-large"]);
+const PING_IDLE_MS = 15000; // ping the node after this long without a frame from it
+
+/** An error with a wire `code` (`too-large`, `not-joined`, ...) or a client one
+ * (`connection-closed`, `timeout`); `fromServer` tells them apart. */
+export class RoomstateError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message);
+    this.name = "RoomstateError";
+    this.code = code;
+    this.fromServer = false; // true: the node answered `error`; the request had no effect
+    this.closeCode = undefined; // the WebSocket close code, for `connection-closed`
+    Object.assign(this, extra);
+  }
+}
+
+/** The WebSocket endpoint of a room URL: http://H/rooms/R -> ws://H/v1/rooms/R/ws. A path prefix
+ * before /rooms/ is kept (a node behind a proxy path); an endpoint URL is returned as it is. */
+export function roomWsUrl(url) {
+  const parsed = new URL(url, globalThis.location?.href);
+  const scheme = { "http:": "ws:", "https:": "wss:", "ws:": "ws:", "wss:": "wss:" }[parsed.protocol];
+  if (!scheme) throw new TypeError(`a room URL is http(s)://HOST:PORT/rooms/ROOM, not ${url}`);
+  parsed.protocol = scheme;
+  parsed.hash = "";
+  if (WS_PATH.test(parsed.pathname)) return parsed.href;
+  const match = ROOM_PATH.exec(parsed.pathname);
+  if (!match) throw new TypeError(`a room URL's path is /rooms/ROOM (1-64 of A-Za-z0-9._-), not ${url}`);
+  parsed.pathname = `${match[1]}/v1/rooms/${match[2]}/ws`;
+  return parsed.href;
+}
+
+/** A session-data write applied to a local copy, as the node applies it to the replica. */
+function applyWrite(base, [data, strategy, keysToDelete]) {
+  if (strategy === "replace") return { ...data };
+  const merged = { ...base, ...data };
+  for (const key of keysToDelete) delete merged[key];
+  return merged;
+}
+
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+function checkEvent(event) {
+  if (!EVENTS.includes(event)) throw new TypeError(`unknown event ${event}; the events are ${EVENTS.join(", ")}`);
+  return event;
+}
+
+/** One participant's connection to one room at a time, like daily-js's call object. */
+export class CallObject {
+  /** `timeout`: ms to wait for each reply; `backoff`: reconnect delays in ms. */
+  constructor({ timeout = 10000, backoff = { baseMs: 250, capMs: 5000 } } = {}) {
+    this.timeout = timeout;
+    this.backoff = backoff;
+    this.sessionId = null; // set by the `joined` reply
+    this.resumeToken = null; // the `joined` reply's: takes the session up again after a drop
+    this.lastSeq = null; // log position of the last app message received (`resumeAfter`)
+    this._state = "new"; // meetingState(): new, joining, joined, leaving, left-meeting, error
+    this._connected = false; // joined on the current socket (false while reconnecting)
+    this._ws = null;
+    this._wsUrl = null;
+    this._joinArgs = {};
+    this._ids = 0;
+    this._pending = new Map(); // request id -> {resolve, reject, timer} waiting for its reply
+    this._waiting = []; // {resolve, reject} of requests made while reconnecting
+    this._attempt = 0; // reconnect attempts since the last successful join
+    this._retryTimer = null;
+    this._pinger = null;
+    this._lastHeard = 0; // Date.now() of the last frame from the node
+    this._local = null;
+    this._others = new Map(); // session id -> participant
+    this._sessionBase = {}; // the node's last state + writes acknowledged since
+    this._sessionPending = new Map(); // request id -> [data, mergeStrategy, keysToDelete]
+    this._sessionView = {}; // the base with the pending writes applied
+    this._handlers = new Map(); // event -> [handler]
+  }
+
+  // -- requests --
+
+  /** Connect to the room at `url` and join it; resolves with participants(). */
+  async join({ url, token, userName, userData } = {}) {
+    if (!["new", "left-meeting", "error"].includes(this._state)) {
+      throw new RoomstateError("already-joined", "this call object is in a meeting; call leave() first");
+    }
+    this._wsUrl = roomWsUrl(url);
+    this._joinArgs = { token, userName, userData };
+    Object.assign(this, { sessionId: null, resumeToken: null, lastSeq: null, _local: null, _attempt: 0 });
+    this._others.clear();
+    this._sessionPending.clear();
+    this._state = "joining";
+    try {
+      await this._connect(false);
+    } catch (err) {
+      if (this._state === "joining") this._state = "error";
+      this._teardown();
+      throw err;
+    }
+    return this.participants();
+  }
+
+  /** Send `data` to every other participant ('*'), one session id, or a list of them. */
+  async sendAppMessage(data, to = "*") {
+    await this._request("send-app-message", { data, to });
+  }
+
+  /** Replace the local participant's userData: locally at once, then on the node. */
+  async setUserData(data) {
+    this._checkJoined();
+    const previous = this._local.userData;
+    this._local.userData = data;
+    try {
+      await this._request("set-user-data", { data });
+    } catch (err) {
+      if (err.fromServer && this._local?.userData === data) this._local.userData = previous;
+      throw err;
+    }
+  }
+
+  /** Write the room's session data ('replace' or 'shallow-merge'); local state at once. */
+  async setMeetingSessionData(data, mergeStrategy = "replace", keysToDelete = []) {
+    this._checkJoined();
+    const id = ++this._ids;
+    this._sessionPending.set(id, [data, mergeStrategy, keysToDelete]);
+    this._refreshSession();
+    const fields = { data, mergeStrategy };
+    if (keysToDelete.length) fields.keysToDelete = keysToDelete;
+    await this._request("set-meeting-session-data", fields, id);
+  }
+
+  /** Leave the room and close the socket; safe to call at any time, more than once. */
+  async leave() {
+    if (["new", "left-meeting", "error", "leaving"].includes(this._state)) return;
+    const connected = this._connected;
+    this._state = "leaving";
+    clearTimeout(this._retryTimer);
+    if (connected) await this._send("leave").catch(() => {}); // best effort: we go either way
+    this._teardown();
+    this._state = "left-meeting";
+    this._emit("left-meeting", { reason: "left" });
+  }
+
+  // -- local state --
+
+  /** `{local: the local participant, <session id>: participant, ...}` (copies). */
+  participants() {
+    const result = {};
+    for (const [sid, participant] of this._others) result[sid] = { ...participant };
+    if (this._local) result.local = { ...this._local };
+    return result;
+  }
+
+  /** `{data}`: the node's converged state with this client's writes applied. */
+  meetingSessionState() {
+    return { data: { ...this._sessionView } };
+  }
+
+  /** new, joining, joined, leaving, left-meeting or error (daily-js's meetingState()). */
+  meetingState() {
+    return this._state;
+  }
+
+  // -- events --
+
+  /** Call `handler(event)` for each event named `event`. */
+  on(event, handler) {
+    const handlers = this._handlers.get(checkEvent(event)) ?? [];
+    this._handlers.set(event, [...handlers, handler]);
+    return this;
+  }
+
+  /** Remove `handler` from `event`, or every handler of `event`. */
+  off(event, handler) {
+    const handlers = this._handlers.get(checkEvent(event)) ?? [];
+    this._handlers.set(event, handler ? handlers.filter((h) => h !== handler) : []);
+    return this;
+  }
+
+  // -- internals: the connection --
+
+  /** Open a socket and join (or, with `resume`, take the session up again). */
+  _connect(resume) {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this._wsUrl);
+      this._ws = ws;
+      const opening = setTimeout(() => ws.close(), this.timeout); // the join's own timeout follows
+      ws.onopen = () => {
+        clearTimeout(opening);
+        const { token, userName, userData } = this._joinArgs;
+        // After a drop, the current userData: a resume the node refuses becomes a fresh join.
+        const fields = { token, userName, userData: this._local ? this._local.userData : userData };
+        if (resume) Object.assign(fields, { resume: this.resumeToken, resumeAfter: this.lastSeq });
+        for (const key of Object.keys(fields)) if (fields[key] == null) delete fields[key];
+        this._send("join", fields).then(resolve, reject);
+      };
+      ws.onmessage = (message) => this._onFrame(message.data);
+      ws.onclose = ({ code }) => {
+        clearTimeout(opening);
+        const message = `could not join at ${this._wsUrl} (close code ${code})`;
+        reject(new RoomstateError("connection-closed", message, { closeCode: code })); // no-op once joined
+        this._onClose(ws, code);
+      };
+    });
+  }
+
+  /** The socket `ws` closed (or was given up on) with `code`. */
+  _onClose(ws, code) {
+    if (ws !== this._ws) return; // an old socket, already replaced
+    const wasUp = this._connected;
+    this._ws = null;
+    this._connected = false;
+    clearInterval(this._pinger);
+    const closed = new RoomstateError("connection-closed", `the connection closed (code ${code})`, { closeCode: code });
+    for (const [id, pending] of this._pending) {
+      clearTimeout(pending.timer);
+      this._settle(id, true); // maybe applied: kept until the node's next state says otherwise
+      pending.reject(closed);
+    }
+    this._pending.clear();
+    if (this._state !== "joined" || !wasUp) return; // joining, leaving, or a failed reconnect
+    if (code === CLOSE_REPLACED) {
+      this._fail(`the node closed the connection (code ${code}); not reconnecting`, code);
+      return;
+    }
+    this._emit("network-connection", { type: "signaling", event: "interrupted", closeCode: code });
+    this._retry();
+  }
+
+  /** Reconnect after a delay: exponential backoff with "equal jitter" (half fixed, half random). */
+  _retry() {
+    const { baseMs = 250, capMs = 5000 } = this.backoff;
+    const ceiling = Math.min(capMs, baseMs * 2 ** this._attempt++);
+    this._retryTimer = setTimeout(async () => {
+      if (this._state !== "joined") return;
+      try {
+        await this._connect(true);
+      } catch (err) {
+        if (this._state !== "joined") return;
+        const attempt = this._ws; // still open if the node refused the join
+        this._ws = null;
+        attempt?.close();
+        if (!FATAL_JOIN_CODES.has(err.code)) return this._retry();
+        this._fail(`could not rejoin the room: ${err.message}`, undefined, err.code);
+      }
+    }, ceiling / 2 + (Math.random() * ceiling) / 2);
+  }
+
+  /** Give up: the meeting is over for this call object. */
+  _fail(errorMsg, closeCode, code) {
+    this._state = "error";
+    this._teardown();
+    this._emit("error", { errorMsg, closeCode, code });
+    this._emit("left-meeting", { reason: "error", closeCode });
+  }
+
+  /** Close the socket, stop the timers, fail the queued requests, forget the other people. */
+  _teardown() {
+    clearTimeout(this._retryTimer);
+    clearInterval(this._pinger);
+    const ws = this._ws;
+    if (ws) {
+      ws.close();
+      this._onClose(ws, 1000);
+    }
+    const waiting = this._waiting.splice(0);
+    const gone = new RoomstateError("not-joined", "the call object left the meeting");
+    for (const request of waiting) request.reject(gone);
+    this._others.clear();
+  }
+
+  /** Ping after a quiet spell; no reply in time means the socket is dead though still "open". */
+  _startPinger() {
+    clearInterval(this._pinger);
+    this._pinger = setInterval(() => {
+      const ws = this._ws;
+      if (!ws || !this._connected || Date.now() - this._lastHeard < PING_IDLE_MS) return;
+      this._send("ping").catch((err) => {
+        if (err.code !== "timeout" || ws !== this._ws) return;
+        ws.close();
+        this._onClose(ws, 1006);
+      });
+    }, PING_IDLE_MS);
+  }
+
+  // -- internals: requests and replies --
+
+  _checkJoined() {
+    if (this._state !== "joined") throw new RoomstateError("not-joined", "call join() first");
+  }
+
+  /** A public request: waits while reconnecting, then sends. */
+  async _request(type, fields, id = ++this._ids) {
+    try {
+      this._checkJoined();
+      if (!this._connected) await new Promise((resolve, reject) => this._waiting.push({ resolve, reject }));
+    } catch (err) {
+      this._settle(id, false);
+      throw err;
+    }
+    return this._send(type, fields, id);
+  }
+
+  /** Send one frame with an id; resolves with the reply, rejects on `error`, close or timeout. */
+  _send(type, fields = {}, id = ++this._ids) {
+    return new Promise((resolve, reject) => {
+      const ws = this._ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) {
+        this._settle(id, false); // never sent: roll the local write back
+        reject(new RoomstateError("connection-closed", "not connected", { closeCode: null }));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        this._settle(id, true); // maybe applied: keep it until the node says otherwise
+        reject(new RoomstateError("timeout", `no reply to ${type} within ${this.timeout} ms`));
+      }, this.timeout);
+      this._pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ type, id, ...fields }));
+    });
+  }
+
+  /** Fold an answered session-data write into the base (`ok`), or drop it (refused). */
+  _settle(id, ok) {
+    const write = this._sessionPending.get(id);
+    if (write === undefined) return;
+    this._sessionPending.delete(id);
+    if (ok) this._sessionBase = applyWrite(this._sessionBase, write);
+    this._refreshSession();
+  }
+
+  _refreshSession() {
+    let view = this._sessionBase;
+    for (const write of this._sessionPending.values()) view = applyWrite(view, write);
+    this._sessionView = { ...view };
+  }
+
+  /** Apply one server frame to local state, answer its request, emit its event. */
+  _onFrame(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    this._lastHeard = Date.now();
+    const { type, ...content } = frame;
+    const pending = "id" in frame ? this._pending.get(frame.id) : undefined;
+    if (REPLIES.has(type) && pending) {
+      this._pending.delete(frame.id);
+      clearTimeout(pending.timer);
+      if (type === "error") {
+        this._settle(frame.id, false);
+        pending.reject(new RoomstateError(frame.code, frame.message, { fromServer: true }));
+        return;
+      }
+      this._settle(frame.id, true);
+      if (type === "joined") this._onJoined(frame);
+      pending.resolve(content);
+    } else if (type === "error" || type === "nonfatal-error") {
+      this._emit("nonfatal-error", content); // an error not answering a waiting request
+    } else if (type === "participant-joined" || type === "participant-updated" || type === "participant-left") {
+      const sid = content.participant.session_id;
+      if (sid !== this.sessionId) {
+        if (type === "participant-left") this._others.delete(sid);
+        else this._others.set(sid, content.participant);
+      }
+      this._emit(type, content);
+    } else if (type === "meeting-session-state-updated") {
+      this._sessionBase = { ...content.meetingSessionState.data };
+      this._refreshSession();
+      this._emit(type, content);
+    } else if (type === "app-message") {
+      const { seq, ...event } = content;
+      if (typeof seq === "string") this.lastSeq = seq;
+      this._emit(type, event);
+    }
+  }
+
+  /** A `joined` reply: the first join, a resumed session, or a fresh join after a refused resume. */
+  _onJoined(frame) {
+    const first = this._state === "joining";
+    const resumed = frame.resumed === true;
+    const before = { others: this._others, session: this._sessionView, userData: this._local?.userData };
+    const askedReplay = this.lastSeq !== null;
+    if (!resumed) this.lastSeq = typeof frame.seq === "string" ? frame.seq : null; // a new session: replay from where it starts
+    this.sessionId = frame.sessionId;
+    this.resumeToken = frame.resumeToken ?? null;
+    const participants = { ...frame.participants };
+    const mine = participants[this.sessionId];
+    delete participants[this.sessionId];
+    this._local = mine ? { ...mine } : { session_id: this.sessionId, userData: null };
+    this._others = new Map(Object.entries(participants));
+    this._sessionBase = { ...frame.meetingSessionState.data };
+    this._refreshSession(); // keeps the writes queued while reconnecting
+    this._connected = true;
+    this._attempt = 0;
+    this._startPinger();
+    if (first) {
+      this._state = "joined";
+      this._emit("joined-meeting", { participants: this.participants() });
+    } else {
+      this._emitChanges(before);
+      if (!resumed) {
+        const message = "the session could not be resumed; joined again as a new session";
+        this._emit("nonfatal-error", { type: "resume", code: "session-lost", message });
+      } else if (frame.replayed === false && askedReplay) {
+        const message = "app messages sent while disconnected could not be replayed";
+        this._emit("nonfatal-error", { type: "resume", code: "messages-lost", message });
+      }
+      if (resumed && !same(before.userData, this._local.userData)) {
+        this._local.userData = before.userData; // written while away: send it again
+        this._send("set-user-data", { data: before.userData }).catch((err) =>
+          this._emit("nonfatal-error", { type: "set-user-data", code: err.code, message: err.message }));
+      }
+      this._emit("network-connection", { type: "signaling", event: "connected", resumed, sessionId: this.sessionId });
+    }
+    for (const request of this._waiting.splice(0)) request.resolve();
+  }
+
+  /** After a reconnect: the participant and session-data events missed while away. */
+  _emitChanges(before) {
+    for (const [sid, participant] of this._others) {
+      const old = before.others.get(sid);
+      if (!old) this._emit("participant-joined", { participant });
+      else if (!same(old, participant)) this._emit("participant-updated", { participant });
+    }
+    for (const [sid, participant] of before.others) {
+      if (!this._others.has(sid)) this._emit("participant-left", { participant });
+    }
+    if (!same(before.session, this._sessionView)) {
+      this._emit("meeting-session-state-updated", { meetingSessionState: { data: { ...this._sessionView } } });
+    }
+  }
+
+  /** Run an event's handlers; a failing handler is logged, never thrown. */
+  _emit(event, payload) {
+    for (const handler of this._handlers.get(event) ?? []) {
+      try {
+        handler(payload);
+      } catch (err) {
+        console.error(`roomstate: the ${event} handler failed`, err);
+      }
+    }
+  }
+}
+
+/** A new call object (daily-js: `Daily.createCallObject()`). */
+export function createCallObject(options) {
+  return new CallObject(options);
+}
+
+export default { createCallObject, CallObject, RoomstateError, roomWsUrl, EVENTS };

@@ -273,3 +273,18 @@ async def test_a_paused_node_fences_itself_and_no_ghost_comes_back(
     await fresh.join(three_nodes.nodes[1].room_url(room))  # the fenced node serves again
     assert {a.session_id, c.session_id} <= set(fresh.participants())
     assert paused.session_id not in fresh.participants()
+
+
+async def test_resume_replays_what_was_missed_even_with_no_message_before_the_drop(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    """`joined` carries the log position its snapshot stands at: the start for `resumeAfter`."""
+    groups = await spread(three_nodes, room, 1, clients)
+    a, b = groups[0][0], groups[1][0]
+    assert a.last_seq is not None
+    token = a.resume_token
+    await a.close()
+    await b.send_app_message("while you were away")
+    reply = await a.join(three_nodes.nodes[1].room_url(room), resume=token)
+    assert (reply["resumed"], reply["replayed"]) == (True, True)
+    assert (await a.next_event("app-message"))["data"] == "while you were away"

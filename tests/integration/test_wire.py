@@ -43,6 +43,7 @@ async def test_join_and_app_message_frames_are_exactly_as_documented(
         "participants",
         "meetingSessionState",
         "resumeToken",
+        "seq",
     ]
     assert reply["resumeToken"].startswith(reply["sessionId"] + ".")
     me = reply["participants"][sid]
