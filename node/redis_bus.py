@@ -133,6 +133,7 @@ class RedisBus(Bus):
         self._snapshot = self.client.register_script(SNAPSHOT)
         self._renew = self.client.register_script(RENEW_LEASE)
         self.origin = ""  # set by `start_reading`: names this node's wake-up streams
+        self._own_prefix = b""  # set by `start_reading`
         self._handlers: dict[str, list[EventHandler]] = {}
         self._positions: dict[str, str] = {}  # room -> last stream id read
         self._readers: list[asyncio.Task[None]] = []
@@ -174,6 +175,8 @@ class RedisBus(Bus):
     def start_reading(self, origin: str) -> None:
         """Start the shard readers; `origin` names this node's wake-up streams."""
         self.origin = origin.replace("/", "-")
+        # Events this node published start with these bytes: they are skipped undecoded.
+        self._own_prefix = b'{"o":' + orjson.dumps(origin)
         loop = asyncio.get_running_loop()
         self._readers = [loop.create_task(self._read_shard(k)) for k in range(SHARDS)]
 
@@ -357,8 +360,11 @@ class RedisBus(Bus):
         if _stream_id(entry_id) <= _stream_id(position):
             return  # from a read issued before the room was (re)subscribed at a later position
         self._positions[room] = entry_id
+        raw = fields.get(b"e", b"")
+        if self._own_prefix and raw.startswith(self._own_prefix):
+            return  # this node applied and delivered its own events when it made them
         try:
-            event = decode_event(fields[b"e"])
+            event = decode_event(raw)
         except (CodecError, KeyError) as exc:
             log.error("room %s: skipping unreadable event %s: %s", room, entry_id, exc)
             return
