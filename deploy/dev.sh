@@ -4,6 +4,9 @@
 #   ./deploy/dev.sh serve [ARGS...]   set up, then start a node (embedded in-memory bus, demo page)
 #   ./deploy/dev.sh test  [PYTEST ARGS...]
 #                                     set up, then run every check: ruff, mypy, the whole test suite
+#   ./deploy/dev.sh faults [PYTEST ARGS...]
+#                                     set up, then run the whole fault suite (pytest -m faults),
+#                                     slow rows included (ROOMSTATE_FAULTS_FULL=1); docs/reliability.md
 #   ./deploy/dev.sh setup             only set up
 #
 # Needs Python 3.11+. As root on Debian/Ubuntu it installs the system packages it is missing
@@ -75,5 +78,6 @@ case "$command" in
     setup) setup ;;
     serve) setup; exec "$VENV/bin/roomstate" serve "$@" ;;
     test) setup; run_tests "$@" ;;
-    *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    faults) setup; ROOMSTATE_FAULTS_FULL=1 exec "$VENV/bin/python" -m pytest -m faults -s tests/faults "$@" ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

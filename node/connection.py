@@ -125,20 +125,27 @@ class Connection:
         asyncio.get_running_loop().create_task(self.flush_and_close(code, message))
 
     async def flush_and_close(self, code: int, message: str) -> None:
-        """Send what is queued, then close the socket; a peer that does not take the frames
-        within `CLOSE_TIMEOUT_S` is cut off."""
+        """Send what is queued, then close the socket; a peer that has not taken the frames
+        `CLOSE_TIMEOUT_S` later is cut off. (A timer: aiohttp's close can return, or hang,
+        while the transport still waits, closing, for a peer that never reads.)"""
         self._closing = True
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                while self._queue and not self.ws.closed and not self._writer.done():
-                    await asyncio.sleep(0.01)
-                self._writer.cancel()
-                await self.ws.close(code=code, message=message.encode())
-        except TimeoutError:
+            while self._queue and not self.ws.closed and not self._writer.done():
+                await asyncio.sleep(0.01)
             self._writer.cancel()
-            log.info("peer did not take its close frame; aborting the connection")
-            if self.transport is not None:
-                self.transport.abort()
+            await self.ws.close(code=code, message=message.encode())
+        except (ConnectionError, RuntimeError):
+            pass  # cut off meanwhile
+
+    def _abort(self) -> None:
+        self._writer.cancel()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > 0:
+            log.info("peer did not take its last frames; aborting the connection")
+        transport.abort()  # a no-op for a transport that is already closed
 
     async def stop(self) -> None:
         """Stop the writer task (the socket is already closed)."""

@@ -280,7 +280,17 @@ async def serve(settings: Settings, started: Callable[[str], None] | None = None
     await bus.start()
     node = Node(settings, bus)
     await node.start()
-    runner = web.AppRunner(build_app(node), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        build_app(node),
+        handle_signals=False,
+        access_log=None,
+        # Half-open handshakes (slowloris): aiohttp's keep-alive timer starts when a connection
+        # is accepted and closes it if no whole request (headers included) came by then; it
+        # does not touch a connection whose request (a WebSocket) is being handled.
+        keepalive_timeout=settings.handshake_timeout_s,
+        max_headers=settings.max_headers,  # more header lines: 400 (explicit: older aiohttp
+        # releases allowed 32768)
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -34,6 +34,7 @@ class Settings:
     send_queue_bytes: int = 1024 * 1024  # a connection whose unsent frames pass this is closed
     rate_per_s: float = 100.0  # requests per second per connection (token bucket refill)
     rate_burst: int = 200  # requests a connection may send at once (token bucket size)
+    max_headers: int = 100  # HTTP request header lines; more: 400 before any handler runs
 
     # Timeouts
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
@@ -41,6 +42,7 @@ class Settings:
     room_grace_s: float = 30.0  # an empty room's state is dropped after this
     resume_grace_s: float = 15.0  # a dropped participant may resume this long; 0: leave at once
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
+    handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
     max_drift_ms: int = 500  # a stamp further ahead of the local clock is refused
 
     @property
