@@ -1,0 +1,125 @@
+"""Shared by the bench orchestrator and its load generators: the message key, histograms, CPU.
+
+Every benchmark message carries one fixed-width ASCII key in its data, ``{"k": KEY, "p": PAD}``,
+so a receiver finds it with one ``bytes.find`` whatever wraps it (a roomstate ``app-message`` or
+``participant-updated`` frame, a Socket.IO ``42["msg", ...]`` packet, the floor's raw frame):
+
+    KEY = SCHED(20) OFFSET(8) STEP(2) SENDER(6) SEQ(7) NODE(1)            44 characters
+
+- SCHED: the message's scheduled time, ``time.monotonic_ns()`` (CLOCK_MONOTONIC is shared by all
+  processes of one host), so latency = receive time - scheduled time (open loop: a late sender
+  counts against the system, nothing hides queueing);
+- OFFSET: actual send time - scheduled time, in microseconds (the generator's own lateness), so
+  the latency "from the actual send" can be reported too;
+- STEP: the run step (a late frame of an earlier step is ignored);
+- SENDER: the sender's global rank; SEQ: its message number in the step;
+- NODE: the index of the node the sender is connected to (same-node vs cross-node latency).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+KEY_LEN = 44
+KEY_MARK = b'"k":"'
+HIST_MAX_US = 120_000_000  # 2 minutes: anything later is clamped
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+CDF_POINTS = (
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.0, 98.0,
+    99.0, 99.5, 99.7, 99.9, 99.95, 99.99, 100.0,
+)  # fmt: skip
+
+
+def make_key(sched_ns: int, offset_us: int, step: int, sender: int, seq: int, node: int) -> str:
+    offset_us = min(max(offset_us, 0), 99_999_999)
+    return f"{sched_ns:020d}{offset_us:08d}{step:02d}{sender:06d}{seq:07d}{node:01d}"
+
+
+def pad_for(payload: int) -> str:
+    """The filler that makes ``{"k":"KEY","p":"PAD"}`` exactly `payload` bytes of JSON."""
+    overhead = len('{"k":"","p":""}') + KEY_LEN
+    if payload < overhead:
+        raise ValueError(f"payload must be at least {overhead} bytes")
+    return "x" * (payload - overhead)
+
+
+def new_hist() -> HdrHistogram:
+    return HdrHistogram(1, HIST_MAX_US, 3)
+
+
+def hist_from_values(values: Any) -> HdrHistogram:
+    h = new_hist()
+    record = h.record_value
+    for v in values:
+        record(min(max(int(v), 1), HIST_MAX_US))
+    return h
+
+
+def encode_hist(h: HdrHistogram) -> str:
+    return h.encode().decode()
+
+
+def decode_hist(text: str | None) -> HdrHistogram:
+    h = new_hist()
+    if text:
+        h.add(HdrHistogram.decode(text.encode()))
+    return h
+
+
+def summarize(h: HdrHistogram) -> dict[str, Any]:
+    """p50/p90/p99/p99.9/max in ms (None when empty), and the count."""
+    n = h.get_total_count()
+    out: dict[str, Any] = {"count": n}
+    for p in PERCENTILES:
+        key = f"p{p:g}".replace(".", "_") + "_ms"
+        out[key] = round(h.get_value_at_percentile(p) / 1000, 3) if n else None
+    out["max_ms"] = round(h.get_max_value() / 1000, 3) if n else None
+    return out
+
+
+def cdf(h: HdrHistogram) -> list[tuple[float, float]]:
+    """(percentile, latency ms) points for a CDF plot."""
+    if not h.get_total_count():
+        return []
+    return [(p, round(h.get_value_at_percentile(p) / 1000, 4)) for p in CDF_POINTS]
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def proc_rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy seconds, total seconds) summed over all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
+    total = sum(parts[:8])  # guest time is already in user
+    return (total - idle) / tick, total / tick
+
+
+def cpu_stall_s() -> float:
+    """Machine-wide seconds some task waited for a CPU (/proc/pressure/cpu), NaN if absent."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return float("nan")

@@ -1,0 +1,298 @@
+"""Write a run's results: JSON, a markdown report, and PNG plots (latency CDF per system at light
+and at the reference load; p99 against deliveries/s over the rate ramps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _step_row(s: dict[str, Any]) -> list[Any]:
+    lat, cross = s["latency"], s["cross_node"]
+    cpu = s["cpu_pct"]
+    flags = []
+    if s.get("knee"):
+        flags.append("**knee**")
+    if s["saturated"]:
+        flags.append("cores saturated")
+    if s["saturated_procs"]:
+        flags.append("busy: " + ",".join(s["saturated_procs"]))
+    if s.get("disturbed"):
+        flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others)")
+    if s["errors"]:
+        flags.append(f"{s['errors']} errors")
+    if s["closed"]:
+        flags.append(f"{s['closed']} closed")
+    return [
+        s["label"],
+        s["tag"] or "",
+        s["rate"],
+        s["deliveries_per_s"],
+        lat["p50_ms"],
+        lat["p90_ms"],
+        lat["p99_ms"],
+        lat["p99_9_ms"],
+        lat["max_ms"],
+        cross["p50_ms"],
+        cross["p99_ms"],
+        s["lost"],
+        s["dups"],
+        "+".join(f"{v:.0f}" for v in cpu["nodes"]),
+        "+".join(f"{v:.0f}" for v in cpu["stores"]) or "–",
+        "+".join(f"{v:.0f}" for v in cpu["gens"]),
+        s["node_cpu_us_per_delivery"],
+        s["machine_busy_pct"],
+        "OK" if s["ok"] else "fail",
+        "; ".join(flags),
+    ]
+
+
+STEP_HEADERS = [
+    "scenario", "step", "msgs/s", "deliveries/s", "p50 ms", "p90", "p99", "p99.9", "max",
+    "x-node p50", "x-node p99", "lost", "dup", "node CPU %", "redis CPU %", "gen CPU %",
+    "node µs/delivery", "machine busy %", "ok", "notes",
+]  # fmt: skip
+
+
+def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
+    lines = [
+        f"# roomstate fan-out benchmark — {results['mode']} run",
+        "",
+        f"- started {results['started']}, took {results['duration_s']:.0f} s; command "
+        f"`{results['command']}`",
+        f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}), "
+        f"Python {results['machine']['python']}, {results['machine']['versions']}",
+        f"- waited {results['quiet_waited_s']:.0f} s in all for other processes on the machine to "
+        "quiet down; steps where others used > 25 % of a core are marked *disturbed*",
+        "- latency is receive time − scheduled send time (open loop), in ms; CPU % is of one core "
+        "over the measured window; node µs/delivery = all nodes' CPU / deliveries in the window",
+        "",
+        "## Summary",
+        "",
+        "```json",
+        json.dumps(results["summary"], indent=1),
+        "```",
+        "",
+    ]
+    if results.get("targets"):
+        lines += [
+            "## Targets",
+            "",
+            _table(
+                ["target", "measured", "limit", "met", "note"],
+                [
+                    [t["target"], t["measured"], t["limit"], t["met"], t.get("note", "")]
+                    for t in results["targets"]
+                ],
+            ),
+            "",
+        ]
+    if results.get("redis_floor"):
+        rf = results["redis_floor"]
+        lines += [
+            "## Redis floor (raw redis-py XADD → XREAD BLOCK, one way)",
+            "",
+            _table(
+                ["msgs/s", "from", "p50", "p90", "p99", "p99.9", "max", "lost"],
+                [
+                    [
+                        rf["rate"],
+                        "actual send",
+                        *[
+                            rf["from_send"][k]
+                            for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")
+                        ],
+                        rf["lost"],
+                    ],
+                    [
+                        rf["rate"],
+                        "schedule",
+                        *[
+                            rf["from_sched"][k]
+                            for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")
+                        ],
+                        rf["lost"],
+                    ],
+                ],
+            ),
+            "",
+        ]
+    knees = []
+    for sc in results["scenarios"]:
+        knee = sc.get("knee")
+        if sc.get("ramped"):
+            knees.append(
+                [
+                    sc["label"],
+                    knee["rate"] if knee else None,
+                    knee["deliveries_per_s"] if knee else None,
+                    knee["latency"]["p50_ms"] if knee else None,
+                    knee["latency"]["p99_ms"] if knee else None,
+                    knee["node_cpu_us_per_delivery"] if knee else None,
+                    "+".join(f"{v:.0f}" for v in knee["cpu_pct"]["nodes"]) if knee else None,
+                    knee["machine_busy_pct"] if knee else None,
+                ]
+            )
+    if knees:
+        lines += [
+            "## Highest sustainable rate (p99 ≤ 50 ms, no loss, no errors)",
+            "",
+            _table(
+                [
+                    "scenario",
+                    "msgs/s",
+                    "deliveries/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "node µs/delivery",
+                    "node CPU %",
+                    "machine busy %",
+                ],
+                knees,
+            ),
+            "",
+        ]
+    for name in ("propagation", "memory", "bystander"):
+        if results.get(name):
+            lines += [f"## {name.capitalize()}", "", "```json",
+                      json.dumps(results[name], indent=1), "```", ""]  # fmt: skip
+    for title, path in plots.items():
+        lines += [f"![{title}]({Path(path).name})", ""]
+    rows = [_step_row(s) for sc in results["scenarios"] for s in sc["steps"]]
+    lines += ["## Every step", "", _table(STEP_HEADERS, rows), ""]
+    calls = [
+        [s["label"], s["rate"], s["redis_calls_per_message"]]
+        for sc in results["scenarios"]
+        for s in sc["steps"]
+        if s.get("redis_calls_per_message") and s.get("knee")
+    ]
+    if calls:
+        lines += [
+            "## Redis commands per message sent (INFO commandstats, at the knee)",
+            "",
+            _table(["scenario", "msgs/s", "calls per message"], calls),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _is_main(sc: dict[str, Any]) -> bool:
+    """A system at the base shape: 10 rooms x 10 (the floor: 1 x 99), 256 B app messages."""
+    return (
+        sc["payload"] == 256
+        and sc["kind"] == "app"
+        and ((sc["participants"], sc["rooms"]) in ((10, 10), (99, 1)))
+        and "bystander" not in sc["label"]
+    )
+
+
+def _ramp_steps(sc: dict[str, Any]) -> list[dict[str, Any]]:
+    by_rate: dict[float, dict[str, Any]] = {}
+    for s in sc["steps"]:  # a step run again (after a disturbed one) replaces it
+        if s.get("tag") and "ramp" in s["tag"] and s["latency"]["p99_ms"] is not None:
+            by_rate[s["rate"]] = s
+    return [by_rate[r] for r in sorted(by_rate)]
+
+
+def plot(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, str] = {}
+    main = [sc for sc in results["scenarios"] if _is_main(sc)]
+    # 1. latency CDF per system (base shape), at light load and at the reference load
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    drawn = False
+    for ax, tag, title in ((axes[0], "light", "light load"), (axes[1], "ref", "reference load")):
+        ax.set_prop_cycle(color=plt.cm.tab10.colors)
+        for sc in main:
+            step = next((s for s in sc["steps"] if tag in (s.get("tag") or "").split(",")), None)
+            if step is None or not step["cdf"]:
+                continue
+            xs = [max(v, 0.01) for _, v in step["cdf"]]
+            ys = [p for p, _ in step["cdf"]]
+            mark = " [disturbed]" if step.get("disturbed") else ""
+            label = f"{sc['label']} ({step['deliveries_per_s']:,}/s){mark}"
+            ax.plot(xs, ys, marker=".", label=label)
+            drawn = True
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (receive − scheduled send)")
+        ax.set_title(f"latency CDF, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("percentile")
+    if drawn:
+        path = out_dir / f"{stem}-latency-cdf.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        paths["latency CDF per system"] = str(path)
+    plt.close(fig)
+
+    # 2. p99 against deliveries/s over the ramps: systems; the 2-node matrix sweeps
+    sweeps = [sc for sc in results["scenarios"] if not _is_main(sc) and sc.get("ramped")]
+    panels = [("systems, 10 rooms x 10, 256 B", main)]
+    if sweeps:
+        base = [sc for sc in main if sc["system"] == "2-nodes-redis"]
+        panels.append(("2 nodes + Redis: participants, rooms, payload", base + sweeps))
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.5), squeeze=False)
+    drawn = False
+    for ax, (title, scs) in zip(axes[0], panels, strict=True):
+        ax.set_prop_cycle(color=plt.cm.tab10.colors + plt.cm.Dark2.colors)
+        for sc in scs:
+            steps = _ramp_steps(sc)
+            if len(steps) < 2:
+                continue
+            pts = [(s["deliveries_per_s"], s["latency"]["p99_ms"]) for s in steps]
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            (line,) = ax.plot(xs, ys, marker="o", label=sc["label"])
+            hollow = [p for p, s in zip(pts, steps, strict=True) if s.get("disturbed")]
+            if hollow:  # steps during which other processes took > 25 % of a core
+                ax.plot(
+                    [p[0] for p in hollow], [p[1] for p in hollow], "o", markersize=11,
+                    markerfacecolor="none", markeredgecolor=line.get_color(),
+                )  # fmt: skip
+            drawn = True
+        ax.axhline(50, color="red", linestyle="--", linewidth=1, label="p99 limit 50 ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("deliveries/s")
+        ax.set_ylabel("p99 latency, ms")
+        ax.set_title(f"p99 against throughput: {title}\n(open-loop ramp; ringed: disturbed step)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if drawn:
+        path = out_dir / f"{stem}-p99-vs-throughput.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        paths["p99 against deliveries/s"] = str(path)
+    plt.close(fig)
+    return paths
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot(results, out_dir, stem)
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"{stem}.md").write_text(markdown(results, plots))
+    return {"json": str(out_dir / f"{stem}.json"), "md": str(out_dir / f"{stem}.md"), **plots}

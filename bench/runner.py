@@ -1,0 +1,619 @@
+"""The orchestrator: start a system, start load generator processes, run open-loop steps,
+measure CPU per process over each step's measured window, merge the generators' histograms.
+
+One `Scenario` = one system (a roomstate topology, the peer, or the floor) with one shape
+(rooms x participants, payload, kind of traffic). `ScenarioRun` starts it, connects the
+participants once, then runs any number of steps (fixed rates, or a ramp) on the same
+connections, and stops everything by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    cdf,
+    cpu_stall_s,
+    decode_hist,
+    machine_cpu,
+    proc_cpu_s,
+    proc_rss_bytes,
+    summarize,
+)
+from bench.deploy import ROOT, Deployment, start_floor, start_peer, start_topology
+
+P99_LIMIT_MS = 50.0
+CORES = os.cpu_count() or 1
+SATURATED_PCT = 90.0  # machine busy (of all cores) or one process (of one core) above this
+
+
+def log(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Scenario:
+    label: str
+    system: str  # a topology name (bench/deploy.py), "peer" or "python-floor"
+    participants: int = 10  # per room (floor: receivers)
+    rooms: int = 10
+    payload: int = 256
+    kind: str = "app"  # app | userdata | session
+    senders_per_room: int | None = None  # default: min(participants, 10); 1 for userdata/session
+    env: dict[str, str] = field(default_factory=dict)  # ROOMSTATE_* for the nodes
+    generators: int = 2
+    active_nodes: int | None = None  # put the active rooms on the first N nodes only
+    idle_rooms: int = 0  # rooms with 2 participants and no traffic, on the other nodes
+
+
+class GenProcess:
+    """One `python -m bench.loadgen` child: commands on stdin, JSON lines on stdout."""
+
+    def __init__(self, index: int, config: dict[str, Any], tmp: Path) -> None:
+        self.index = index
+        path = tmp / f"gen-{index}-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(config))
+        self.stderr_path = path.with_suffix(".log")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.loadgen", str(path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read(self, key: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"generator {self.index}: no {key!r} in {timeout:.0f} s")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                tail = self.stderr_path.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"generator {self.index} exited:\n{tail}")
+            obj = json.loads(line)
+            if "fatal" in obj:
+                tail = self.stderr_path.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"generator {self.index}: {obj['fatal']}\n{tail}")
+            if key in obj:
+                return obj
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.send({"cmd": "quit"})
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # by PID (Popen.kill)
+            self.proc.wait(5)
+
+
+def _sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _redis_stats(dep: Deployment) -> dict[str, int]:
+    """Calls per command summed over the deployment's Redis servers (INFO commandstats)."""
+    total: dict[str, int] = {}
+    for server in dep.redis_servers():
+        try:
+            info = server.info("commandstats")
+        except Exception:
+            continue
+        for key, value in info.items():
+            if key.startswith("cmdstat_"):
+                calls = int(value.split("calls=", 1)[1].split(",", 1)[0])
+                total[key[8:]] = total.get(key[8:], 0) + calls
+    return total
+
+
+QUIET_PCT = 15.0  # other processes' CPU (% of one core) below which the machine counts as quiet
+DISTURBED_PCT = 25.0  # a step during which other processes used more than this is "disturbed"
+
+
+def other_cpu_pct(our_pids: list[int], window_s: float = 0.5) -> float:
+    """CPU used by processes that are not ours over `window_s`, in % of one core."""
+    m0 = machine_cpu()
+    c0 = sum(proc_cpu_s(p) for p in our_pids)
+    time.sleep(window_s)
+    m1 = machine_cpu()
+    c1 = sum(proc_cpu_s(p) for p in our_pids)
+    return max(0.0, (m1[0] - m0[0]) - (c1 - c0)) / window_s * 100
+
+
+class QuietBudget:
+    """How long, in all, a run may wait for other processes to quiet down (bounded)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+        self.waited = 0.0
+
+    def wait(self, our_pids: list[int], max_s: float) -> float:
+        """Wait until the others' CPU is under QUIET_PCT, at most `max_s` and the budget;
+        returns the last measured value."""
+        started = time.monotonic()
+        pct = other_cpu_pct(our_pids, 0.3)
+        while pct > QUIET_PCT and time.monotonic() - started < min(max_s, self.left):
+            pct = other_cpu_pct(our_pids, 0.5)
+        spent = time.monotonic() - started
+        self.left -= spent
+        self.waited += spent
+        return pct
+
+
+QUIET = QuietBudget(0.0)  # the entry point sets the budget
+
+
+class ScenarioRun:
+    def __init__(self, scenario: Scenario, tmp: Path) -> None:
+        self.sc = scenario
+        self.tmp = tmp
+        self.dep: Deployment | None = None
+        self.gens: list[GenProcess] = []
+        self.steps: list[dict[str, Any]] = []
+        self.step_no = 0
+        self.setup_s = 0.0
+        self.info: dict[str, Any] = {}
+
+    # -- lifecycle --
+
+    def __enter__(self) -> ScenarioRun:
+        started = time.monotonic()
+        sc = self.sc
+        if sc.system == "peer":
+            self.dep = start_peer(self.tmp)
+        elif sc.system == "python-floor":
+            self.dep = start_floor(self.tmp)
+        else:
+            self.dep = start_topology(sc.system, self.tmp, sc.env)
+        try:
+            configs = self._configs()
+            self.gens = [GenProcess(i, c, self.tmp) for i, c in enumerate(configs)]
+            connected = [g.read("ready", 180) for g in self.gens]
+            self.info["connect_s"] = round(max(c["connect_s"] for c in connected), 2)
+            time.sleep(0.5)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.setup_s = time.monotonic() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for g in self.gens:
+            g.stop()
+        self.gens = []
+        if self.dep is not None:
+            self.dep.stop()
+            self.dep = None
+
+    # -- participants --
+
+    def _configs(self) -> list[dict[str, Any]]:
+        sc, dep = self.sc, self.dep
+        assert dep is not None
+        nodes = len(dep.entries)
+        tag = f"b{time.monotonic_ns() % 10**8}"
+        people: list[dict[str, Any]] = []
+        room_senders: dict[str, list[int]] = {}
+        if dep.kind == "floor":
+            room = f"{tag}-r0"
+            for j in range(sc.participants):
+                people.append(
+                    {"gid": j, "room": room, "url": dep.ws_url(0, room), "node": 0, "recv": True,
+                     "rank": None}
+                )  # fmt: skip
+            base = dep.entries[0].replace("http://", "ws://")
+            people.append(
+                {"gid": sc.participants, "room": room, "url": f"{base}/send", "node": 0,
+                 "recv": False, "rank": 0}
+            )  # fmt: skip
+            room_senders[room] = [0]
+            total_senders = 1
+        else:
+            per_room = 1  # userData / session data: one writer per room
+            if sc.kind == "app":
+                per_room = sc.senders_per_room or min(sc.participants, 10)
+            per_room = min(per_room, sc.participants)
+            total_senders = per_room * sc.rooms
+            active = min(sc.active_nodes or nodes, nodes)
+            gid = 0
+            for r in range(sc.rooms):
+                room = f"{tag}-r{r}"
+                room_senders[room] = [j * sc.rooms + r for j in range(per_room)]
+                for j in range(sc.participants):
+                    node = (r + j) % active
+                    rank = j * sc.rooms + r if j < per_room else None
+                    people.append(
+                        {"gid": gid, "room": room, "url": dep.ws_url(node, room), "node": node,
+                         "recv": True, "rank": rank}
+                    )  # fmt: skip
+                    gid += 1
+            for r in range(sc.idle_rooms):
+                room = f"{tag}-idle{r}"
+                room_senders[room] = []
+                for j in range(2):
+                    node = active + (r + j) % max(1, nodes - active) if nodes > active else 0
+                    people.append(
+                        {"gid": gid, "room": room, "url": dep.ws_url(node, room), "node": node,
+                         "recv": True, "rank": None}
+                    )  # fmt: skip
+                    gid += 1
+        g = max(1, min(sc.generators, len(people)))
+        configs = []
+        for i in range(g):
+            configs.append(
+                {
+                    "proto": dep.kind,
+                    "kind": sc.kind,
+                    "gen_index": i,
+                    "payload": sc.payload,
+                    "total_senders": total_senders,
+                    "room_senders": room_senders,
+                    "participants": [p for k, p in enumerate(people) if k % g == i],
+                }
+            )
+        self.info["connections"] = len(people)
+        self.info["senders"] = total_senders
+        return configs
+
+    # -- one step --
+
+    def run_step(
+        self,
+        rate: float,
+        *,
+        warmup_s: float = 0.5,
+        duration_s: float = 2.5,
+        drain_s: float = 5.0,
+        precise: bool = False,
+        tag: str = "",
+    ) -> dict[str, Any]:
+        dep, sc = self.dep, self.sc
+        assert dep is not None
+        self.step_no += 1
+        cmd = {
+            "cmd": "run",
+            "step": self.step_no,
+            "t0": 0,
+            "rate": rate,
+            "warmup_s": warmup_s,
+            "duration_s": duration_s,
+            "drain_s": drain_s,
+            "precise": precise,
+        }
+        groups = {
+            "nodes": dep.node_pids(),
+            "stores": dep.store_pids(),
+            "gens": [g.pid for g in self.gens],
+        }
+        quiet_before = QUIET.wait([p for v in groups.values() for p in v] + [os.getpid()], 8.0)
+        stats0 = _redis_stats(dep)
+        t0 = time.monotonic_ns() + 300_000_000
+        cmd["t0"] = t0
+        for g in self.gens:
+            g.send(cmd)
+        tm0 = t0 + int(warmup_s * 1e9)
+        tm1 = tm0 + int(duration_s * 1e9)
+        _sleep_until(tm0)
+        cpu0 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
+        m0, s0, w0 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        me0 = proc_cpu_s(os.getpid())
+        _sleep_until(tm1)
+        cpu1 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
+        m1, s1, w1 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        wall = (w1 - w0) / 1e9
+        results = [
+            g.read("result", warmup_s + duration_s + drain_s + 60)["result"] for g in self.gens
+        ]
+        stats1 = _redis_stats(dep)
+
+        h_same, h_cross, h_send = (decode_hist(None) for _ in range(3))
+        for r in results:
+            h_same.add(decode_hist(r["hist_same"]))
+            h_cross.add(decode_hist(r["hist_cross"]))
+            h_send.add(decode_hist(r["hist_send"]))
+        h_all = decode_hist(None)
+        h_all.add(h_same)
+        h_all.add(h_cross)
+
+        def total(key: str) -> int:
+            return sum(int(r[key]) for r in results)
+
+        in_window = total("in_window")
+        cpu_s = {name: [cpu1[p] - cpu0[p] for p in pids] for name, pids in groups.items()}
+        cpu_pct = {name: [round(100 * c / wall, 1) for c in v] for name, v in cpu_s.items()}
+        busy = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9) * 100  # of all cores
+        ours = sum(sum(v) for v in cpu_s.values()) + (proc_cpu_s(os.getpid()) - me0)
+        other_pct = max(0.0, (m1[0] - m0[0]) - ours) / wall * 100  # % of one core
+
+        def per_delivery(name: str) -> float | None:
+            return round(1e6 * sum(cpu_s[name]) / in_window, 2) if in_window else None
+
+        expected, unique = total("expected"), total("unique")
+        lost = max(0, expected - unique)
+        latency = summarize(h_all)
+        errors = total("errors")
+        closed = total("closed")
+        saturated_procs = [
+            f"{name}[{i}]"
+            for name, values in cpu_pct.items()
+            for i, v in enumerate(values)
+            if v >= SATURATED_PCT
+        ]
+        p99 = latency["p99_ms"]
+        ok = (
+            p99 is not None
+            and p99 <= P99_LIMIT_MS
+            and lost == 0
+            and total("dups") == 0
+            and errors == 0
+            and closed == 0
+        )
+        if sc.kind != "app":
+            ok = p99 is not None and lost == 0 and errors == 0
+        sent = total("sent")
+        commands = {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}
+        commands = {k: v for k, v in sorted(commands.items()) if v}
+        result: dict[str, Any] = {
+            "label": sc.label,
+            "system": sc.system,
+            "participants": sc.participants,
+            "rooms": sc.rooms,
+            "payload": sc.payload,
+            "kind": sc.kind,
+            "tag": tag,
+            "step": self.step_no,
+            "rate": rate,
+            "precise": precise,
+            "window_s": round(wall, 3),
+            "sent": sent,
+            "acks": total("acks"),
+            "expected": expected,
+            "unique": unique,
+            "updates_received": total("updates_received"),
+            "lost": lost,
+            "dups": total("dups"),
+            "errors": errors,
+            "error_samples": [s for r in results for s in r["error_samples"]][:3],
+            "closed": closed,
+            "offered_deliveries_per_s": round(expected / (warmup_s + duration_s)),
+            "deliveries_per_s": round(in_window / wall),
+            "latency": latency,
+            "same_node": summarize(h_same),
+            "cross_node": summarize(h_cross),
+            "from_send": summarize(h_send),
+            "cdf": cdf(h_all),
+            "max_late_ms": max(r["max_late_ms"] for r in results),
+            "drain_ms": max(r["drain_ms"] for r in results),
+            "cpu_pct": cpu_pct,
+            "node_cpu_us_per_delivery": per_delivery("nodes"),
+            "store_cpu_us_per_delivery": per_delivery("stores"),
+            "gen_cpu_us_per_delivery": per_delivery("gens"),
+            "machine_busy_pct": round(busy, 1),
+            "other_cpu_pct": round(other_pct, 1),
+            "cpu_stall_pct": round(100 * (s1 - s0) / wall, 1) if s1 == s1 else None,
+            "saturated": busy >= SATURATED_PCT,
+            "disturbed": other_pct > DISTURBED_PCT,
+            "other_cpu_pct_before": round(quiet_before, 1),
+            "saturated_procs": saturated_procs,
+            "node_rss_mb": [round(proc_rss_bytes(p) / 2**20, 1) for p in groups["nodes"]],
+            "redis_calls": commands,
+            "redis_calls_per_message": {k: round(v / sent, 3) for k, v in commands.items() if sent},
+            "ok": ok,
+        }
+        self.steps.append(result)
+        log(_one_line(result))
+        return result
+
+    def settle(self, max_s: float = 10.0) -> None:
+        """After an overloaded step: wait until the nodes are idle again (bounded)."""
+        assert self.dep is not None
+        pids = self.dep.node_pids() + self.dep.store_pids()
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            c0 = sum(proc_cpu_s(p) for p in pids)
+            time.sleep(0.3)
+            if sum(proc_cpu_s(p) for p in pids) - c0 < 0.3 * 0.15 * len(pids):
+                return
+
+    def ramp(
+        self,
+        start: float,
+        factor: float = 1.3,
+        max_steps: int = 10,
+        refine: int = 1,
+        **step_args: Any,
+    ) -> dict[str, Any] | None:
+        """Raise the rate by `factor` until a step fails twice in a row (p99 > 50 ms, loss,
+        errors), then bisect `refine` times between the last pass and the first failure.
+        Returns the passing step with the highest rate (None if even `start` failed)."""
+        best: dict[str, Any] | None = None
+        bad: dict[str, Any] | None = None
+        rate = start
+        for _ in range(max_steps):
+            r = self.run_step(rate, tag="ramp", **step_args)
+            if not r["ok"] and not r["closed"]:
+                # Once more before calling it a failure: a stall of another process on this
+                # 2-core machine, or one GC pause, should not end a ramp.
+                self.settle()
+                r["retried"] = True
+                r = self.run_step(rate, tag="ramp", **step_args)
+            if r["closed"]:
+                bad = r
+                break
+            if r["ok"]:
+                best = r
+                rate = rate * factor
+            else:
+                bad = r
+                break
+        if best is None and bad is not None and not bad["closed"]:
+            for lower in (start / 2, start / 4, start / 8):  # even the start failed: go down
+                self.settle()
+                r = self.run_step(round(lower), tag="ramp", **step_args)
+                if r["ok"]:
+                    best = r
+                    break
+                if r["closed"]:
+                    break
+        for _ in range(refine):
+            if best is None or bad is None or bad["closed"]:
+                break
+            self.settle()
+            mid = round((best["rate"] + bad["rate"]) / 2)
+            if mid <= best["rate"] or mid >= bad["rate"]:
+                break
+            r = self.run_step(mid, tag="ramp", **step_args)
+            if r["ok"]:
+                best = r
+            else:
+                bad = r
+        if best is not None:
+            best["knee"] = True
+        return best
+
+
+def _one_line(r: dict[str, Any]) -> str:
+    lat = r["latency"]
+    cross = r["cross_node"]
+    return (
+        f"  {r['label']:<40} rate {r['rate']:>7.0f}/s  deliv {r['deliveries_per_s']:>7}/s  "
+        f"p50 {lat['p50_ms']}  p99 {lat['p99_ms']}  max {lat['max_ms']} ms  "
+        f"x-node p50 {cross['p50_ms']}  lost {r['lost']} dup {r['dups']} err {r['errors']}  "
+        f"node {r['cpu_pct']['nodes']}% store {r['cpu_pct']['stores']}% "
+        f"gens {r['cpu_pct']['gens']}%  "
+        f"{r['node_cpu_us_per_delivery']} us/deliv  busy {r['machine_busy_pct']}% "
+        f"(others {r['other_cpu_pct']}%)  {'OK' if r['ok'] else 'FAIL'}"
+    )
+
+
+def geometric(start: float, factor: float, n: int) -> list[float]:
+    return [round(start * factor**i) for i in range(n)]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)
+
+
+def run_redis_floor(tmp: Path, rate: float = 1000, seconds: float = 3.0) -> dict[str, Any]:
+    """Raw redis-py XADD -> XREAD BLOCK one-way latency on a fresh redis-server."""
+    from tests.servers import RedisServer
+
+    count = int(rate * seconds)
+    redis = RedisServer.start(tmp)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = writer = None
+    try:
+        QUIET.wait([redis.pid, os.getpid()], 8.0)
+        argv = [sys.executable, "-m", "bench.redis_floor"]
+        stream = "bench:floor"
+        reader = subprocess.Popen(
+            [*argv, "read", redis.url, stream, str(count)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        assert reader.stdout is not None
+        if "ready" not in reader.stdout.readline():
+            raise RuntimeError("redis floor reader did not start")
+        t0 = time.monotonic_ns() + 300_000_000
+        writer = subprocess.Popen(
+            [*argv, "write", redis.url, stream, str(rate), str(count), str(t0)], cwd=ROOT, env=env
+        )
+        cpu0 = proc_cpu_s(redis.pid)
+        writer.wait(seconds + 30)
+        line = reader.stdout.readline()
+        reader.wait(30)
+        cpu = proc_cpu_s(redis.pid) - cpu0
+        result = json.loads(line)["result"]
+        result.update(
+            label="redis-floor", system="redis-floor", rate=rate, sent=count,
+            lost=count - result["received"], redis_cpu_us_per_message=round(1e6 * cpu / count, 2),
+        )  # fmt: skip
+        log(
+            f"  redis floor {rate:.0f}/s: from send p50 {result['from_send']['p50_ms']} "
+            f"p99 {result['from_send']['p99_ms']} ms; from schedule p50 "
+            f"{result['from_sched']['p50_ms']} p99 {result['from_sched']['p99_ms']} ms; "
+            f"lost {result['lost']}"
+        )
+        return result
+    finally:
+        for proc in (writer, reader):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        redis.stop()
+
+
+def idle_memory(
+    tmp: Path, system: str, connections: int = 5000, per_room: int = 10
+) -> dict[str, Any]:
+    """Node RSS growth per idle joined connection."""
+    sc = Scenario(f"idle {connections}", system, participants=per_room,
+                  rooms=connections // per_room, senders_per_room=1)  # fmt: skip
+    dep = None
+    run = ScenarioRun(sc, tmp)
+    from bench.deploy import start_topology
+
+    dep = start_topology(system, tmp, sc.env)
+    try:
+        time.sleep(1.0)
+        before = [proc_rss_bytes(p) for p in dep.node_pids()]
+        run.dep = dep
+        configs = run._configs()
+        gens = [GenProcess(i, c, tmp) for i, c in enumerate(configs)]
+        run.gens = gens
+        ready = [g.read("ready", 300) for g in gens]
+        time.sleep(2.0)
+        after = [proc_rss_bytes(p) for p in dep.node_pids()]
+        grown = sum(after) - sum(before)
+        result = {
+            "label": sc.label, "system": system, "connections": connections,
+            "rooms": sc.rooms, "node_rss_before_mb": [round(b / 2**20, 1) for b in before],
+            "node_rss_after_mb": [round(a / 2**20, 1) for a in after],
+            "kb_per_connection": round(grown / connections / 1024, 1),
+            "connect_s": round(max(r["connect_s"] for r in ready), 1),
+        }  # fmt: skip
+        log(f"  idle memory: {result}")
+        return result
+    finally:
+        run.dep = None
+        for g in run.gens:
+            g.stop()
+        dep.stop()
