@@ -18,9 +18,9 @@ so a receiver finds it with one ``bytes.find`` whatever wraps it (a roomstate ``
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+import psutil
 from hdrh.histogram import HdrHistogram
 
 KEY_LEN = 44
@@ -88,32 +88,27 @@ def cdf(h: HdrHistogram) -> list[tuple[float, float]]:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a process (0 if it is gone)."""
+    """user + system CPU seconds of a process (psutil; 0 if it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick
+    return float(times.user + times.system)
 
 
 def proc_rss_bytes(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0
 
 
 def machine_cpu() -> tuple[float, float]:
-    """(busy seconds, total seconds) summed over all cores, from /proc/stat."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
-    total = sum(parts[:8])  # guest time is already in user
-    return (total - idle) / tick, total / tick
+    """(busy seconds, total seconds) summed over all cores (psutil.cpu_times)."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    total = sum(getattr(t, f) for f in t._fields if f not in ("guest", "guest_nice"))
+    return total - idle, total
 
 
 def cpu_stall_s() -> float:

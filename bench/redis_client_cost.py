@@ -1,0 +1,73 @@
+"""What one Redis call costs the client: redis-py (asyncio, hiredis) CPU per EVALSHA and per
+XREAD, sequential, with and without ``socket_timeout``, and pipelined — the evidence behind the
+"pipeline publishes" recommendation in docs/performance.md.
+
+    python -m bench.redis_client_cost [--calls 3000]
+
+Starts its own redis-server (tests/servers.py) and stops it by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from tests.servers import RedisServer
+
+# The shape of node/redis_scripts.py PUBLISH for an app message: read, append, persist.
+SCRIPT = """
+local n = tonumber(redis.call("HGET", KEYS[2], "n") or "0")
+local id = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
+redis.call("PERSIST", KEYS[1])
+return id
+"""
+
+
+async def measure(url: str, calls: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    payload = "x" * 300
+    keys = ["bench:{t}:log", "bench:{t}:state"]
+    for label, timeout in (("socket_timeout=2", 2.0), ("socket_timeout=None", None)):
+        client = aioredis.Redis.from_url(url, socket_timeout=timeout)
+        script = client.register_script(SCRIPT)
+        await script(keys=keys, args=[payload, 1000])
+        t = time.process_time()
+        for _ in range(calls):
+            await script(keys=keys, args=[payload, 1000])
+        out[f"evalsha sequential, {label}, us"] = (time.process_time() - t) / calls * 1e6
+        t = time.process_time()
+        for _ in range(calls):
+            await client.xread({keys[0]: "0-0"}, count=1)
+        out[f"xread sequential, {label}, us"] = (time.process_time() - t) / calls * 1e6
+        t = time.process_time()
+        for _ in range(calls // 50):
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(50):
+                    pipe.evalsha(script.sha, 2, *keys, payload, 1000)
+                await pipe.execute()
+        out[f"evalsha pipelined by 50, {label}, us"] = (time.process_time() - t) / calls * 1e6
+        await client.delete(keys[0])
+        await client.aclose()
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=3000)
+    args = ap.parse_args()
+    import uvloop
+
+    server = RedisServer.start(Path(tempfile.mkdtemp(prefix="roomstate-redis-cost-")))
+    try:
+        print(json.dumps(uvloop.run(measure(server.url, args.calls)), indent=1))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
