@@ -10,7 +10,11 @@ Choose one with HYPOTHESIS_PROFILE (default ``dev``):
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import AsyncIterator
 
+import aiohttp
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -29,3 +33,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def room() -> str:
+    """A fresh room name for each test."""
+    return f"room-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

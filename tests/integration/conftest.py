@@ -7,11 +7,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,15 +92,3 @@ def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess
     started = start_node(tmp_path_factory.mktemp("node"), {**FAST, "ROOMSTATE_API_KEY": API_KEY})
     yield started
     started.stop()
-
-
-@pytest.fixture
-def room() -> str:
-    """A fresh room name for each test."""
-    return f"room-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
