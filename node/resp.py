@@ -1,0 +1,160 @@
+"""A pipelining Redis connection for the bus's hot path: publishing events and blocking reads.
+
+redis-py stays the client for everything else (snapshots, leases, Cluster topology); this is the
+part it does slowly. Measured on this machine (`python -m bench.redis_client_cost`, one
+``EVALSHA`` shaped like PUBLISH, sequential): redis-py 8.1 asyncio + hiredis spends ~130 µs of
+client CPU per call, this connection ~50 µs; commands issued in the same event-loop iteration
+go out in one ``write`` and their replies are parsed from one read (auto-pipelining). See
+docs/decisions/0004-redis-hot-path-connection.md.
+
+It is a plain `asyncio.Protocol`: hiredis packs the commands and parses the replies, and
+replies are matched to callers in order (RESP2). There is one timer per connection, not one
+per call: when the oldest unanswered command passes its deadline, the connection is dropped
+and every caller gets `RespTimeoutError` (the state of a half-answered connection is unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+__all__ = ["RespConnection", "RespConnectionError", "RespError", "RespTimeoutError"]
+
+WATCH_INTERVAL_S = 0.1  # how often a connection with unanswered commands checks their deadlines
+
+
+class RespError(Exception):
+    """An error reply from Redis (``NOSCRIPT …``, ``MOVED …``, ``ERR …``)."""
+
+    @property
+    def prefix(self) -> str:
+        return str(self).split(" ", 1)[0]
+
+
+class RespConnectionError(ConnectionError):
+    """The connection failed or closed before the reply came."""
+
+
+class RespTimeoutError(RespConnectionError):
+    """No reply by the deadline; the connection was dropped."""
+
+
+class RespConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader()
+        self._transport: asyncio.Transport | None = None
+        self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, deadline)
+        self._out: list[bytes] = []  # commands packed in this loop iteration
+        self._flush_scheduled = False
+        self._watch: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, *, timeout: float) -> RespConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            _, protocol = await loop.create_connection(cls, host, port)
+        return protocol
+
+    @classmethod
+    async def open_url(cls, url: str, *, timeout: float) -> RespConnection:
+        """Connect to ``redis://[[user]:password@]host[:port][/db]``, authenticating and
+        selecting the database as redis-py would."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"only redis:// URLs are supported here, not {parts.scheme}://")
+        conn = await cls.open(parts.hostname or "127.0.0.1", parts.port or 6379, timeout=timeout)
+        try:
+            if parts.password is not None:
+                user = unquote(parts.username) if parts.username else None
+                creds = (user, unquote(parts.password)) if user else (unquote(parts.password),)
+                await conn.call("AUTH", *creds, timeout=timeout)
+            db = parts.path.lstrip("/")
+            if db and db != "0":
+                await conn.call("SELECT", int(db), timeout=timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- calls --
+
+    def call(self, *args: bytes | str | int | float, timeout: float) -> asyncio.Future[Any]:
+        """Send a command (with those of the same loop iteration); the future gets its reply,
+        `RespError` for an error reply, or `RespConnectionError`."""
+        if self.closed:
+            raise RespConnectionError("the Redis connection is closed")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._out.append(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: 1-tuple
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        self._pending.append((future, self._loop.time() + timeout))
+        if self._watch is None:
+            self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._check_deadlines)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._transport is not None and not self.closed and self._out:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def _check_deadlines(self) -> None:
+        self._watch = None
+        if not self._pending:
+            return
+        if self._pending[0][1] <= self._loop.time():
+            self._fail(RespTimeoutError("Redis did not answer in time"))
+            return
+        self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._check_deadlines)
+
+    def close(self) -> None:
+        self._fail(RespConnectionError("the Redis connection was closed"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        pending, self._pending = self._pending, deque()
+        for future, _ in pending:
+            if not future.done():
+                future.set_exception(exc)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(RespConnectionError(f"unreadable reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not self._pending:
+                self._fail(RespConnectionError("a reply nobody asked for"))
+                return
+            future, _ = self._pending.popleft()
+            if future.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(RespError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self._fail(RespConnectionError(f"Redis closed the connection ({exc or 'EOF'})"))
