@@ -14,6 +14,7 @@ import contextlib
 import os
 import statistics
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,7 +256,11 @@ class TcpProxy:
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`upstream`. `cut()` makes it a black hole (open
     connections stay open but nothing passes, new ones are accepted and never answered);
     `heal()` drops the black-holed connections and passes again; `delay` adds latency to each
-    chunk in both directions (order kept)."""
+    chunk in both directions (order kept).
+
+    `start()` runs it on the caller's event loop; `start_in_thread()` on a loop of its own in a
+    daemon thread, so that a busy test loop never slows what passes through it (then `cut`,
+    `heal` and `stop_thread` may be called from the test's thread)."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
@@ -265,6 +270,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # its own loop (start_in_thread)
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -279,6 +286,9 @@ class TcpProxy:
         self.cut_off = True
 
     def heal(self) -> None:
+        if self._loop is not None and threading.current_thread() is not self._thread:
+            asyncio.run_coroutine_threadsafe(self._heal_soon(), self._loop).result(5)
+            return
         self.cut_off = False
         for client, upstream in list(self._pairs):
             client.close()
@@ -339,3 +349,36 @@ class TcpProxy:
             task.cancel()
         if self._server is not None:
             self._server.close()
+
+    async def _heal_soon(self) -> None:
+        self.heal()
+
+    def start_in_thread(self) -> TcpProxy:
+        """Start on an event loop of its own, in a daemon thread (stop with `stop_thread`)."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="tcp-proxy", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), loop).result(5)
+        return self
+
+    def stop_thread(self) -> None:
+        """Close every connection, stop the thread's loop and wait for the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+
+        async def shut() -> None:
+            await self.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            loop.close()
+            self._loop = self._thread = None
