@@ -1,14 +1,17 @@
 """One client's WebSocket connection: a send queue drained by its own task, and a rate limit.
 
-Fan-out never waits for a slow client: `send` only appends to the queue. A client whose queue
-passes `send_queue_bytes` is disconnected (close code 1008), so one slow reader cannot make the
-node hold unbounded memory or delay the others.
+Fan-out never waits for a slow client. A frame goes straight to the socket when nothing is
+queued before it and the socket's buffer is nearly empty (the common case: one `write`, no task
+switch); otherwise it is appended to the queue, which the connection's task drains with
+backpressure. A client whose queue passes `send_queue_bytes` is disconnected (close code
+1008), so one slow reader cannot make the node hold unbounded memory or delay the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 
 import orjson
@@ -16,12 +19,26 @@ from aiohttp import WSMsgType, web
 
 from node.metrics import Metrics
 
-__all__ = ["Connection", "TokenBucket", "frame_type"]
+__all__ = ["Connection", "TokenBucket", "frame_type", "ws_frame"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, persistent flooding)
 CLOSE_TIMEOUT_S = 2.0  # how long a closing peer gets to take its last frames
+# A frame is written straight to the socket only while less than this is waiting in the
+# socket's own buffer; past it, frames queue (and count towards the slow-consumer limit).
+WRITE_THROUGH_BYTES = 16 * 1024
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """`payload` as a complete WebSocket text frame from a server (FIN, not masked, not
+    compressed, RFC 6455 §5.2): the same bytes for every recipient, so built once per event."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def frame_type(frame: bytes) -> str:
@@ -95,18 +112,35 @@ class Connection:
             is_message = frame.startswith(b'{"type":"app-message"')
             if replayed and is_message and orjson.loads(frame).get("seq") in replayed:
                 continue
-            self.send(frame)
+            self.deliver(frame)
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; never blocks. Cuts the client off if its queue is over the limit."""
+        """Send or queue a frame, counting it; never blocks."""
+        self.metrics.frames_sent(frame_type(frame))
+        self.deliver(frame)
+
+    def deliver(self, frame: bytes, wire: bytes | None = None) -> None:
+        """Send or queue a frame already counted (`wire`: the frame as `ws_frame` makes it);
+        never blocks. Cuts the client off if its queue is over the limit."""
         if self._closing:
             return
         if self._held is not None:
             self._held.append(frame)
             return
+        transport = self.transport
+        if (
+            not self._queue
+            and transport is not None
+            and transport.get_write_buffer_size() < WRITE_THROUGH_BYTES
+            and not transport.is_closing()
+            and not self.ws.closed
+        ):
+            # Nothing is waiting before it: straight to the socket. (The drain task writes a
+            # frame before it waits, so an empty queue means every earlier frame is written.)
+            transport.write(wire if wire is not None else ws_frame(frame))
+            return
         self._queue.append(frame)
         self._queued += len(frame)
-        self.metrics.frames_out.labels(frame_type(frame)).inc()
         if self._queued > self.send_queue_bytes:
             self.metrics.slow_consumers.inc()
             log.warning("closing a slow consumer: %d bytes unsent", self._queued)

@@ -40,3 +40,18 @@ class Metrics:
             "Connections closed because their send queue passed the limit",
             registry=r,
         )
+        # Label children bound once: `labels()` per frame was 5 % of a loaded node's CPU.
+        self._in: dict[str, Counter] = {}
+        self._out: dict[str, Counter] = {}
+
+    def frame_in(self, kind: str) -> None:
+        child = self._in.get(kind)
+        if child is None:
+            child = self._in[kind] = self.frames_in.labels(kind)
+        child.inc()
+
+    def frames_sent(self, kind: str, count: int = 1) -> None:
+        child = self._out.get(kind)
+        if child is None:
+            child = self._out[kind] = self.frames_out.labels(kind)
+        child.inc(count)

@@ -26,7 +26,7 @@ from typing import Any
 from crdt import HybridLogicalClock, RoomState
 from node.auth import verify_token
 from node.bus import Bus
-from node.connection import Connection
+from node.connection import Connection, frame_type, ws_frame
 from node.errors import BusError, RequestError
 from node.events import AppMessage, BusEvent
 from node.metrics import Metrics
@@ -384,11 +384,19 @@ class Node:
             raise
 
     def _deliver(self, room: Room, out: Output) -> None:
+        connections = self.connections
         for recipients, frame in out.sends:
+            wire = None  # the WebSocket frame, built once for all recipients
+            count = 0
             for sid in recipients:
-                conn = self.connections.get(sid)
+                conn = connections.get(sid)
                 if conn is not None:
-                    conn.send(frame)
+                    if wire is None:
+                        wire = ws_frame(frame)
+                    conn.deliver(frame, wire)
+                    count += 1
+            if count:
+                self.metrics.frames_sent(frame_type(frame), count)
         self._schedule(room)
 
     def _schedule(self, room: Room) -> None:

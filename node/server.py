@@ -109,7 +109,7 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
             )
         request = parse(frame, node.limits)
         request_id = request.id
-        node.metrics.frames_in.labels(WIRE_TYPES[type(request)]).inc()
+        node.metrics.frame_in(WIRE_TYPES[type(request)])
         await node.handle(conn, request, room)
     except RequestError as exc:
         request_id = request_id if request_id is not None else exc.request_id
