@@ -3,9 +3,31 @@ in tests)."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
+
+
+class FrameCounts(Collector):
+    """A counter by frame type kept as plain integers and turned into a Prometheus counter
+    family at scrape time. Counting a frame is then a dict update, not a labelled counter's
+    lookup, lock and checks (5 % of a loaded node's CPU when it was done per recipient)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.counts: Tally[str] = Tally()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["type"])
+        for kind, count in sorted(self.counts.items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 class Metrics:
@@ -14,12 +36,10 @@ class Metrics:
         r = self.registry
         self.connections = Gauge("roomstate_connections", "Open WebSocket connections", registry=r)
         self.rooms = Gauge("roomstate_rooms", "Rooms with participants on this node", registry=r)
-        self.frames_in = Counter(
-            "roomstate_frames_in", "Client frames received, by type", ["type"], registry=r
-        )
-        self.frames_out = Counter(
-            "roomstate_frames_out", "Frames sent to clients, by type", ["type"], registry=r
-        )
+        self.frames_in = FrameCounts("roomstate_frames_in", "Client frames received, by type")
+        self.frames_out = FrameCounts("roomstate_frames_out", "Frames sent to clients, by type")
+        r.register(self.frames_in)
+        r.register(self.frames_out)
         self.errors = Counter(
             "roomstate_errors", "Error frames sent to clients, by code", ["code"], registry=r
         )
@@ -40,18 +60,9 @@ class Metrics:
             "Connections closed because their send queue passed the limit",
             registry=r,
         )
-        # Label children bound once: `labels()` per frame was 5 % of a loaded node's CPU.
-        self._in: dict[str, Counter] = {}
-        self._out: dict[str, Counter] = {}
 
     def frame_in(self, kind: str) -> None:
-        child = self._in.get(kind)
-        if child is None:
-            child = self._in[kind] = self.frames_in.labels(kind)
-        child.inc()
+        self.frames_in.counts[kind] += 1
 
     def frames_sent(self, kind: str, count: int = 1) -> None:
-        child = self._out.get(kind)
-        if child is None:
-            child = self._out[kind] = self.frames_out.labels(kind)
-        child.inc(count)
+        self.frames_out.counts[kind] += count

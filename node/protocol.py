@@ -115,6 +115,12 @@ def depth(value: Json) -> int:
     return deepest
 
 
+# The compact JSON of any part of a frame is at most this many times the frame's own size: only
+# a number can grow when re-encoded (`1e15` is 1000000000000000.0, 4.5 times longer). A frame this
+# far under a size limit cannot break it, so its parts are not re-encoded to be measured.
+MAX_GROWTH = 5
+
+
 def parse(frame: bytes | str, limits: Limits) -> Request:
     """Parse and validate one client frame."""
     try:
@@ -128,20 +134,26 @@ def parse(frame: bytes | str, limits: Limits) -> Request:
     if not isinstance(message, dict):
         raise RequestError("bad-json", "a frame must be a JSON object")
     request_id = message.get("id")
+    # Nesting needs a bracket per level, so a frame with few brackets needs no depth walk.
+    brackets = frame.count(b"[") + frame.count(b"{") if isinstance(frame, bytes) else None
+    shallow = brackets is not None and brackets <= limits.max_depth
+    frame_bytes = len(frame) if isinstance(frame, bytes) else len(frame.encode())
     try:
-        return _parse_object(message, limits)
+        return _parse_object(message, limits, frame_bytes, shallow)
     except RequestError as exc:
         exc.request_id = request_id if _is_id(request_id) else None
         raise
 
 
-def _parse_object(message: dict[str, Json], limits: Limits) -> Request:
+def _parse_object(
+    message: dict[str, Json], limits: Limits, frame_bytes: int, shallow: bool
+) -> Request:
     request_id = message.get("id")
     if request_id is not None and not _is_id(request_id):
         raise RequestError(
             "bad-request", f"'id' must be a string of 1-{MAX_ID_LENGTH} characters or an integer"
         )
-    if depth(message) > limits.max_depth:
+    if not shallow and depth(message) > limits.max_depth:
         raise RequestError("bad-request", f"JSON nesting is deeper than {limits.max_depth} levels")
     kind = message.get("type")
     if not isinstance(kind, str):
@@ -150,7 +162,7 @@ def _parse_object(message: dict[str, Json], limits: Limits) -> Request:
     if parser is None:
         known = ", ".join(sorted(_PARSERS))
         raise RequestError("unknown-type", f"unknown type {kind[:40]!r}; the types are {known}")
-    return parser(message, request_id, limits)
+    return parser(message, request_id, limits, frame_bytes)
 
 
 def _is_id(value: Json) -> bool:
@@ -170,15 +182,19 @@ def _optional_str(message: dict[str, Json], field: str, max_length: int) -> str 
     return value
 
 
-def _check_size(what: str, value: Json, limit: int) -> None:
+def _check_size(what: str, value: Json, limit: int, frame_bytes: int | None) -> None:
+    if frame_bytes is not None and frame_bytes * MAX_GROWTH <= limit:
+        return
     size = compact_size(value)
     if size > limit:
         raise RequestError("too-large", f"{what} is {size} bytes; the limit is {limit}")
 
 
-def _parse_join(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Join:
+def _parse_join(
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
+) -> Join:
     user_data = message.get("userData")
-    _check_size("userData", user_data, limits.user_data_bytes)
+    _check_size("userData", user_data, limits.user_data_bytes, frame_bytes)
     return Join(
         request_id,
         token=_optional_str(message, "token", 8192),
@@ -190,12 +206,12 @@ def _parse_join(message: dict[str, Json], request_id: RequestId, limits: Limits)
 
 
 def _parse_send_app_message(
-    message: dict[str, Json], request_id: RequestId, limits: Limits
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
 ) -> SendAppMessage:
     if "data" not in message:
         raise RequestError("bad-request", "send-app-message needs 'data'")
     data = message["data"]
-    _check_size("app message data", data, limits.app_message_bytes)
+    _check_size("app message data", data, limits.app_message_bytes, frame_bytes)
     to = message.get("to", "*")
     if isinstance(to, list) and all(isinstance(sid, str) for sid in to):
         return SendAppMessage(request_id, data, tuple(to))
@@ -207,18 +223,19 @@ def _parse_send_app_message(
 
 
 def _parse_set_user_data(
-    message: dict[str, Json], request_id: RequestId, limits: Limits
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
 ) -> SetUserData:
     if "data" not in message:
         raise RequestError("bad-request", "set-user-data needs 'data'")
-    _check_size("userData", message["data"], limits.user_data_bytes)
+    _check_size("userData", message["data"], limits.user_data_bytes, frame_bytes)
     return SetUserData(request_id, message["data"])
 
 
 def parse_session_data_write(
-    body: dict[str, Json], request_id: RequestId, limits: Limits
+    body: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int | None = None
 ) -> SetMeetingSessionData:
-    """Validate a session-data write (a client frame or a REST body: the same fields)."""
+    """Validate a session-data write (a client frame or a REST body: the same fields);
+    `frame_bytes`: the size of the frame it came in, when known."""
     data = body.get("data")
     if not isinstance(data, dict):
         raise RequestError("bad-request", "meeting session 'data' must be a JSON object")
@@ -237,7 +254,7 @@ def parse_session_data_write(
     both = sorted(set(keys) & data.keys())
     if both:
         raise RequestError("bad-request", f"keys both set and deleted: {', '.join(both[:5])}")
-    _check_size("meeting session data", data, limits.session_data_bytes)
+    _check_size("meeting session data", data, limits.session_data_bytes, frame_bytes)
     return SetMeetingSessionData(request_id, data, strategy, tuple(dict.fromkeys(keys)))
 
 
@@ -251,15 +268,19 @@ WIRE_TYPES: dict[type, str] = {
 }
 
 
-def _parse_leave(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Leave:
+def _parse_leave(
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
+) -> Leave:
     return Leave(request_id)
 
 
-def _parse_ping(message: dict[str, Json], request_id: RequestId, limits: Limits) -> Ping:
+def _parse_ping(
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
+) -> Ping:
     return Ping(request_id)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits], Request]] = {
+_PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits, int], Request]] = {
     "join": _parse_join,
     "send-app-message": _parse_send_app_message,
     "set-user-data": _parse_set_user_data,

@@ -6,9 +6,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from node.errors import RequestError
 from node.protocol import (
+    MAX_GROWTH,
     Join,
     Leave,
     Limits,
@@ -452,3 +455,45 @@ def test_a_parse_error_encodes_into_an_error_frame_with_the_request_id() -> None
     error = parse_error(frame(type="shout", id="q"))
     reply = orjson.loads(encode_error(error.request_id, error.code, error.message))
     assert reply["id"] == "q" and reply["code"] == "unknown-type"
+
+
+# -- the shortcuts for small frames (MAX_GROWTH, bracket count) --
+
+number_texts = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).flatmap(
+        lambda x: st.sampled_from([repr(x), f"{x:e}", f"{x:.0e}", f"{x:E}", f"{x:.3g}"])
+    ),
+    st.tuples(st.integers(0, 9), st.integers(-30, 30)).map(lambda t: f"{t[0]}e{t[1]}"),
+).filter(lambda text: _is_finite_json_number(text))
+
+
+def _is_finite_json_number(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:  # "2e+308": out of range of a double, refused as bad-json
+        return False
+    return True
+
+
+@given(st.lists(number_texts, max_size=20), st.sampled_from([",", ", ", ",\n  "]))
+def test_re_encoding_never_grows_a_frame_more_than_max_growth(numbers: list[str], sep: str) -> None:
+    # Numbers are the only tokens that can grow (1e15 -> 1000000000000000.0); everything else
+    # keeps or loses bytes. So a frame MAX_GROWTH times under a limit cannot break it.
+    text = f"[{sep.join(numbers)}]".encode()
+    value = orjson.loads(text)
+    assert compact_size(value) <= MAX_GROWTH * len(text)
+
+
+def test_a_small_frame_of_numbers_that_grow_is_still_measured_when_near_the_limit() -> None:
+    # 800 bytes of "1e15," grow to 3,600 bytes: under 5 x 800 = 4,000, so the check is skipped
+    # safely; 1,000 bytes (4,500 re-encoded) are measured and refused.
+    assert parse(b'{"type":"set-user-data","data":[' + b"1e15," * 159 + b"1]}", LIMITS)
+    error = parse_error(b'{"type":"set-user-data","data":[' + b"1e15," * 230 + b"1]}", LIMITS)
+    assert error.code == "too-large"
+
+
+def test_brackets_inside_strings_only_make_the_depth_walk_happen() -> None:
+    # 40 brackets in a string: over the limit, so the walk runs and finds depth 1.
+    assert parse(frame(type="ping", pad="[" * 40), LIMITS) == Ping(None)
+    assert parse_error(nested_frame(33), LIMITS).code == "bad-request"
