@@ -1,6 +1,7 @@
 """What one Redis call costs the client: redis-py (asyncio, hiredis) CPU per EVALSHA and per
-XREAD, sequential, with and without ``socket_timeout``, and pipelined — the evidence behind the
-"pipeline publishes" recommendation in docs/performance.md.
+XREAD, sequential, with and without ``socket_timeout``, and pipelined, against the bus's own
+pipelining connection (node/resp.py: hiredis's packer and parser on an asyncio.Protocol) — the
+evidence behind docs/decisions/0004-redis-hot-path-connection.md.
 
     python -m bench.redis_client_cost [--calls 3000]
 
@@ -10,6 +11,7 @@ Starts its own redis-server (tests/servers.py) and stops it by PID.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import tempfile
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from node.resp import RespConnection
 from tests.servers import RedisServer
 
 # The shape of node/redis_scripts.py PUBLISH for an app message: read, append, persist.
@@ -52,8 +55,30 @@ async def measure(url: str, calls: int) -> dict[str, float]:
                 await pipe.execute()
         out[f"evalsha pipelined by 50, {label}, us"] = (time.process_time() - t) / calls * 1e6
         await client.delete(keys[0])
+        if timeout is None:
+            await measure_resp(url, script.sha, keys, payload, calls, out)
         await client.aclose()
     return {k: round(v, 1) for k, v in out.items()}
+
+
+async def measure_resp(
+    url: str, sha: str, keys: list[str], payload: str, calls: int, out: dict[str, float]
+) -> None:
+    conn = await RespConnection.open_url(url, timeout=2.0)
+    t = time.process_time()
+    for _ in range(calls):
+        await conn.call("EVALSHA", sha, 2, *keys, payload, 1000, timeout=2.0)
+    out["evalsha sequential, node/resp.py, us"] = (time.process_time() - t) / calls * 1e6
+    t = time.process_time()
+    for _ in range(calls):
+        await conn.call("XREAD", "COUNT", 1, "STREAMS", keys[0], "0-0", timeout=2.0)
+    out["xread sequential, node/resp.py, us"] = (time.process_time() - t) / calls * 1e6
+    t = time.process_time()
+    for _ in range(calls // 50):  # 50 publishes issued together go out in one write
+        batch = [conn.call("EVALSHA", sha, 2, *keys, payload, 1000, timeout=2.0) for _ in range(50)]
+        await asyncio.gather(*batch)
+    out["evalsha 50 at once, node/resp.py, us"] = (time.process_time() - t) / calls * 1e6
+    conn.close()
 
 
 def main() -> None:
