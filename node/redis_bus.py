@@ -2,13 +2,13 @@
 imports `redis`.
 
 Layout (see docs/architecture.md). A room belongs to one of `SHARDS` shards (crc32 of its name);
-every key of a shard carries the hash tag ``{rs<shard>}``, so in a Cluster a room's stream and
-state share a slot and one Lua script can merge a delta into the state and append the event
-atomically:
+every key of a shard carries the hash tag ``{rs<shard>}``, so in a Cluster a room's stream, state
+and channel share a slot and one Lua script can merge a delta into the state, append the event and
+publish it atomically:
 
-    rs:{rs<k>}:log:<room>      stream of the room's events (MAXLEN ~ `STREAM_MAXLEN`)
+    rs:{rs<k>}:log:<room>      stream of the room's events (MAXLEN ~ `STREAM_MAXLEN`): history
     rs:{rs<k>}:state:<room>    hash: the merged room state (node/redis_scripts.py)
-    rs:{rs<k>}:wake:<origin>   per-node wake-up stream of shard k
+    rs:{rs<k>}:ch:<room>       shard channel (SPUBLISH) of the room's events: live delivery
     rs:{rs<k>}:epoch           shard k's epoch: changes when its Redis loses its data
     rs:lease:<node id>         the node's lease: its incarnation, with a TTL
 
@@ -16,11 +16,13 @@ Writing: events go out as ``EVALSHA`` of the PUBLISH script on one pipelining co
 Redis server (node/resp.py), so publishes made together share one write and one read, and each
 costs one round trip at most.
 
-Reading: a standalone Redis gets one ``XREAD BLOCK`` over every hosted room and the node's wake-up
-stream; a Cluster one per shard (a command's keys must share a slot), each to the shard's master.
-Subscribing adds the room and appends to the wake-up stream so the read is re-issued with it. So
-a node holds 1 (or `SHARDS`) blocking reads whatever its number of rooms, reads only the streams
-of the rooms it hosts, and under load each read returns many events.
+Reading: a node subscribes (``SSUBSCRIBE``, one connection per Redis server) to the channels of
+the rooms it hosts, so it gets exactly their events, pushed, whatever the number of rooms —
+Redis does the fan-out to nodes. Each message carries its stream id and the id before it; the
+stream is the source of truth. Subscribing, a lost subscriber connection or a message that does
+not follow the last one seen make the room *catch up*: read the stream after the last id seen
+(``XRANGE``) while holding back its messages, then let them through. So nothing published after
+the snapshot a room was opened from is missed, even if pub/sub drops messages.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ log = logging.getLogger(__name__)
 
 SHARDS = 16  # shards (hash tags) rooms are spread over: the number of blocking reads per node
 STREAM_MAXLEN = 1000  # approximate events kept per room stream
-BLOCK_MS = 5000  # longest a blocking read waits before it is re-issued
-COMMAND_TIMEOUT_S = 2.0  # a write or read that Redis has not answered by then fails
-READ_COUNT = 500  # most entries one read takes per stream
+COMMAND_TIMEOUT_S = 2.0  # a command that Redis has not answered by then fails
+# A client's write is acknowledged or refused within 2 s: its publish (connecting included) gets
+# an error once WRITE_TIMEOUT_S have passed without Redis's answer.
+WRITE_TIMEOUT_S = 1.5
+CONNECT_TIMEOUT_S = 1.0  # for the hot path's connections
+CATCH_UP_COUNT = 1000  # entries per XRANGE when a room catches up
 # Error replies after which a command was not run and may be sent again (after a Cluster
 # failover or resharding: to the new owner of the slot).
 RETRY_AFTER = frozenset({"NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
@@ -74,6 +79,10 @@ def log_key(room: str) -> str:
 
 def state_key(room: str) -> str:
     return f"rs:{_tag(shard_of(room))}:state:{room}"
+
+
+def channel(room: str) -> str:
+    return f"rs:{_tag(shard_of(room))}:ch:{room}"
 
 
 def epoch_key(shard: int) -> str:
@@ -116,7 +125,7 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
             state.session_data.epoch = Stamp.decode(stored)
             continue
         if kind not in ("p", "m"):
-            continue  # "n": the presence count
+            continue  # "n": the presence count; "l": the last event's id
         stamp_text, _, payload = stored.partition(" ")
         stamp = Stamp.decode(stamp_text)
         if kind == "m":
@@ -148,13 +157,16 @@ class RedisBus(Bus):
         self._opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
         self._slots = [key_slot(_tag(shard).encode()) for shard in range(SHARDS)]
         self._refreshing: asyncio.Future[None] | None = None
-        self.origin = ""  # set by `start_reading`: names this node's wake-up streams
         self._own_prefix = b""  # set by `start_reading`
         self._handlers: dict[str, list[EventHandler]] = {}
         self._positions: dict[str, str] = {}  # room -> last stream id read
-        self._log_keys: dict[str, str] = {}  # room -> its stream's key, for the reads
-        self._readers: list[asyncio.Task[None]] = []
-        self._reading: dict[int | None, RespConnection] = {}  # reader's shard -> its connection
+        # Subscribing: one connection per Redis server; the rooms subscribed on each.
+        self._subscribers: dict[tuple[str, int], RespConnection] = {}
+        self._sub_opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
+        self._subscribed: dict[str, RespConnection] = {}  # room -> where it is subscribed
+        # Rooms catching up: their messages are held back meanwhile (id, previous id, event).
+        self._held: dict[str, list[tuple[str, str, bytes]]] = {}
+        self._syncs: dict[str, asyncio.Task[None]] = {}
         self._ready = False
         self._closing = False
         self._epochs: dict[int, str] = {}  # shard -> its epoch key's value when last seen
@@ -189,22 +201,18 @@ class RedisBus(Bus):
         self._ready = True
 
     def start_reading(self, origin: str) -> None:
-        """Start the readers; `origin` names this node's wake-up streams."""
-        self.origin = origin.replace("/", "-")
+        """Deliver events from now on; `origin` marks this node's own events."""
         # Events this node published start with these bytes: they are skipped undecoded.
         self._own_prefix = b'{"o":' + orjson.dumps(origin)
-        loop = asyncio.get_running_loop()
-        shards: list[int | None] = list(range(SHARDS)) if self.cluster else [None]
-        self._readers = [loop.create_task(self._read(shard)) for shard in shards]
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._readers:
+        syncs = list(self._syncs.values())
+        for task in syncs:
             task.cancel()
-        for conn in [*self._reading.values(), *self._writers.values()]:
+        for conn in [*self._subscribers.values(), *self._writers.values()]:
             conn.close()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        self._readers = []
+        await asyncio.gather(*syncs, return_exceptions=True)
         await self.client.aclose()
 
     @property
@@ -224,8 +232,8 @@ class RedisBus(Bus):
         try:
             if address == ("", 0):
                 assert self.settings.redis is not None
-                return await RespConnection.open_url(self.settings.redis, timeout=COMMAND_TIMEOUT_S)
-            return await RespConnection.open(*address, timeout=COMMAND_TIMEOUT_S)
+                return await RespConnection.open_url(self.settings.redis, timeout=CONNECT_TIMEOUT_S)
+            return await RespConnection.open(*address, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, RespError) as exc:
             raise BusError(f"cannot connect to Redis at {address}: {exc}") from exc
 
@@ -265,7 +273,7 @@ class RedisBus(Bus):
             ops += ["c", only_if_at[0], "", _canonical(only_if_at[1])]
         shard = shard_of(room)
         tag = _tag(shard)
-        keys = (f"rs:{tag}:log:{room}", f"rs:{tag}:state:{room}")
+        keys = (f"rs:{tag}:log:{room}", f"rs:{tag}:state:{room}", f"rs:{tag}:ch:{room}")
         try:
             result = await self._evalsha(
                 shard, (*keys, encode_event(event), STREAM_MAXLEN, self._grace_ms, *ops)
@@ -277,14 +285,15 @@ class RedisBus(Bus):
         return None if result is None else result.decode()
 
     async def _evalsha(self, shard: int, args: tuple[Any, ...]) -> Any:
-        """Run PUBLISH with `args` (its 2 keys, then its arguments) on the shard's server. An
+        """Run PUBLISH with `args` (its 3 keys, then its arguments) on the shard's server. An
         error reply that means "not run" (script not loaded, slot moved) is retried once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WRITE_TIMEOUT_S
         for attempt in (1, 2):
             conn = await self._writer(shard)
+            timeout = max(0.05, deadline - loop.time())
             try:
-                return await conn.call(
-                    "EVALSHA", self._publish_sha, 2, *args, timeout=COMMAND_TIMEOUT_S
-                )
+                return await conn.call("EVALSHA", self._publish_sha, 3, *args, timeout=timeout)
             except RespError as exc:
                 if attempt == 2 or exc.prefix not in RETRY_AFTER:
                     raise BusError(f"Redis refused the write: {exc}") from exc
@@ -323,12 +332,16 @@ class RedisBus(Bus):
     async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
         key = log_key(room)
         try:
-            first: Any = await self.client.xrange(key, "-", "+", count=1)
-            if after != "0-0" and (not first or _stream_id(first[0][0]) > _stream_id(after)):
-                return None  # trimmed past `after`, or the stream is new (Redis lost it)
-            entries: Any = await self.client.xrange(key, "(" + after, "+")
+            # One read, from `after` itself: if `after` is no longer the first entry, the
+            # stream was trimmed past it (or is new: Redis lost it), and no partial range is
+            # returned. (Two reads could see a trim happen between them.)
+            entries: Any = await self.client.xrange(key, "-" if after == "0-0" else after, "+")
         except RedisError as exc:
             raise BusError(f"cannot read the room's stream: {exc}") from exc
+        if after != "0-0":
+            if not entries or entries[0][0].decode() != after:
+                return None
+            entries = entries[1:]
         events = []
         for entry_id, fields in entries:
             try:
@@ -344,17 +357,22 @@ class RedisBus(Bus):
         self._handlers.setdefault(room, []).append(handler)
         if room not in self._positions:
             self._positions[room] = after
-            self._log_keys[room] = log_key(room)
-            asyncio.get_running_loop().create_task(self._wake(shard_of(room)))
+            self._catch_up_soon(room)
 
     def unsubscribe(self, room: str, handler: EventHandler) -> None:
         handlers = [h for h in self._handlers.get(room, ()) if h != handler]
         if handlers:
             self._handlers[room] = handlers
-        else:
-            self._handlers.pop(room, None)
-            self._positions.pop(room, None)
-            self._log_keys.pop(room, None)
+            return
+        self._handlers.pop(room, None)
+        self._positions.pop(room, None)
+        self._held.pop(room, None)
+        sync = self._syncs.pop(room, None)
+        if sync is not None:
+            sync.cancel()
+        conn = self._subscribed.pop(room, None)
+        if conn is not None:
+            conn.send("SUNSUBSCRIBE", channel(room))
 
     # -- leases --
 
@@ -406,74 +424,122 @@ class RedisBus(Bus):
 
     # -- reading --
 
-    def _wake_key(self, shard: int | None) -> str:
-        return f"rs:{_tag(shard or 0)}:wake:{self.origin}"
+    async def _subscriber(self, shard: int) -> RespConnection:
+        """The connection subscribed to channels of `shard`'s server (opened if need be)."""
+        address = self._address(shard if self.cluster else None)
+        conn = self._subscribers.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        opening = self._sub_opening.get(address)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open_subscriber(address))
+            self._sub_opening[address] = opening
+            opening.add_done_callback(lambda _: self._sub_opening.pop(address, None))
+        return await asyncio.shield(opening)
 
-    async def _wake(self, shard: int) -> None:
-        """Make the reader of `shard` re-issue its read (its room set changed)."""
-        key = self._wake_key(shard if self.cluster else None)
-        try:
-            await self.client.xadd(key, {"w": "1"}, maxlen=10, approximate=True)
-            await self.client.pexpire(key, 60_000)
-        except RedisError as exc:
-            log.warning("cannot wake shard %d's reader: %s", shard, exc)
+    async def _open_subscriber(self, address: tuple[str, int]) -> RespConnection:
+        conn = await self._open(address)
+        conn.on_push = self._on_push
+        conn.on_close = lambda: self._on_subscriber_lost(conn)
+        self._subscribers[address] = conn
+        return conn
 
-    async def _read(self, shard: int | None) -> None:
-        """Read the streams of the hosted rooms (of `shard` only, in a Cluster) forever."""
-        # From the start of this incarnation's wake-up stream, not "$": a wake-up added while
-        # the read is being sent must still end the read.
-        wake_key, wake_last = self._wake_key(shard), "0-0"
-        wake_bytes = wake_key.encode()
+    def _on_subscriber_lost(self, conn: RespConnection) -> None:
+        """Every room subscribed on `conn` catches up (and subscribes again) elsewhere."""
+        if self._closing:
+            return
+        self._ready = False
+        lost = [room for room, where in self._subscribed.items() if where is conn]
+        if lost:
+            log.warning("lost a Redis subscription connection; %d rooms catch up", len(lost))
+        for room in lost:
+            del self._subscribed[room]
+            self._catch_up_soon(room)
+
+    def _catch_up_soon(self, room: str) -> None:
+        if room in self._syncs or room not in self._positions:
+            return
+        self._held.setdefault(room, [])
+        self._syncs[room] = asyncio.get_running_loop().create_task(self._catch_up(room))
+
+    async def _catch_up(self, room: str) -> None:
+        """Subscribe to the room's channel if need be, read its stream after the last id seen,
+        then deliver what was held back meanwhile. Retried until it works or the room goes."""
         backoff = 0.1
-        conn: RespConnection | None = None
-        while not self._closing:
-            if shard is None:
-                rooms = list(self._log_keys)
-            else:
-                rooms = [r for r in self._log_keys if shard_of(r) == shard]
-            keys = [wake_key, *(self._log_keys[r] for r in rooms)]
-            ids = [wake_last, *(self._positions[r] for r in rooms)]
-            try:
-                if conn is None or conn.closed:
-                    conn = await self._open(self._address(shard))
-                    self._reading[shard] = conn
-                reply = await conn.call(
-                    "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids,
-                    timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT_S,
-                )  # fmt: skip
-            except (BusError, RespError, RespConnectionError) as exc:
-                if conn is not None:
-                    conn.close()
-                if self._closing:
-                    return
-                self._ready = False
-                log.warning("%s read failed (%s); retrying in %.1f s", _shard_name(shard), exc,
-                            backoff)  # fmt: skip
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                await self._refresh_topology()
-                continue
-            backoff = 0.1
-            for key, entries in reply or ():
-                if key == wake_bytes:
-                    wake_last = entries[-1][0].decode()
-                    continue
-                room = key.decode().split(":log:", 1)[1]
-                for entry_id, fields in entries:
-                    self._deliver(room, entry_id.decode(), fields)
+        try:
+            while room in self._positions and not self._closing:
+                try:
+                    if room not in self._subscribed:
+                        conn = await self._subscriber(shard_of(room))
+                        await conn.call("SSUBSCRIBE", channel(room), timeout=COMMAND_TIMEOUT_S)
+                        if room not in self._positions:  # unsubscribed meanwhile
+                            conn.send("SUNSUBSCRIBE", channel(room))
+                            return
+                        self._subscribed[room] = conn
+                    await self._read_after(room)
+                    break
+                except (BusError, RespError, RespConnectionError) as exc:
+                    self._ready = False
+                    log.warning("room %s: cannot catch up (%s); retrying in %.1f s", room, exc,
+                                backoff)  # fmt: skip
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    await self._refresh_topology()
+            self._ready = True
+        finally:
+            if self._syncs.get(room) is asyncio.current_task():
+                del self._syncs[room]
+                held = self._held.pop(room, [])
+                for entry_id, _, raw in held:  # what came while catching up, in order
+                    self._deliver(room, entry_id, raw)
 
-    def _deliver(self, room: str, entry_id: str, fields: list[bytes]) -> None:
+    async def _read_after(self, room: str) -> None:
+        """Deliver the room's stream entries after its position, oldest first."""
+        conn = await self._writer(shard_of(room))
+        key = log_key(room)
+        while room in self._positions:
+            after = self._positions[room]
+            entries = await conn.call(
+                "XRANGE", key, "(" + after, "+", "COUNT", CATCH_UP_COUNT, timeout=COMMAND_TIMEOUT_S
+            )
+            for entry_id, fields in entries:
+                raw = fields[1] if len(fields) == 2 and fields[0] == b"e" else b""
+                self._deliver(room, entry_id.decode(), raw)
+            if len(entries) < CATCH_UP_COUNT:
+                return
+
+    def _on_push(self, kind: bytes, name: bytes, message: bytes) -> None:
+        try:
+            room = name.decode().split(":ch:", 1)[1]
+            if room not in self._positions:
+                return  # unsubscribed (or being unsubscribed)
+            if kind == b"sunsubscribe":  # the server dropped the subscription: a slot moved
+                if room in self._subscribed and self._subscribed[room].on_push is not None:
+                    log.warning("room %s: Redis ended its subscription; subscribing again", room)
+                    del self._subscribed[room]
+                    self._catch_up_soon(room)
+                return
+            entry_id, prev, raw = message.split(b" ", 2)
+            held = self._held.get(room)
+            if held is not None:
+                held.append((entry_id.decode(), prev.decode(), raw))
+                return
+            if prev.decode() != self._positions[room]:
+                # Not the message after the last one seen: catch up from the stream.
+                self._held[room] = [(entry_id.decode(), prev.decode(), raw)]
+                self._catch_up_soon(room)
+                return
+            self._deliver(room, entry_id.decode(), raw)
+        except Exception:  # a handler's bug must not kill the subscription connection
+            log.exception("cannot deliver a message of channel %r", name)
+
+    def _deliver(self, room: str, entry_id: str, raw: bytes) -> None:
         position = self._positions.get(room)
         if position is None:
             return  # unsubscribed meanwhile
         if _stream_id(entry_id) <= _stream_id(position):
-            return  # from a read issued before the room was (re)subscribed at a later position
+            return  # already delivered (caught up from the stream, or a duplicate)
         self._positions[room] = entry_id
-        # PUBLISH adds entries with the one field "e"
-        raw = fields[1] if len(fields) == 2 and fields[0] == b"e" else None
-        if raw is None:
-            log.error("room %s: skipping event %s without an 'e' field", room, entry_id)
-            return
         if self._own_prefix and raw.startswith(self._own_prefix):
             return  # this node applied and delivered its own events when it made them
         try:
@@ -483,10 +549,6 @@ class RedisBus(Bus):
             return
         for handler in list(self._handlers.get(room, ())):
             handler(room, entry_id, event)
-
-
-def _shard_name(shard: int | None) -> str:
-    return "the" if shard is None else f"shard {shard}'s"
 
 
 def _stream_id(entry_id: bytes | str) -> tuple[int, int]:

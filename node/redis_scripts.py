@@ -8,6 +8,7 @@ A room's stored state is a hash whose fields are the CRDT registers, each stored
     e                                 the session data's epoch (stamp of the latest replace)
     m:<key>                           session data entry "<stamp> v<json>", or tombstone "<stamp> d"
     n                                 how many participants are present (joined, not removed)
+    l                                 the id of the last event appended to the room's stream
 
 Payloads are canonical JSON (sorted keys) made by the node; the scripts never decode them, so no
 value is changed by Lua's number handling. Stamps and payloads are compared byte by byte (`lt`):
@@ -37,12 +38,14 @@ end
 PUBLISH = (
     _COMMON
     + """
--- KEYS: log stream, state hash
+-- KEYS: log stream, state hash, the room's shard channel (same slot)
 -- ARGV: event bytes, maxlen, grace ms, then ops of 4: kind, id, stamp, payload
 --   kind i/l/u  register of participant `id`       m  session entry `id` (payload "v<json>")
 --   x           remove participant `id`            d  session tombstone `id` (payload "d")
 --   e           session epoch                      c  only if participant `id`'s location is
 --                                                     `payload` (else nothing is stored)
+-- Appends the event to the stream, then publishes "<id> <previous id> <event>" on the channel
+-- (the nodes hosting the room check that each message follows the one before).
 -- Returns the stream id of the stored event, or false if a `c` condition failed.
 local log, state = KEYS[1], KEYS[2]
 
@@ -123,7 +126,10 @@ end
 
 -- A room with no participant present expires after the grace period.
 local present = tonumber(redis.call("HGET", state, "n") or "0")
+local prev = redis.call("HGET", state, "l") or "0-0"
 local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
+redis.call("HSET", state, "l", id)
+redis.call("SPUBLISH", KEYS[3], id .. " " .. prev .. " " .. ARGV[1])
 if present == 0 then
   redis.call("PEXPIRE", log, ARGV[3])
   redis.call("PEXPIRE", state, ARGV[3])

@@ -11,18 +11,27 @@ It is a plain `asyncio.Protocol`: hiredis packs the commands and parses the repl
 replies are matched to callers in order (RESP2). There is one timer per connection, not one
 per call: when the oldest unanswered command passes its deadline, the connection is dropped
 and every caller gets `RespTimeoutError` (the state of a half-answered connection is unknown).
+
+A connection given `on_push` can also subscribe (``SSUBSCRIBE``): messages
+(``smessage``) and the server's unsubscriptions (``sunsubscribe``, also sent unasked when a slot
+moves) go to `on_push` instead of to a caller, so ``SUNSUBSCRIBE`` is sent with `send`, which
+expects no reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-__all__ = ["RespConnection", "RespConnectionError", "RespError", "RespTimeoutError"]
+__all__ = ["PushHandler", "RespConnection", "RespConnectionError", "RespError", "RespTimeoutError"]
+
+PushHandler = Callable[[bytes, bytes, bytes], None]  # kind, channel, message (or count)
+PUSH_KINDS = (b"smessage", b"sunsubscribe")
 
 WATCH_INTERVAL_S = 0.1  # how often a connection with unanswered commands checks their deadlines
 
@@ -45,6 +54,8 @@ class RespTimeoutError(RespConnectionError):
 
 class RespConnection(asyncio.Protocol):
     def __init__(self) -> None:
+        self.on_push: PushHandler | None = None
+        self.on_close: Callable[[], None] | None = None  # called once, when it closes
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
@@ -99,6 +110,15 @@ class RespConnection(asyncio.Protocol):
             self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._check_deadlines)
         return future
 
+    def send(self, *args: bytes | str | int | float) -> None:
+        """Send a command whose reply does not come to a caller (``SUNSUBSCRIBE``)."""
+        if self.closed:
+            return
+        self._out.append(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: 1-tuple
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._transport is not None and not self.closed and self._out:
@@ -118,7 +138,7 @@ class RespConnection(asyncio.Protocol):
         self._fail(RespConnectionError("the Redis connection was closed"))
 
     def _fail(self, exc: Exception) -> None:
-        self.closed = True
+        was_closed, self.closed = self.closed, True
         if self._transport is not None:
             self._transport.abort()
         pending, self._pending = self._pending, deque()
@@ -128,6 +148,8 @@ class RespConnection(asyncio.Protocol):
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if not was_closed and self.on_close is not None:
+            self.on_close()
 
     # -- asyncio.Protocol --
 
@@ -144,6 +166,14 @@ class RespConnection(asyncio.Protocol):
                 return
             if reply is False:
                 return
+            if (
+                self.on_push is not None
+                and isinstance(reply, list)
+                and len(reply) == 3
+                and reply[0] in PUSH_KINDS
+            ):
+                self.on_push(reply[0], reply[1], reply[2])
+                continue
             if not self._pending:
                 self._fail(RespConnectionError("a reply nobody asked for"))
                 return
