@@ -1,0 +1,112 @@
+"""The Redis bus's own delivery machinery, on a real redis-server: what a subscriber gets when
+its subscription connection is killed, when a message never reaches the channel, and what a
+resume's range read returns across a trim."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from node.events import AppMessage, BusEvent
+from node.redis_bus import RedisBus, encode_event, log_key, state_key
+from node.settings import Settings
+
+from ..servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def buses(redis_server: RedisServer) -> AsyncIterator[list[RedisBus]]:
+    """Two started buses (two nodes' views) on one Redis."""
+    made = []
+    for n in range(2):
+        bus = RedisBus(Settings(redis=redis_server.url))
+        await bus.start()
+        bus.start_reading(f"node-{n}/{uuid.uuid4().hex[:6]}")
+        made.append(bus)
+    yield made
+    for bus in made:
+        await bus.close()
+
+
+def message(n: int) -> BusEvent:
+    return BusEvent("publisher/1", 0, message=AppMessage(n, "s1", "*"))
+
+
+class Received:
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+
+    def __call__(self, room: str, position: str, event: BusEvent) -> None:
+        assert event.message is not None
+        self.numbers.append(event.message.data)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.numbers) < count:
+                await asyncio.sleep(0.01)
+
+
+async def test_a_killed_subscription_connection_loses_nothing(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    publisher, subscriber = buses
+    room = f"kill-{uuid.uuid4().hex[:8]}"
+    received = Received()
+    subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
+    for n in range(300):
+        await publisher.publish(room, message(n))
+        if n in (100, 200):  # cut every pub/sub connection off, mid-stream
+            killed = redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+            assert isinstance(killed, int) and killed >= 1
+    await received.wait_for(300)
+    await asyncio.sleep(0.2)  # and no duplicates come after
+    assert received.numbers == list(range(300))
+
+
+async def test_a_message_missing_from_the_channel_is_read_from_the_stream(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    publisher, subscriber = buses
+    room = f"gap-{uuid.uuid4().hex[:8]}"
+    received = Received()
+    subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
+    await publisher.publish(room, message(0))
+    await received.wait_for(1)
+    # An event stored but never published on the channel (as if pub/sub had dropped it):
+    entry_id = redis_server.command(
+        "XADD", log_key(room), "*", "e", encode_event(message(1)).decode()
+    )
+    assert isinstance(entry_id, str)
+    redis_server.command("HSET", state_key(room), "l", entry_id)
+    await publisher.publish(room, message(2))  # its "previous id" shows the gap
+    await received.wait_for(3)
+    assert received.numbers == [0, 1, 2]
+
+
+async def test_a_range_read_is_whole_or_none(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    bus = buses[0]
+    room = f"range-{uuid.uuid4().hex[:8]}"
+    ids = [await bus.publish(room, message(n)) for n in range(10)]
+    assert all(isinstance(i, str) for i in ids)
+    tail = await bus.read_range(room, str(ids[3]))
+    assert tail is not None
+    assert [e.message.data for _, e in tail if e.message] == list(range(4, 10))
+    redis_server.command("XTRIM", log_key(room), "MAXLEN", 5)  # ids[0..4] are gone
+    assert await bus.read_range(room, str(ids[4])) is None  # never a partial range
+    tail = await bus.read_range(room, str(ids[5]))
+    assert tail is not None
+    assert [e.message.data for _, e in tail if e.message] == list(range(6, 10))
