@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable
@@ -60,6 +61,7 @@ COMMAND_TIMEOUT_S = 2.0  # a command that Redis has not answered by then fails
 WRITE_TIMEOUT_S = 1.5
 CONNECT_TIMEOUT_S = 1.0  # for the hot path's connections
 CATCH_UP_COUNT = 1000  # entries per XRANGE when a room catches up
+RESYNC_ORIGIN = "redis/resync"  # origin of the snapshot delta a room gets after a gap
 # Error replies after which a command was not run and may be sent again (after a Cluster
 # failover or resharding: to the new owner of the slot).
 RETRY_AFTER = frozenset({"NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
@@ -494,19 +496,41 @@ class RedisBus(Bus):
                     self._deliver(room, entry_id, raw)
 
     async def _read_after(self, room: str) -> None:
-        """Deliver the room's stream entries after its position, oldest first."""
+        """Deliver the room's stream entries after its position, oldest first. If the stream no
+        longer holds that position (trimmed past it while this node was not reading), the
+        events in between are gone: the room is brought up to date from a snapshot instead."""
         conn = await self._writer(shard_of(room))
         key = log_key(room)
+        after = self._positions[room]
+        start = "-" if after == "0-0" else after  # inclusive: is `after` still there?
         while room in self._positions:
-            after = self._positions[room]
             entries = await conn.call(
-                "XRANGE", key, "(" + after, "+", "COUNT", CATCH_UP_COUNT, timeout=COMMAND_TIMEOUT_S
+                "XRANGE", key, start, "+", "COUNT", CATCH_UP_COUNT, timeout=COMMAND_TIMEOUT_S
             )
+            if start == after:
+                if entries and entries[0][0].decode() != after:
+                    await self._resync(room, after)
+                    return
+                entries = entries[1:]
             for entry_id, fields in entries:
                 raw = fields[1] if len(fields) == 2 and fields[0] == b"e" else b""
                 self._deliver(room, entry_id.decode(), raw)
-            if len(entries) < CATCH_UP_COUNT:
+            if len(entries) < CATCH_UP_COUNT - 1 or room not in self._positions:
                 return
+            start = "(" + self._positions[room]
+
+    async def _resync(self, room: str, after: str) -> None:
+        log.warning("room %s: the stream no longer holds %s (trimmed); catching up from a "
+                    "snapshot", room, after)  # fmt: skip
+        snapshot = await self.snapshot(room)
+        if room not in self._positions:
+            return
+        self._positions[room] = snapshot.position
+        # The whole stored state, as one delta: merging it is idempotent, and brings every
+        # write of the missed events (app messages in the gap are gone: they are ephemeral).
+        event = BusEvent(RESYNC_ORIGIN, int(time.time() * 1000), delta=snapshot.state)
+        for handler in list(self._handlers.get(room, ())):
+            handler(room, snapshot.position, event)
 
     def _on_push(self, kind: bytes, name: bytes, message: bytes) -> None:
         try:

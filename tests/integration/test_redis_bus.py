@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from crdt import RoomState, Stamp
 from node.events import AppMessage, BusEvent
-from node.redis_bus import RedisBus, encode_event, log_key, state_key
+from node.redis_bus import RESYNC_ORIGIN, RedisBus, encode_event, log_key, state_key
 from node.settings import Settings
 
 from ..servers import RedisServer
@@ -110,3 +111,37 @@ async def test_a_range_read_is_whole_or_none(
     tail = await bus.read_range(room, str(ids[5]))
     assert tail is not None
     assert [e.message.data for _, e in tail if e.message] == list(range(6, 10))
+
+
+async def test_a_room_whose_stream_was_trimmed_past_its_position_resyncs_from_a_snapshot(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    publisher, subscriber = buses
+    room = f"trim-{uuid.uuid4().hex[:8]}"
+    seen: list[BusEvent] = []
+    subscriber.subscribe(
+        room, (await subscriber.snapshot(room)).position, lambda r, p, e: seen.append(e)
+    )
+    ids = [await publisher.publish(room, joined(f"s{n}")) for n in range(6)]
+    async with asyncio.timeout(5):
+        while len(seen) < 6:
+            await asyncio.sleep(0.01)
+    # As if the subscriber had last seen the first event, and the stream had since been
+    # trimmed past it: the events in between cannot be read any more.
+    redis_server.command("XTRIM", log_key(room), "MAXLEN", 2)
+    assert isinstance(ids[0], str)
+    subscriber._positions[room] = ids[0]  # white box
+    subscriber._catch_up_soon(room)
+    async with asyncio.timeout(5):
+        while not any(e.origin == RESYNC_ORIGIN for e in seen):
+            await asyncio.sleep(0.01)
+    resync = next(e for e in seen if e.origin == RESYNC_ORIGIN)
+    assert resync.delta is not None
+    assert resync.delta == (await subscriber.snapshot(room)).state
+    assert sorted(resync.delta.present()) == [f"s{n}" for n in range(6)]
+    assert subscriber.position(room) == ids[-1]
+
+
+def joined(sid: str) -> BusEvent:
+    delta = RoomState().join(sid, {"user_name": sid}, {"node": "n1"}, None, Stamp(1, 0, "n1"))
+    return BusEvent("n1/i", 0, delta=delta)
