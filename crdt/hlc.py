@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from crdt.errors import ClockDriftError, CrdtError
 
-__all__ = ["DEFAULT_MAX_DRIFT_MS", "ZERO", "HybridLogicalClock", "Stamp"]
+__all__ = ["DEFAULT_MAX_DRIFT_MS", "ZERO", "HybridLogicalClock", "Stamp", "clock_skew_ms"]
 
 DEFAULT_MAX_DRIFT_MS = 500
 """How far (ms) a remote stamp may be ahead of the local wall clock before `recv` refuses it."""
@@ -113,3 +113,18 @@ class HybridLogicalClock:
             raise CrdtError(f"wall clock {wall} ms does not fit in a stamp")
         self.last = Stamp(wall, counter, self.node)
         return self.last
+
+
+def clock_skew_ms(before_ms: int, reference_ms: int, after_ms: int) -> int:
+    """How far a local clock surely is from a reference clock, from one reading of the
+    reference taken between two local readings (`before_ms` <= `after_ms`).
+
+    Positive: the local clock is ahead by at least that much; negative: behind by at least
+    that much; 0 when the readings cannot tell them apart (the reference fell within the local
+    interval). The round trip only ever makes the answer smaller, never wrong.
+    """
+    if reference_ms < before_ms:
+        return before_ms - reference_ms
+    if reference_ms > after_ms:
+        return after_ms - reference_ms
+    return 0

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from crdt import HybridLogicalClock, RoomState
+from crdt.hlc import clock_skew_ms
 from node.auth import verify_token
-from node.bus import Bus
+from node.bus import Bus, MemoryBus
 from node.connection import Connection, frame_type, ws_frame
 from node.errors import BusError, RequestError
 from node.events import AppMessage, BusEvent
@@ -53,6 +54,8 @@ LEASE_TTL_MS = 5000  # a node's lease expires this long after its last renewal
 LEASE_RENEW_S = 1.0  # how often a node renews its lease and looks for lost nodes
 LEASE_RETRY_S = 0.2  # after a failed round: the store may be back, and a pooled connection
 # that it closed fails once; waiting a whole period would delay noticing that it lost its data
+LEASE_ADMIT_S = LEASE_TTL_MS / 1000 - LEASE_RENEW_S  # lease unconfirmed longer: refuse writes
+CLOCK_PROBE = "~clock"  # the stream the clock check writes to (no room can have this name)
 CLOSE_FENCED = 4002  # close code: this node lost its lease
 CLOSE_REPLACED = 4003  # close code: the session was resumed on another connection
 
@@ -66,6 +69,13 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _position_ms(position: str | None) -> int | None:
+    """The store's clock in a log position, if it carries one (a Redis stream id is
+    "<Redis ms>-<n>"; the in-memory bus counts, and has no clock of its own)."""
+    ms, sep, n = (position or "").partition("-")
+    return int(ms) if sep and ms.isdigit() and n.isdigit() else None
+
+
 class Node:
     def __init__(
         self,
@@ -77,7 +87,9 @@ class Node:
         self.settings = settings
         self.bus = bus
         self.metrics = metrics or Metrics()
-        self.now_ms = clock  # wall clock in ms; tests may inject another
+        offset = settings.clock_offset_ms
+        # wall clock in ms; tests may inject another, or skew it (ROOMSTATE_CLOCK_OFFSET_MS)
+        self.now_ms = clock if not offset else lambda: clock() + offset
         self.node_id = settings.node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.incarnation = uuid.uuid4().hex[:12]  # new at every start
         self.origin = f"{self.node_id}/{self.incarnation}"
@@ -106,6 +118,10 @@ class Node:
         # nodes are judged only after a whole lease period of it: after an outage of the store,
         # the other nodes must be given the time to renew theirs first.
         self._held_since = math.inf
+        self._lease_renewed_at = -math.inf  # monotonic time a renewal that held was sent
+        self._shared_store = not isinstance(bus, MemoryBus)  # others can fence this node
+        self.clock_skew_ms = 0  # this node's clock minus the store's, as far as sure (ms)
+        self.clock_in_bound = True  # |clock_skew_ms| <= max_drift_ms: stamped writes allowed
 
     # -- client requests --
 
@@ -114,6 +130,8 @@ class Node:
         if isinstance(request, Ping):
             conn.send(encode("pong", id=request.id))
             return
+        if not isinstance(request, Leave):
+            self._admit(stamped=not isinstance(request, SendAppMessage))
         if isinstance(request, Join):
             await self._join(conn, request, room_name)
             return
@@ -296,6 +314,7 @@ class Node:
     async def rest_set_session_data(
         self, room_name: str, write: SetMeetingSessionData
     ) -> dict[str, Any]:
+        self._admit(stamped=True)
         room = await self._view(room_name)
         await self._run(room, room.set_session_data(write, self.now_ms()))
         return room.session_data()
@@ -426,7 +445,8 @@ class Node:
     async def start(self) -> None:
         """Register this node's lease and start delivering bus events."""
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._held_since = self._lease_checked_at = time.monotonic()
+        self._held_since = self._lease_checked_at = self._lease_renewed_at = time.monotonic()
+        await self._check_clock()
         self.bus.start_reading(self.origin)
         self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
 
@@ -444,6 +464,7 @@ class Node:
                     delay = LEASE_RENEW_S
                     continue
                 await self._restore_lost_rooms()
+                await self._check_clock()
                 if time.monotonic() - self._held_since >= LEASE_TTL_MS / 1000:
                     await self._remove_lost_participants()
                 delay = LEASE_RENEW_S
@@ -468,6 +489,7 @@ class Node:
             self._held_since = now  # the other nodes need a moment to re-register too
         if state == "held":
             self._held_since = min(self._held_since, now)
+            self._lease_renewed_at = now
         return state == "held"
 
     async def _restore_lost_rooms(self) -> None:
@@ -524,14 +546,66 @@ class Node:
         self.incarnation = uuid.uuid4().hex[:12]
         self.origin = f"{self.node_id}/{self.incarnation}"
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._held_since = self._lease_checked_at = time.monotonic()
+        self._held_since = self._lease_checked_at = self._lease_renewed_at = time.monotonic()
+
+    # -- admission: what a write must pass before it is stamped and stored --
+
+    def _admit(self, stamped: bool) -> None:
+        """Refuse (`unavailable`) a write this node must not store now:
+
+        - its lease has not been confirmed for `LEASE_ADMIT_S`: the node was paused or cut off
+          and may have been declared lost, its participants removed; a write it stored now
+          would carry an incarnation the others already buried (it fences at its next lease
+          round, and its clients reconnect);
+        - the write carries a stamp and this node's clock is out of the drift bound (DESIGN:
+          a node whose clock is out of bound refuses writes and reports not ready).
+        """
+        silent = time.monotonic() - self._lease_renewed_at
+        if self._shared_store and silent > LEASE_ADMIT_S:
+            raise RequestError(
+                "unavailable",
+                f"this node has not renewed its lease for {silent:.1f} s (the limit is "
+                f"{LEASE_ADMIT_S:g} s); the write was not stored",
+            )
+        if stamped and not self.clock_in_bound:
+            skew, bound = self.clock_skew_ms, self.settings.max_drift_ms
+            side = "ahead of" if skew > 0 else "behind"
+            raise RequestError(
+                "unavailable",
+                f"this node's clock is {abs(skew)} ms {side} the store's; the drift bound is "
+                f"{bound} ms; the write was not stored",
+            )
+
+    async def _check_clock(self) -> None:
+        """Measure this node's clock against the store's (with Redis, Redis's clock, read as
+        the id of an entry added to the `CLOCK_PROBE` stream) and set `clock_in_bound`."""
+        before = self.now_ms()
+        position = await self.bus.publish(CLOCK_PROBE, BusEvent(self.origin, before))
+        reference = _position_ms(position)
+        if reference is None:
+            return  # the in-memory bus: this node's clock is the only one
+        skew = clock_skew_ms(before, reference, self.now_ms())
+        bound = self.settings.max_drift_ms
+        in_bound = abs(skew) <= bound
+        if not in_bound and (self.clock_in_bound or abs(skew - self.clock_skew_ms) > bound):
+            side = "ahead of" if skew > 0 else "behind"
+            log.warning(
+                "this node's clock is %d ms %s the store's (drift bound %d ms): refusing "
+                "writes, not ready",
+                abs(skew),
+                side,
+                bound,
+            )
+        elif in_bound and not self.clock_in_bound:
+            log.warning("this node's clock is back within the drift bound: taking writes")
+        self.clock_skew_ms, self.clock_in_bound = skew, in_bound
 
     # -- lifecycle --
 
     @property
     def ready(self) -> bool:
         """Whether the load balancer should send new clients here."""
-        return self.bus.ready and not self.draining
+        return self.bus.ready and not self.draining and self.clock_in_bound
 
     async def shutdown(self) -> None:
         """Graceful stop: every local participant leaves, every client gets close code 1012."""

@@ -43,7 +43,10 @@ class Settings:
     resume_grace_s: float = 15.0  # a dropped participant may resume this long; 0: leave at once
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
     handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
-    max_drift_ms: int = 500  # a stamp further ahead of the local clock is refused
+    max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
+
+    # Fault injection (tests)
+    clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
 
     @property
     def development(self) -> bool:
