@@ -619,10 +619,31 @@ class RedisCluster:
         except (OSError, RedisReplyError):
             return False
 
+    def _roles_agree(self, running: list[RedisServer]) -> bool:
+        """Every running node's `CLUSTER NODES` gives each running node the role it has: gossip
+        has spread who replicates whom (the masters must know it to vote in a failover)."""
+        try:
+            roles = {s.port: s.info("replication").get("role") for s in running}
+            for server in running:
+                view = {}
+                for line in str(server.command("CLUSTER", "NODES")).splitlines():
+                    fields = line.split()
+                    port = int(fields[1].split("@")[0].rpartition(":")[2])
+                    flags = fields[2].split(",")
+                    view[port] = "slave" if "slave" in flags else "master"
+                if any(view.get(port) != role for port, role in roles.items()):
+                    return False
+        except (OSError, RedisReplyError, IndexError, ValueError):
+            return False
+        return True
+
     def is_ok(self) -> bool:
-        """Every running node: state ok, all slots served, knows every node; replicas in sync."""
+        """Every running node: state ok, all slots served, knows every node and every running
+        node's role; replicas in sync."""
         running = [s for s in self.servers if s.running and not s.paused]
-        return bool(running) and all(self._node_ok(s) for s in running)
+        return (
+            bool(running) and all(self._node_ok(s) for s in running) and self._roles_agree(running)
+        )
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until `is_ok()` (e.g. after a failover)."""
@@ -637,6 +658,34 @@ class RedisCluster:
                     result.append(server)
             except (OSError, RedisReplyError):
                 pass
+        return result
+
+    def master_of(self, key: str) -> RedisServer:
+        """The running master that serves `key`'s slot now (asked of any running master)."""
+        for asked in self.master_servers():
+            try:
+                slot = int(asked.command("CLUSTER", "KEYSLOT", key))  # type: ignore[arg-type]
+                ranges = asked.command("CLUSTER", "SLOTS")
+            except (OSError, RedisReplyError):
+                continue
+            for start, end, owner, *_ in ranges or []:  # type: ignore[misc]
+                if int(start) <= slot <= int(end):
+                    port = int(owner[1])
+                    return next(s for s in self.servers if s.port == port)
+        raise RuntimeError(f"no running master serves {key!r}")
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        """The running nodes that replicate `master`."""
+        result = []
+        for server in self.servers:
+            try:
+                replication = server.info("replication") if server.running else {}
+            except (OSError, RedisReplyError):
+                continue
+            if replication.get("role") == "slave" and replication.get("master_port") == str(
+                master.port
+            ):
+                result.append(server)
         return result
 
     def stop(self) -> None:

@@ -248,9 +248,9 @@ async def stored_people(store: RedisBus, room: str) -> list[tuple[str, Any]]:
     )
 
 
-async def check_acked_writes_are_stored(store: RedisBus, room: str, writer: Writer) -> None:
-    """Every write a1 got an ack for is in the room's log; its session-data key also in the
-    stored state. Fails naming the writes acked but missing."""
+async def acked_but_not_stored(store: RedisBus, room: str, writer: Writer) -> list[Write]:
+    """The writes a1 got an ack for that are not in the room's log (or, for a session-data
+    key, not in the stored state)."""
     events = await store.read_range(room, "0-0")
     assert events is not None, "the room's log is gone"
     assert len(events) < 900, "the log may have been trimmed (it keeps ~1,000): fewer writes"
@@ -278,7 +278,7 @@ async def check_acked_writes_are_stored(store: RedisBus, room: str, writer: Writ
             found = w.n in messages
         if not found:
             missing.append(w)
-    assert not missing, f"acked but not stored in Redis: {missing[:5]}"
+    return missing
 
 
 async def converged(members: dict[str, Member], store: RedisBus, room: str) -> float:
@@ -308,16 +308,6 @@ async def watch(predicate: Callable[[], Any], seconds: float) -> list[tuple[floa
 # -- the cut-off --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownBug,
-    reason=(
-        "bug 1: a write during the cut gets its error only after the node's own 2.0 s Redis "
-        "timeout (COMMAND_TIMEOUT_S), so the client waits 2.00x s, past the 2 s bound; "
-        "bug 2: after healing, the clients that rejoin node A before it has re-taken its "
-        "lease (next lease tick) are removed again as node-lost by B/C (closed 4001 twice)"
-    ),
-)
 async def test_r7_a_node_cut_off_from_redis_for_10_s(partition: Partition, room: str) -> None:
     members = await start_members(partition, room)
     a1, a2, b1, c1 = (members[name] for name in ("a1", "a2", "b1", "c1"))
@@ -355,10 +345,12 @@ async def test_r7_a_node_cut_off_from_redis_for_10_s(partition: Partition, room:
         changes = await watch(whole, OBSERVE_S)
         await writer.stop()
         agreed_s = await converged(members, store, room)
+        missing = await acked_but_not_stored(store, room, writer)
     finally:
         await writer.stop()
         for member in members.values():
             await member.stop()
+        await store.close()
 
     during = writer.sent_between(cut_at, healed_at)
     errors = [w for w in during if w.outcome != "ack"]
@@ -382,20 +374,19 @@ async def test_r7_a_node_cut_off_from_redis_for_10_s(partition: Partition, room:
     print(f"R7 A's clients closed (s after healing, code): {closes}")
     print(f"R7 whole (s after healing, value): {flips}; whole for good {whole_s:.2f} s after")
 
-    await check_acked_writes_are_stored(store, room, writer)
-    await store.close()
     print(
-        f"R7 {len(writer.acked())} acked writes of {len(writer.writes)}: all in Redis; every "
-        f"client's session data equal to Redis's {agreed_s:.2f} s after the writes stopped"
+        f"R7 {len(writer.acked())} acked writes of {len(writer.writes)}, {len(missing)} of them "
+        f"not in Redis; every client's session data equal to Redis's {agreed_s:.2f} s after "
+        "the writes stopped"
     )
+    assert not missing, f"acked but not stored in Redis: {missing[:5]}"
     assert errors, "no write failed while node A was cut off"
     assert whole_s <= WHOLE_WITHIN_S, f"A's participants whole again only {whole_s:.2f} s after"
     assert agreed_s < 5.0, "the clients' session data and Redis's do not agree"
-    if slowest > ERROR_WITHIN_S:
-        raise KnownBug(f"a write during the cut got its reply after {slowest:.3f} s")
-    rejoined_then_removed = {name: c for name, c in closes.items() if len(c) > 1}
-    if rejoined_then_removed:
-        raise KnownBug(f"closed again after rejoining: {rejoined_then_removed}")
+    # Once back, nobody is removed again (a node that serves joins before it has re-taken its
+    # lease gets them removed as node-lost: seen before the lease retry went to 0.2 s).
+    assert all(len(c) <= 1 for c in closes.values()), f"closed again after rejoining: {closes}"
+    assert slowest <= ERROR_WITHIN_S, f"a write during the cut got its reply after {slowest:.3f} s"
 
 
 # -- 500 ms of latency --
@@ -405,9 +396,9 @@ async def test_r7_a_node_cut_off_from_redis_for_10_s(partition: Partition, room:
     strict=True,
     raises=KnownBug,
     reason=(
-        "bug 3: with 500 ms each way, node A's lease loop (sleep 1 s, then renew, SET NX + GET "
+        "bug: with 500 ms each way, node A's lease loop (sleep 1 s, then renew, SET NX + GET "
         "per shard, MGET of leases, one after the other) renews only every ~6 s, the 5 s TTL "
-        "lapses: B and C remove A's participants (node-lost) and A fences itself (4002)"
+        "lapses: B and C remove A's participants (node-lost) and A closes its clients"
     ),
 )
 async def test_r7_500_ms_of_latency_to_redis_causes_no_node_lost(
@@ -437,10 +428,12 @@ async def test_r7_500_ms_of_latency_to_redis_causes_no_node_lost(
         await watch(lease_ttl, 6.0)  # a lease that lapsed during the delay shows by now
         await writer.stop()
         agreed_s = await converged(members, store, room)
+        missing = await acked_but_not_stored(store, room, writer)
     finally:
         await writer.stop()
         for member in members.values():
             await member.stop()
+        await store.close()
 
     during = writer.sent_between(slow_at, fast_at)
     acked = sorted(w.done - w.sent for w in during if w.outcome == "ack")
@@ -468,9 +461,11 @@ async def test_r7_500_ms_of_latency_to_redis_causes_no_node_lost(
     print(f"R7 latency: participant-left seen (watcher, who, reason, s): {left or 'none'}")
     print(f"R7 latency: clients closed (who, s, code): {closes or 'none'}")
 
-    await check_acked_writes_are_stored(store, room, writer)
-    await store.close()
-    print(f"R7 latency: every client's session data equal to Redis's after {agreed_s:.2f} s")
+    print(
+        f"R7 latency: {len(missing)} acked writes not in Redis; every client's session data "
+        f"equal to Redis's after {agreed_s:.2f} s"
+    )
+    assert not missing, f"acked but not stored in Redis: {missing[:5]}"
     assert acked, "no write acked during the latency"
     assert agreed_s < 5.0, "the clients' session data and Redis's do not agree"
     if left or closes:
