@@ -28,6 +28,10 @@ CLOSE_TIMEOUT_S = 2.0  # how long a closing peer gets to take its last frames
 # A frame is written straight to the socket only while less than this is waiting in the
 # socket's own buffer; past it, frames queue (and count towards the slow-consumer limit).
 WRITE_THROUGH_BYTES = 16 * 1024
+# After a resume, app messages it replayed are still dropped for this long if they come live too
+# (an app message this node stores is delivered locally after its publish returns, which can be
+# after the resume read it from the log).
+REPLAYED_MEMORY_S = 5.0
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -92,6 +96,7 @@ class Connection:
         self._ready = asyncio.Event()  # set when _queue has frames
         self._closing = False
         self._held: list[bytes] | None = None  # frames kept aside while a resume replays
+        self._replayed: frozenset[str] = frozenset()  # log positions a resume replayed
         self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def hold(self) -> None:
@@ -108,11 +113,19 @@ class Connection:
         """Queue the frames held back, after those sent meanwhile with `send_first`, but for
         app messages already replayed (their log positions are in `replayed`)."""
         held, self._held = self._held or [], None
+        if replayed:
+            self._replayed = replayed
+            asyncio.get_running_loop().call_later(REPLAYED_MEMORY_S, self._forget_replayed)
         for frame in held:
-            is_message = frame.startswith(b'{"type":"app-message"')
-            if replayed and is_message and orjson.loads(frame).get("seq") in replayed:
-                continue
             self.deliver(frame)
+
+    def _forget_replayed(self) -> None:
+        self._replayed = frozenset()
+
+    def _was_replayed(self, frame: bytes) -> bool:
+        return frame.startswith(b'{"type":"app-message"') and (
+            orjson.loads(frame).get("seq") in self._replayed
+        )
 
     def send(self, frame: bytes) -> None:
         """Send or queue a frame, counting it; never blocks."""
@@ -126,6 +139,8 @@ class Connection:
             return
         if self._held is not None:
             self._held.append(frame)
+            return
+        if self._replayed and self._was_replayed(frame):
             return
         transport = self.transport
         if (

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from crdt import HybridLogicalClock, RoomState
+from crdt import HybridLogicalClock, LWWRegister, Participant, RoomState
 from crdt.hlc import clock_skew_ms
 from node.auth import verify_token
 from node.bus import Bus, MemoryBus
@@ -110,6 +110,7 @@ class Node:
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
         self._lease_task: asyncio.Task[None] | None = None
+        self._upkeep_task: asyncio.Task[None] | None = None
         self.draining = False  # shutting down: /readyz says no
         self._unsynced: set[str] = set()  # rooms with writes the bus may not have stored
         self._lease_checked_at = math.inf  # monotonic time of the last lease round
@@ -191,14 +192,27 @@ class Node:
         digest = room.resume_digest(sid)
         if digest is None or not hmac.compare_digest(digest, _digest(secret)):
             return False
+        # Store the move first, on condition that the participant is still where it was: if
+        # its node was judged lost and it was removed meanwhile (or it resumed elsewhere), the
+        # resume fails and the join goes on as a fresh one, instead of answering `resumed`
+        # for a session that no longer exists.
+        participant = room.state.participants[sid]
+        before = participant.location.value if participant.location is not None else None
+        location = {"node": self.node_id, "incarnation": self.incarnation}
+        moved = Participant(location=LWWRegister(location, self.hlc.tick(self.now_ms())))
+        delta = RoomState(participants={sid: moved})
+        event = BusEvent(self.origin, self.now_ms(), delta=delta)
+        condition = (sid, before) if before is not None else None
+        if await self.bus.publish(room.name, event, only_if_at=condition) is None:
+            log.info("room %s: %s cannot resume: removed or moved meanwhile", room.name, sid)
+            return False
+        room.state.merge(delta)
         if sid in self.connections:  # the old connection is still open here: replace it
             old = self.connections.pop(sid)
             old.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
         away = self._away.pop(sid, None)
         if away is not None:
             away[1].cancel()
-        location = {"node": self.node_id, "incarnation": self.incarnation}
-        delta = room.state.move(sid, location, self.hlc.tick(self.now_ms()))
         conn.session_id, conn.room = sid, room.name
         self.connections[sid] = conn
         room.attach(sid)
@@ -228,7 +242,6 @@ class Node:
                         replayed.add(position)
         finally:
             conn.release(frozenset(replayed))
-        await self.bus.publish(room.name, BusEvent(self.origin, self.now_ms(), delta=delta))
         log.info("room %s: %s resumed (%d events read back)", room.name, sid, len(missed or ()))
         return True
 
@@ -448,31 +461,52 @@ class Node:
         self._held_since = self._lease_checked_at = self._lease_renewed_at = time.monotonic()
         await self._check_clock()
         self.bus.start_reading(self.origin)
-        self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+        loop = asyncio.get_running_loop()
+        self._lease_task = loop.create_task(self._keep_lease())
+        self._upkeep_task = loop.create_task(self._upkeep())
 
     async def _keep_lease(self) -> None:
-        """Every second (0.2 s after a round that failed): renew the lease (fence if it was
-        lost), merge replicas back into a store that lost them, remove participants of nodes
-        whose lease expired."""
-        delay = LEASE_RENEW_S
+        """Renew the lease every second (0.2 s after a failure), fencing if it was lost. On its
+        own task, so that no other work can make it late: with 500 ms of latency to Redis, a
+        round of the upkeep below takes seconds, and a late renewal would let the lease expire
+        and the other nodes remove this node's participants."""
+        next_at = time.monotonic() + LEASE_RENEW_S
         while True:
-            await asyncio.sleep(delay)
-            delay = LEASE_RETRY_S  # unless the round succeeds
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             try:
                 if not await self._renew_lease():
                     await self._fence()
-                    delay = LEASE_RENEW_S
-                    continue
+                # Every LEASE_RENEW_S however long a renewal takes (at once if it took longer).
+                next_at = max(next_at + LEASE_RENEW_S, time.monotonic())
+            except BusError as exc:
+                self._held_since = math.inf
+                log.warning("lease renewal failed: %s", exc)
+                next_at = time.monotonic() + LEASE_RETRY_S
+            except Exception:
+                log.exception("lease renewal failed")
+                next_at = time.monotonic() + LEASE_RETRY_S
+
+    async def _upkeep(self) -> None:
+        """Every second while the lease is held (0.2 s after a round that failed): merge
+        replicas back into a store that lost them, check the clock, remove the participants of
+        nodes whose lease expired."""
+        delay = LEASE_RENEW_S
+        while True:
+            await asyncio.sleep(delay)
+            if self._held_since == math.inf:
+                delay = LEASE_RETRY_S  # the lease is not held: nothing may be judged now
+                continue
+            delay = LEASE_RETRY_S  # unless the round succeeds
+            try:
                 await self._restore_lost_rooms()
                 await self._check_clock()
                 if time.monotonic() - self._held_since >= LEASE_TTL_MS / 1000:
                     await self._remove_lost_participants()
                 delay = LEASE_RENEW_S
             except BusError as exc:
-                self._held_since = math.inf
-                log.warning("lease upkeep failed: %s", exc)
+                log.warning("upkeep failed: %s", exc)
             except Exception:
-                log.exception("lease upkeep failed")
+                log.exception("upkeep failed")
 
     async def _renew_lease(self) -> bool:
         """Whether this incarnation still holds its lease. A lease that vanished while this
@@ -514,21 +548,33 @@ class Node:
         if not nodes:
             return
         live = await self.bus.live_incarnations(nodes)
-        for name, participants in located.items():
-            for sid, location in participants.items():
-                if live.get(location["node"]) == location["incarnation"]:
-                    continue
-                event = BusEvent(
-                    self.origin,
-                    self.now_ms(),
-                    delta=RoomState(removed={sid}),
-                    reason="node-lost",
-                )
-                stored = await self.bus.publish(name, event, only_if_at=(sid, location))
-                room = self.rooms.get(name)
-                if stored is not None and room is not None:
-                    log.info("room %s: %s left with its node %s", name, sid, location["node"])
-                    self._deliver(room, room.remove_lost(sid, "node-lost"))
+        lost = [
+            (name, sid, location)
+            for name, participants in located.items()
+            for sid, location in participants.items()
+            if live.get(location["node"]) != location["incarnation"]
+        ]
+        # All at once: the bus pipelines them (a node holding 200 participants is 200
+        # conditional removals, one round trip instead of 200).
+        results = await asyncio.gather(
+            *(self._remove_lost(name, sid, location) for name, sid, location in lost),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _remove_lost(self, name: str, sid: str, location: dict[str, Any]) -> None:
+        """Remove a participant of a lost node, if it is still where that node had it (it may
+        have resumed elsewhere, or another node removed it first)."""
+        event = BusEvent(
+            self.origin, self.now_ms(), delta=RoomState(removed={sid}), reason="node-lost"
+        )
+        stored = await self.bus.publish(name, event, only_if_at=(sid, location))
+        room = self.rooms.get(name)
+        if stored is not None and room is not None:
+            log.info("room %s: %s left with its node %s", name, sid, location["node"])
+            self._deliver(room, room.remove_lost(sid, "node-lost"))
 
     async def _fence(self) -> None:
         """Our lease was lost (we were paused or cut off too long): others have removed our
@@ -610,8 +656,9 @@ class Node:
     async def shutdown(self) -> None:
         """Graceful stop: every local participant leaves, every client gets close code 1012."""
         self.draining = True
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        for task in (self._lease_task, self._upkeep_task):
+            if task is not None:
+                task.cancel()
         conns = list(self.connections.values())
         for conn in conns:
             await self.disconnect(conn, "node-shutdown")

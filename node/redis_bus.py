@@ -396,20 +396,24 @@ class RedisBus(Bus):
         """Rooms in shards whose epoch key changed or vanished: that shard's Redis lost its
         data (a restart without persistence, or a failover to a replica that was behind)."""
         shards = sorted({shard_of(room) for room in rooms})
+        if not shards:
+            return []
         lost: set[int] = set()
         try:
+            # One round trip for all shards (a Cluster pipeline: one per master).
+            pipe = self.client.pipeline(transaction=False)
             for shard in shards:
-                key = epoch_key(shard)
-                fresh = uuid.uuid4().hex
-                await self.client.set(key, fresh, nx=True)
-                value = await self.client.get(key)
-                current = value.decode() if isinstance(value, bytes) else str(value)
-                known = self._epochs.get(shard)
-                if known is not None and known != current:
-                    lost.add(shard)
-                self._epochs[shard] = current
+                pipe.set(epoch_key(shard), uuid.uuid4().hex, nx=True)
+                pipe.get(epoch_key(shard))
+            replies = await pipe.execute()
         except RedisError as exc:
             raise BusError(f"cannot check the shard epochs: {exc}") from exc
+        for shard, value in zip(shards, replies[1::2], strict=True):
+            current = value.decode() if isinstance(value, bytes) else str(value)
+            known = self._epochs.get(shard)
+            if known is not None and known != current:
+                lost.add(shard)
+            self._epochs[shard] = current
         return [room for room in rooms if shard_of(room) in lost]
 
     async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:

@@ -55,7 +55,12 @@ def room_name(request: web.Request) -> str:
 
 def _rest_error(status: int, error: str, info: str) -> web.HTTPException:
     body = orjson.dumps({"error": error, "info": info})
-    classes = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden}
+    classes = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        503: web.HTTPServiceUnavailable,
+    }
     return classes.get(status, web.HTTPBadRequest)(body=body, content_type="application/json")
 
 
@@ -139,7 +144,12 @@ async def rest_auth(request: web.Request, handler: Handler) -> web.StreamRespons
     is_rest = request.path.startswith("/v1/") and not request.path.endswith("/ws")
     if is_rest and key is not None and not check_api_key(key, request.headers.get("Authorization")):
         raise _rest_error(401, "authorization-error", "send 'Authorization: Bearer <API key>'")
-    return await handler(request)
+    if not is_rest:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except BusError as exc:  # retry later: the store could not take or give the data
+        raise _rest_error(503, "unavailable", f"the store is unavailable: {exc}") from None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -185,7 +195,9 @@ async def rest_set_session_data(request: web.Request) -> web.Response:
         write = parse_session_data_write(body, None, node.limits)
         data = await node.rest_set_session_data(name, write)
     except RequestError as exc:
-        raise _rest_error(400, "invalid-request-error", exc.message) from None
+        status = 503 if exc.code == "unavailable" else 400  # refused by the node: retry later
+        error = "unavailable" if status == 503 else "invalid-request-error"
+        raise _rest_error(status, error, exc.message) from None
     return _json({"data": data})
 
 
