@@ -17,10 +17,6 @@ Checks (issue 7, row R7):
   healing until the last moment the room became whole (observed for 8 s);
 - 500 ms of latency each way alone causes no `node-lost`: nobody anywhere sees a
   `participant-left`, and no client is closed.
-
-A criterion that fails because of a known bug raises `KnownBug`; the test is then marked
-xfail(strict=True, raises=KnownBug) with the bug named, so any other failure still fails it, and
-a fix makes it pass unexpectedly (strict) until the mark is removed.
 """
 
 from __future__ import annotations
@@ -54,10 +50,6 @@ WHOLE_WITHIN_S = 5.0  # after healing, A's participants are back within this
 OBSERVE_S = 8.0  # how long the room is watched after healing (more than a lease period)
 WRITE_EVERY_S = 0.1  # pause between a1's writes
 RECONNECT_S = 0.25  # a dropped client joins again after this (the browser SDK's first backoff)
-
-
-class KnownBug(AssertionError):
-    """A criterion that fails because of a bug named in the test's xfail reason."""
 
 
 @dataclass
@@ -392,15 +384,6 @@ async def test_r7_a_node_cut_off_from_redis_for_10_s(partition: Partition, room:
 # -- 500 ms of latency --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownBug,
-    reason=(
-        "bug: with 500 ms each way, node A's lease loop (sleep 1 s, then renew, SET NX + GET "
-        "per shard, MGET of leases, one after the other) renews only every ~6 s, the 5 s TTL "
-        "lapses: B and C remove A's participants (node-lost) and A closes its clients"
-    ),
-)
 async def test_r7_500_ms_of_latency_to_redis_causes_no_node_lost(
     partition: Partition, room: str
 ) -> None:
@@ -468,5 +451,4 @@ async def test_r7_500_ms_of_latency_to_redis_causes_no_node_lost(
     assert not missing, f"acked but not stored in Redis: {missing[:5]}"
     assert acked, "no write acked during the latency"
     assert agreed_s < 5.0, "the clients' session data and Redis's do not agree"
-    if left or closes:
-        raise KnownBug(f"false node-lost: {left}; clients closed: {closes}")
+    assert not left and not closes, f"false node-lost: {left}; clients closed: {closes}"
