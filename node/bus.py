@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +88,20 @@ class Bus(abc.ABC):
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
     ) -> LeaseState:
         """Register (`register`) or renew a node's lease: "held" (it is ours), "taken"
-        (another incarnation holds it) or "missing" (expired, or the store lost it)."""
+        (another incarnation holds it) or "missing" (expired, or the store lost it). A store
+        of several servers (a Redis Cluster) keeps a copy per lease group (`lease_group`):
+        "taken" if any copy is, else "missing" if any is; copies that cannot be reached now
+        are left out (`BusError` only if none can)."""
+
+    def lease_group(self, room: str) -> object:
+        """Which copy of a node's lease speaks for `room` (the same for every room of one
+        store server); one group for a single-server store."""
+        return None
+
+    @abc.abstractmethod
+    def lease_confirmed_at(self, room: str) -> float:
+        """Monotonic time at which the last renewal that found this node's lease held, in the
+        group of `room`, was sent (-inf: never)."""
 
     @abc.abstractmethod
     async def lost_rooms(self, rooms: list[str]) -> list[str]:
@@ -95,8 +109,9 @@ class Bus(abc.ABC):
         store restarted without its data): their hosts merge their replicas back."""
 
     @abc.abstractmethod
-    async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
-        """The incarnation holding each node's lease, or None where it has expired."""
+    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
+        """The incarnation holding each node's lease in the lease group of `room`, or None
+        where it has expired."""
 
     @property
     @abc.abstractmethod
@@ -196,8 +211,11 @@ class MemoryBus(Bus):
     async def lost_rooms(self, rooms: list[str]) -> list[str]:
         return []  # the store lives and dies with the node
 
-    async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
+    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
         return {node_id: self._leases.get(node_id) for node_id in node_ids}
+
+    def lease_confirmed_at(self, room: str) -> float:
+        return math.inf  # one process: nobody else can judge this node lost
 
     def _schedule_expiry(self, room: str, state: RoomState) -> None:
         handle = self._expiry.pop(room, None)

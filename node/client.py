@@ -485,13 +485,16 @@ class CallClient:
         content = {key: value for key, value in frame.items() if key != "type"}
         future = self._pending.get(frame["id"]) if "id" in frame else None
         if kind in _REPLIES and future is not None:
+            # A caller that stopped waiting (cancelled, timed out) has a done future.
             if kind == "error":
                 self._settle(frame["id"], ok=False)
                 error = _ERRORS.get(frame.get("code", ""), ServerError)
-                future.set_exception(error(frame.get("code", ""), frame.get("message", "")))
+                if not future.done():
+                    future.set_exception(error(frame.get("code", ""), frame.get("message", "")))
                 return
             self._settle(frame["id"], ok=True)
-            future.set_result(frame)
+            if not future.done():
+                future.set_result(frame)
             if kind == "joined":
                 self._on_joined(frame)
         elif kind == "error":  # not the reply to a waiting request

@@ -119,7 +119,6 @@ class Node:
         # nodes are judged only after a whole lease period of it: after an outage of the store,
         # the other nodes must be given the time to renew theirs first.
         self._held_since = math.inf
-        self._lease_renewed_at = -math.inf  # monotonic time a renewal that held was sent
         self._shared_store = not isinstance(bus, MemoryBus)  # others can fence this node
         self.clock_skew_ms = 0  # this node's clock minus the store's, as far as sure (ms)
         self.clock_in_bound = True  # |clock_skew_ms| <= max_drift_ms: stamped writes allowed
@@ -132,7 +131,7 @@ class Node:
             conn.send(encode("pong", id=request.id))
             return
         if not isinstance(request, Leave):
-            self._admit(stamped=not isinstance(request, SendAppMessage))
+            self._admit(conn.room or room_name, stamped=not isinstance(request, SendAppMessage))
         if isinstance(request, Join):
             await self._join(conn, request, room_name)
             return
@@ -327,7 +326,7 @@ class Node:
     async def rest_set_session_data(
         self, room_name: str, write: SetMeetingSessionData
     ) -> dict[str, Any]:
-        self._admit(stamped=True)
+        self._admit(room_name, stamped=True)
         room = await self._view(room_name)
         await self._run(room, room.set_session_data(write, self.now_ms()))
         return room.session_data()
@@ -458,7 +457,7 @@ class Node:
     async def start(self) -> None:
         """Register this node's lease and start delivering bus events."""
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._held_since = self._lease_checked_at = self._lease_renewed_at = time.monotonic()
+        self._held_since = self._lease_checked_at = time.monotonic()
         await self._check_clock()
         self.bus.start_reading(self.origin)
         loop = asyncio.get_running_loop()
@@ -523,7 +522,6 @@ class Node:
             self._held_since = now  # the other nodes need a moment to re-register too
         if state == "held":
             self._held_since = min(self._held_since, now)
-            self._lease_renewed_at = now
         return state == "held"
 
     async def _restore_lost_rooms(self) -> None:
@@ -547,12 +545,24 @@ class Node:
         nodes = sorted({loc["node"] for rooms in located.values() for loc in rooms.values()})
         if not nodes:
             return
-        live = await self.bus.live_incarnations(nodes)
+        # Each room is judged by the copy of the leases in its group (in a Cluster: its master).
+        groups: dict[object, list[str]] = {}
+        for name in located:
+            groups.setdefault(self.bus.lease_group(name), []).append(name)
+        live: dict[str, dict[str, str | None]] = {}
+        for names in groups.values():
+            try:
+                found = await self.bus.live_incarnations(nodes, names[0])
+            except BusError as exc:  # that group's server is down: its rooms wait
+                log.warning("cannot read the leases for %d rooms: %s", len(names), exc)
+                continue
+            live.update(dict.fromkeys(names, found))
         lost = [
             (name, sid, location)
             for name, participants in located.items()
+            if name in live
             for sid, location in participants.items()
-            if live.get(location["node"]) != location["incarnation"]
+            if live[name].get(location["node"]) != location["incarnation"]
         ]
         # All at once: the bus pipelines them (a node holding 200 participants is 200
         # conditional removals, one round trip instead of 200).
@@ -592,21 +602,22 @@ class Node:
         self.incarnation = uuid.uuid4().hex[:12]
         self.origin = f"{self.node_id}/{self.incarnation}"
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
-        self._held_since = self._lease_checked_at = self._lease_renewed_at = time.monotonic()
+        self._held_since = self._lease_checked_at = time.monotonic()
 
     # -- admission: what a write must pass before it is stamped and stored --
 
-    def _admit(self, stamped: bool) -> None:
+    def _admit(self, room_name: str, stamped: bool) -> None:
         """Refuse (`unavailable`) a write this node must not store now:
 
-        - its lease has not been confirmed for `LEASE_ADMIT_S`: the node was paused or cut off
-          and may have been declared lost, its participants removed; a write it stored now
-          would carry an incarnation the others already buried (it fences at its next lease
-          round, and its clients reconnect);
+        - its lease has not been confirmed for `LEASE_ADMIT_S` (in the room's lease group: in
+          a Cluster, on the room's master): the node was paused or cut off and may have been
+          declared lost, its participants removed; a write it stored now would carry an
+          incarnation the others already buried (it fences at its next lease round, and its
+          clients reconnect);
         - the write carries a stamp and this node's clock is out of the drift bound (DESIGN:
           a node whose clock is out of bound refuses writes and reports not ready).
         """
-        silent = time.monotonic() - self._lease_renewed_at
+        silent = time.monotonic() - self.bus.lease_confirmed_at(room_name)
         if self._shared_store and silent > LEASE_ADMIT_S:
             raise RequestError(
                 "unavailable",

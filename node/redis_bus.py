@@ -10,7 +10,9 @@ publish it atomically:
     rs:{rs<k>}:state:<room>    hash: the merged room state (node/redis_scripts.py)
     rs:{rs<k>}:ch:<room>       shard channel (SPUBLISH) of the room's events: live delivery
     rs:{rs<k>}:epoch           shard k's epoch: changes when its Redis loses its data
-    rs:lease:<node id>         the node's lease: its incarnation, with a TTL
+    rs:lease:<node id>         the node's lease: its incarnation, with a TTL (standalone Redis)
+    rs:{rs<k>}:lease:<node id> in a Cluster, a copy per shard: a dead master hides only the
+                               copies of its own shards, whose rooms it also holds
 
 Writing: events go out as ``EVALSHA`` of the PUBLISH script on one pipelining connection per
 Redis server (node/resp.py), so publishes made together share one write and one read, and each
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 import zlib
@@ -61,6 +64,8 @@ COMMAND_TIMEOUT_S = 2.0  # a command that Redis has not answered by then fails
 WRITE_TIMEOUT_S = 1.5
 CONNECT_TIMEOUT_S = 1.0  # for the hot path's connections
 CATCH_UP_COUNT = 1000  # entries per XRANGE when a room catches up
+CATCH_UP_RETRY_S = 0.5  # longest wait between two attempts of a room to catch up
+REFRESH_INTERVAL_S = 0.5  # the Cluster's slot map is read again at most this often
 RESYNC_ORIGIN = "redis/resync"  # origin of the snapshot delta a room gets after a gap
 # Error replies after which a command was not run and may be sent again (after a Cluster
 # failover or resharding: to the new owner of the slot).
@@ -151,14 +156,15 @@ class RedisBus(Bus):
         self.settings = settings
         self.client = self._connect(COMMAND_TIMEOUT_S)  # snapshots, leases, Cluster topology
         self.cluster = isinstance(self.client, RedisCluster)
-        self._publish_sha = self.client.register_script(PUBLISH).sha
+        self._publish = (PUBLISH, self.client.register_script(PUBLISH).sha)
         self._snapshot = self.client.register_script(SNAPSHOT)
-        self._renew = self.client.register_script(RENEW_LEASE)
+        self._renew = (RENEW_LEASE, self.client.register_script(RENEW_LEASE).sha)
         # The hot path: one pipelining connection per Redis server for publishing.
         self._writers: dict[tuple[str, int], RespConnection] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
         self._slots = [key_slot(_tag(shard).encode()) for shard in range(SHARDS)]
         self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = -math.inf
         self._own_prefix = b""  # set by `start_reading`
         self._handlers: dict[str, list[EventHandler]] = {}
         self._positions: dict[str, str] = {}  # room -> last stream id read
@@ -172,6 +178,9 @@ class RedisBus(Bus):
         self._ready = False
         self._closing = False
         self._epochs: dict[int, str] = {}  # shard -> its epoch key's value when last seen
+        self._gaps: set[str] = set()  # rooms whose stream lacked events: reported as lost
+        # Lease group -> when the last renewal that found the lease held there was sent.
+        self._lease_ok: dict[int | None, float] = {}
         self._grace_ms = int(settings.room_grace_s * 1000)
 
     def _connect(self, timeout: float) -> aioredis.Redis | RedisCluster:
@@ -257,7 +266,11 @@ class RedisBus(Bus):
         """Learn the Cluster's slot map again (after MOVED, a failover, a lost connection)."""
         if not isinstance(self.client, RedisCluster):
             return
+        now = time.monotonic()
+        if self._refreshing is None and now - self._refreshed_at < REFRESH_INTERVAL_S:
+            return  # a failed master makes every call fail for a while: ask at a bounded rate
         if self._refreshing is None:
+            self._refreshed_at = now
             self._refreshing = asyncio.ensure_future(self.client.nodes_manager.initialize())
             self._refreshing.add_done_callback(lambda _: setattr(self, "_refreshing", None))
         try:
@@ -278,7 +291,9 @@ class RedisBus(Bus):
         keys = (f"rs:{tag}:log:{room}", f"rs:{tag}:state:{room}", f"rs:{tag}:ch:{room}")
         try:
             result = await self._evalsha(
-                shard, (*keys, encode_event(event), STREAM_MAXLEN, self._grace_ms, *ops)
+                shard,
+                self._publish,
+                (*keys, encode_event(event), STREAM_MAXLEN, self._grace_ms, *ops),
             )
         except BusError:
             self._ready = False
@@ -286,21 +301,28 @@ class RedisBus(Bus):
         self._ready = True
         return None if result is None else result.decode()
 
-    async def _evalsha(self, shard: int, args: tuple[Any, ...]) -> Any:
-        """Run PUBLISH with `args` (its 3 keys, then its arguments) on the shard's server. An
-        error reply that means "not run" (script not loaded, slot moved) is retried once."""
+    async def _evalsha(self, shard: int, script: tuple[str, str], args: tuple[Any, ...]) -> Any:
+        """Run `script` (source, SHA) with `args` (its keys, then its arguments) on the
+        shard's server over the hot path's connection. An error reply that means "not run"
+        (script not loaded, slot moved) is retried once."""
+        source, sha = script
+        numkeys = 3 if script is self._publish else 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WRITE_TIMEOUT_S
         for attempt in (1, 2):
-            conn = await self._writer(shard)
+            try:
+                conn = await self._writer(shard)
+            except BusError:
+                await self._refresh_topology()  # a failed master: its replica may own it now
+                raise
             timeout = max(0.05, deadline - loop.time())
             try:
-                return await conn.call("EVALSHA", self._publish_sha, 3, *args, timeout=timeout)
+                return await conn.call("EVALSHA", sha, numkeys, *args, timeout=timeout)
             except RespError as exc:
                 if attempt == 2 or exc.prefix not in RETRY_AFTER:
                     raise BusError(f"Redis refused the write: {exc}") from exc
                 if exc.prefix == "NOSCRIPT":
-                    await self._load_script(conn)
+                    await self._load_script(conn, source)
                 else:
                     await self._refresh_topology()
             except RespConnectionError as exc:
@@ -310,11 +332,11 @@ class RedisBus(Bus):
                 raise BusError(f"Redis lost the write: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _load_script(self, conn: RespConnection) -> None:
+    async def _load_script(self, conn: RespConnection, source: str) -> None:
         try:
-            await conn.call("SCRIPT", "LOAD", PUBLISH, timeout=COMMAND_TIMEOUT_S)
+            await conn.call("SCRIPT", "LOAD", source, timeout=COMMAND_TIMEOUT_S)
         except (RespError, RespConnectionError) as exc:
-            raise BusError(f"cannot load the publish script: {exc}") from exc
+            raise BusError(f"cannot load a script: {exc}") from exc
 
     async def snapshot(self, room: str) -> Snapshot:
         try:
@@ -378,25 +400,54 @@ class RedisBus(Bus):
 
     # -- leases --
 
+    def lease_group(self, room: str) -> int | None:
+        return shard_of(room) if self.cluster else None
+
+    def _lease_key(self, node_id: str, group: int | None) -> str:
+        return f"rs:lease:{node_id}" if group is None else f"rs:{_tag(group)}:lease:{node_id}"
+
+    def lease_confirmed_at(self, room: str) -> float:
+        return self._lease_ok.get(self.lease_group(room), -math.inf)
+
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
     ) -> LeaseState:
         mode = "register" if register else "renew"
-        try:
-            result = await self._renew(
-                keys=[f"rs:lease:{node_id}"], args=[incarnation, ttl_ms, mode]
-            )
-        except RedisError as exc:
+        groups: list[int | None] = list(range(SHARDS)) if self.cluster else [None]
+        sent = time.monotonic()
+        # Over the hot path's connections (one write per server): a dead master's copies fail
+        # alone, without redis-py's cluster client rediscovering the cluster after each error.
+        replies = await asyncio.gather(
+            *(
+                self._evalsha(
+                    g or 0, self._renew, (self._lease_key(node_id, g), incarnation, ttl_ms, mode)
+                )
+                for g in groups
+            ),
+            return_exceptions=True,
+        )
+        answered = [(g, r) for g, r in zip(groups, replies, strict=True) if not _failed(r)]
+        if not answered:
             self._ready = False
-            raise BusError(f"cannot renew the lease: {exc}") from exc
-        self._ready = True
-        return "held" if result == 1 else "taken" if result == 0 else "missing"
+            failure = next(r for r in replies if isinstance(r, BaseException))
+            raise BusError(f"cannot renew the lease: {failure}") from failure
+        if len(answered) == len(groups):
+            self._ready = True
+        else:
+            log.warning("lease renewed on %d of %d shards", len(answered), len(groups))
+        for g, reply in answered:
+            if reply == 1:
+                self._lease_ok[g] = sent
+        states = {reply for _, reply in answered}
+        return "taken" if 0 in states else "missing" if -1 in states else "held"
 
     async def lost_rooms(self, rooms: list[str]) -> list[str]:
-        """Rooms in shards whose epoch key changed or vanished: that shard's Redis lost its
-        data (a restart without persistence, or a failover to a replica that was behind)."""
+        """Rooms in shards whose epoch key changed or vanished (that shard's Redis lost its
+        data: a restart without persistence), and rooms whose stream was found lacking events
+        this node had seen (a failover to a replica that was behind, or a trim)."""
         shards = sorted({shard_of(room) for room in rooms})
         if not shards:
+            self._gaps.clear()
             return []
         lost: set[int] = set()
         try:
@@ -414,17 +465,20 @@ class RedisBus(Bus):
             if known is not None and known != current:
                 lost.add(shard)
             self._epochs[shard] = current
-        return [room for room in rooms if shard_of(room) in lost]
+        gaps, self._gaps = self._gaps, set()
+        return [room for room in rooms if shard_of(room) in lost or room in gaps]
 
-    async def live_incarnations(self, node_ids: list[str]) -> dict[str, str | None]:
-        """The current incarnation of each node whose lease is alive (None: expired)."""
-        keys = [f"rs:lease:{node_id}" for node_id in node_ids]
-        if isinstance(self.client, RedisCluster):
-            values = await self.client.mget_nonatomic(keys)
-        else:
+    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
+        """The current incarnation of each node whose lease is alive in `room`'s group (None:
+        expired). In a Cluster the keys share the room's slot: one MGET."""
+        group = self.lease_group(room)
+        keys = [self._lease_key(node_id, group) for node_id in node_ids]
+        try:
             values = await self.client.mget(keys)
+        except RedisError as exc:
+            raise BusError(f"cannot read the leases: {exc}") from exc
         return {
-            node_id: None if value is None else value.decode()
+            node_id: value.decode() if isinstance(value, bytes) else value
             for node_id, value in zip(node_ids, values, strict=True)
         }
 
@@ -486,10 +540,12 @@ class RedisBus(Bus):
                     break
                 except (BusError, RespError, RespConnectionError) as exc:
                     self._ready = False
-                    log.warning("room %s: cannot catch up (%s); retrying in %.1f s", room, exc,
-                                backoff)  # fmt: skip
+                    # Warn once per outage (each hosted room retries), then quietly.
+                    report = log.warning if backoff == 0.1 else log.debug
+                    report("room %s: cannot catch up (%s); retrying", room, exc)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    # At most CATCH_UP_RETRY_S apart: a promoted replica is used soon after.
+                    backoff = min(backoff * 2, CATCH_UP_RETRY_S)
                     await self._refresh_topology()
             self._ready = True
         finally:
@@ -501,8 +557,11 @@ class RedisBus(Bus):
 
     async def _read_after(self, room: str) -> None:
         """Deliver the room's stream entries after its position, oldest first. If the stream no
-        longer holds that position (trimmed past it while this node was not reading), the
-        events in between are gone: the room is brought up to date from a snapshot instead."""
+        longer holds that position, events this node may not have seen are gone: trimmed past
+        it while this node was not reading, or lost by Redis (a failover to a replica that was
+        behind keeps the shard's epoch but lacks the last events). The room is then brought up
+        to date from a snapshot, and reported by `lost_rooms` so that its hosts merge their
+        replicas back: the writes of the lost events are in them."""
         conn = await self._writer(shard_of(room))
         key = log_key(room)
         after = self._positions[room]
@@ -512,7 +571,8 @@ class RedisBus(Bus):
                 "XRANGE", key, start, "+", "COUNT", CATCH_UP_COUNT, timeout=COMMAND_TIMEOUT_S
             )
             if start == after:
-                if entries and entries[0][0].decode() != after:
+                if not entries or entries[0][0].decode() != after:
+                    self._gaps.add(room)
                     await self._resync(room, after)
                     return
                 entries = entries[1:]
@@ -577,6 +637,10 @@ class RedisBus(Bus):
             return
         for handler in list(self._handlers.get(room, ())):
             handler(room, entry_id, event)
+
+
+def _failed(reply: object) -> bool:
+    return isinstance(reply, BaseException)
 
 
 def _stream_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -556,6 +556,10 @@ class RedisCluster:
                     "--cluster-node-timeout", str(node_timeout_ms),
                     # replicas: full sync at once, not after the default 5 s wait
                     "--repl-diskless-sync-delay", "0",
+                    # While a failed master's slots wait for a replica to take over, the other
+                    # masters keep serving theirs (Redis's default, yes, stops them all): what
+                    # roomstate's deployments use (docs/operations.md).
+                    "--cluster-require-full-coverage", "no",
                     *extra_args,
                 )  # fmt: skip
                 servers.append(RedisServer.launch(tmp_dir, port=port, extra_args=args))

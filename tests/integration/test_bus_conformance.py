@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -184,7 +185,10 @@ async def test_leases_register_renew_expire_and_fence(make_bus: Any) -> None:
     node = f"lease-{uuid.uuid4().hex[:6]}"
     assert await bus.renew_lease(node, "inc-1", 5000, register=True) == "held"
     assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "held"
-    assert await bus.live_incarnations([node, "never-seen"]) == {node: "inc-1", "never-seen": None}
+    for room in ("room-a", "room-b", "room-c", "room-d"):  # every lease group says the same
+        live = await bus.live_incarnations([node, "never-seen"], room)
+        assert live == {node: "inc-1", "never-seen": None}
+        assert time.monotonic() - bus.lease_confirmed_at(room) < 5
     assert await bus.renew_lease(node, "inc-2", 5000, register=True) == "held"
     assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "taken", "fenced"
 

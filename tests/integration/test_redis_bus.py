@@ -140,6 +140,34 @@ async def test_a_room_whose_stream_was_trimmed_past_its_position_resyncs_from_a_
     assert resync.delta == (await subscriber.snapshot(room)).state
     assert sorted(resync.delta.present()) == [f"s{n}" for n in range(6)]
     assert subscriber.position(room) == ids[-1]
+    # ... and it is reported, so that the node merges its replica back (the store may have
+    # lost writes rather than trimmed them: a Cluster failover to a replica that was behind).
+    assert await subscriber.lost_rooms([room]) == [room]
+    assert await subscriber.lost_rooms([room]) == []
+
+
+async def test_a_stream_that_lost_its_last_events_is_reported(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    publisher, subscriber = buses
+    room = f"lost-{uuid.uuid4().hex[:8]}"
+    seen: list[BusEvent] = []
+    subscriber.subscribe(
+        room, (await subscriber.snapshot(room)).position, lambda r, p, e: seen.append(e)
+    )
+    ids = [await publisher.publish(room, joined(f"s{n}")) for n in range(3)]
+    async with asyncio.timeout(5):
+        while len(seen) < 3:
+            await asyncio.sleep(0.01)
+    # As a replica that was behind would be after a failover: the last event is missing.
+    assert isinstance(ids[-1], str)
+    redis_server.command("XDEL", log_key(room), ids[-1])
+    killed = redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")  # the failover's cut
+    assert isinstance(killed, int) and killed >= 1
+    async with asyncio.timeout(5):
+        while not any(e.origin == RESYNC_ORIGIN for e in seen):
+            await asyncio.sleep(0.01)
+    assert await subscriber.lost_rooms([room]) == [room]
 
 
 def joined(sid: str) -> BusEvent:
