@@ -602,7 +602,7 @@ class RedisBus(Bus):
             if room not in self._positions:
                 return  # unsubscribed (or being unsubscribed)
             if kind == b"sunsubscribe":  # the server dropped the subscription: a slot moved
-                if room in self._subscribed and self._subscribed[room].on_push is not None:
+                if room in self._subscribed:
                     log.warning("room %s: Redis ended its subscription; subscribing again", room)
                     del self._subscribed[room]
                     self._catch_up_soon(room)
