@@ -94,8 +94,8 @@ class Bus(abc.ABC):
         are left out (`BusError` only if none can)."""
 
     def lease_group(self, room: str) -> object:
-        """Which copy of a node's lease speaks for `room` (the same for every room of one
-        store server); one group for a single-server store."""
+        """Which copy of a node's lease the node renews for `room`'s store server (its
+        admission check looks at that copy); one group for a single-server store."""
         return None
 
     @abc.abstractmethod
@@ -109,9 +109,9 @@ class Bus(abc.ABC):
         store restarted without its data): their hosts merge their replicas back."""
 
     @abc.abstractmethod
-    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
-        """The incarnation holding each node's lease in the lease group of `room`, or None
-        where it has expired."""
+    async def live_incarnations(self, node_ids: list[str]) -> dict[str, set[str]]:
+        """For each node, the incarnations holding its lease (a store of several servers keeps
+        a copy per lease group: any copy counts); an empty set where it has expired."""
 
     @property
     @abc.abstractmethod
@@ -211,8 +211,8 @@ class MemoryBus(Bus):
     async def lost_rooms(self, rooms: list[str]) -> list[str]:
         return []  # the store lives and dies with the node
 
-    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
-        return {node_id: self._leases.get(node_id) for node_id in node_ids}
+    async def live_incarnations(self, node_ids: list[str]) -> dict[str, set[str]]:
+        return {node_id: set(filter(None, [self._leases.get(node_id)])) for node_id in node_ids}
 
     def lease_confirmed_at(self, room: str) -> float:
         return math.inf  # one process: nobody else can judge this node lost

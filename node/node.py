@@ -545,24 +545,12 @@ class Node:
         nodes = sorted({loc["node"] for rooms in located.values() for loc in rooms.values()})
         if not nodes:
             return
-        # Each room is judged by the copy of the leases in its group (in a Cluster: its master).
-        groups: dict[object, list[str]] = {}
-        for name in located:
-            groups.setdefault(self.bus.lease_group(name), []).append(name)
-        live: dict[str, dict[str, str | None]] = {}
-        for names in groups.values():
-            try:
-                found = await self.bus.live_incarnations(nodes, names[0])
-            except BusError as exc:  # that group's server is down: its rooms wait
-                log.warning("cannot read the leases for %d rooms: %s", len(names), exc)
-                continue
-            live.update(dict.fromkeys(names, found))
+        live = await self.bus.live_incarnations(nodes)
         lost = [
             (name, sid, location)
             for name, participants in located.items()
-            if name in live
             for sid, location in participants.items()
-            if live[name].get(location["node"]) != location["incarnation"]
+            if location["incarnation"] not in live.get(location["node"], set())
         ]
         # All at once: the bus pipelines them (a node holding 200 participants is 200
         # conditional removals, one round trip instead of 200).

@@ -468,19 +468,30 @@ class RedisBus(Bus):
         gaps, self._gaps = self._gaps, set()
         return [room for room in rooms if shard_of(room) in lost or room in gaps]
 
-    async def live_incarnations(self, node_ids: list[str], room: str) -> dict[str, str | None]:
-        """The current incarnation of each node whose lease is alive in `room`'s group (None:
-        expired). In a Cluster the keys share the room's slot: one MGET."""
-        group = self.lease_group(room)
-        keys = [self._lease_key(node_id, group) for node_id in node_ids]
-        try:
-            values = await self.client.mget(keys)
-        except RedisError as exc:
-            raise BusError(f"cannot read the leases: {exc}") from exc
-        return {
-            node_id: value.decode() if isinstance(value, bytes) else value
-            for node_id, value in zip(node_ids, values, strict=True)
-        }
+    async def live_incarnations(self, node_ids: list[str]) -> dict[str, set[str]]:
+        """For each node, the incarnations holding a copy of its lease (empty: expired
+        everywhere). In a Cluster a node is alive while any copy is: a master that takes longer
+        than the lease TTL to fail over must not make the others remove a live node's
+        participants (the node itself refuses writes to that master's rooms meanwhile)."""
+        groups: list[int | None] = list(range(SHARDS)) if self.cluster else [None]
+
+        async def read(group: int | None) -> Any:
+            conn = await self._writer(group or 0)
+            keys = [self._lease_key(node_id, group) for node_id in node_ids]
+            return await conn.call("MGET", *keys, timeout=COMMAND_TIMEOUT_S)
+
+        replies = await asyncio.gather(*(read(g) for g in groups), return_exceptions=True)
+        answered = [reply for reply in replies if not isinstance(reply, BaseException)]
+        if len(answered) < len(groups):
+            await self._refresh_topology()
+        if not answered:
+            raise BusError(f"cannot read the leases: {replies[0]}")
+        live: dict[str, set[str]] = {node_id: set() for node_id in node_ids}
+        for values in answered:
+            for node_id, value in zip(node_ids, values, strict=True):
+                if value is not None:
+                    live[node_id].add(value.decode())
+        return live
 
     # -- reading --
 
