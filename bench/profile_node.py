@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.runner import Scenario, ScenarioRun
@@ -43,14 +44,18 @@ CATEGORIES = (
 )
 
 
+def stacks(raw: Path) -> Iterator[tuple[str, int]]:
+    """(collapsed stack, sample count) per line of `py-spy record --format raw` output."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield stack, int(count)
+
+
 def categorize(raw: Path) -> list[tuple[str, float]]:
     counts: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for stack, n in stacks(raw):
         samples += n
         hit = next((name for pattern, name in CATEGORIES if pattern in stack), None)
         counts[hit or "event loop, other"] += n
@@ -61,11 +66,7 @@ def analyse(raw: Path, top: int = 30) -> str:
     self_t: collections.Counter[str] = collections.Counter()
     total_t: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for stack, n in stacks(raw):
         samples += n
         frames = stack.split(";")
         self_t[frames[-1]] += n

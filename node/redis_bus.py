@@ -35,8 +35,8 @@ import math
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -151,17 +151,44 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
     return state
 
 
+class _Script(NamedTuple):
+    source: str
+    sha: str
+    numkeys: int
+
+
+class _PerServer:
+    """One connection per Redis server, opened once however many callers wait for it."""
+
+    def __init__(self, open_: Callable[[tuple[str, int]], Awaitable[RespConnection]]) -> None:
+        self._open = open_
+        self.conns: dict[tuple[str, int], RespConnection] = {}
+        self._opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
+
+    async def get(self, address: tuple[str, int]) -> RespConnection:
+        conn = self.conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(address))
+            self._opening[address] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(address, None))
+        conn = await asyncio.shield(opening)
+        self.conns[address] = conn
+        return conn
+
+
 class RedisBus(Bus):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = self._connect(COMMAND_TIMEOUT_S)  # snapshots, leases, Cluster topology
         self.cluster = isinstance(self.client, RedisCluster)
-        self._publish = (PUBLISH, self.client.register_script(PUBLISH).sha)
+        self._publish = _Script(PUBLISH, self.client.register_script(PUBLISH).sha, 3)
         self._snapshot = self.client.register_script(SNAPSHOT)
-        self._renew = (RENEW_LEASE, self.client.register_script(RENEW_LEASE).sha)
+        self._renew = _Script(RENEW_LEASE, self.client.register_script(RENEW_LEASE).sha, 1)
         # The hot path: one pipelining connection per Redis server for publishing.
-        self._writers: dict[tuple[str, int], RespConnection] = {}
-        self._opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
+        self._writers = _PerServer(self._open)
         self._slots = [key_slot(_tag(shard).encode()) for shard in range(SHARDS)]
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -math.inf
@@ -169,8 +196,7 @@ class RedisBus(Bus):
         self._handlers: dict[str, list[EventHandler]] = {}
         self._positions: dict[str, str] = {}  # room -> last stream id read
         # Subscribing: one connection per Redis server; the rooms subscribed on each.
-        self._subscribers: dict[tuple[str, int], RespConnection] = {}
-        self._sub_opening: dict[tuple[str, int], asyncio.Future[RespConnection]] = {}
+        self._subscribers = _PerServer(self._open_subscriber)
         self._subscribed: dict[str, RespConnection] = {}  # room -> where it is subscribed
         # Rooms catching up: their messages are held back meanwhile (id, previous id, event).
         self._held: dict[str, list[tuple[str, str, bytes]]] = {}
@@ -221,7 +247,7 @@ class RedisBus(Bus):
         syncs = list(self._syncs.values())
         for task in syncs:
             task.cancel()
-        for conn in [*self._subscribers.values(), *self._writers.values()]:
+        for conn in [*self._subscribers.conns.values(), *self._writers.conns.values()]:
             conn.close()
         await asyncio.gather(*syncs, return_exceptions=True)
         await self.client.aclose()
@@ -249,18 +275,8 @@ class RedisBus(Bus):
             raise BusError(f"cannot connect to Redis at {address}: {exc}") from exc
 
     async def _writer(self, shard: int) -> RespConnection:
-        address = self._address(shard if self.cluster else None)
-        conn = self._writers.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        opening = self._opening.get(address)
-        if opening is None:  # one connection attempt, however many publishers wait for it
-            opening = asyncio.ensure_future(self._open(address))
-            self._opening[address] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(address, None))
-        conn = await asyncio.shield(opening)
-        self._writers[address] = conn
-        return conn
+        """The publishing connection to `shard`'s server."""
+        return await self._writers.get(self._address(shard if self.cluster else None))
 
     async def _refresh_topology(self) -> None:
         """Learn the Cluster's slot map again (after MOVED, a failover, a lost connection)."""
@@ -301,12 +317,10 @@ class RedisBus(Bus):
         self._ready = True
         return None if result is None else result.decode()
 
-    async def _evalsha(self, shard: int, script: tuple[str, str], args: tuple[Any, ...]) -> Any:
-        """Run `script` (source, SHA) with `args` (its keys, then its arguments) on the
-        shard's server over the hot path's connection. An error reply that means "not run"
-        (script not loaded, slot moved) is retried once."""
-        source, sha = script
-        numkeys = 3 if script is self._publish else 1
+    async def _evalsha(self, shard: int, script: _Script, args: tuple[Any, ...]) -> Any:
+        """Run `script` with `args` (its keys, then its arguments) on the shard's server over
+        the hot path's connection. An error reply that means "not run" (script not loaded,
+        slot moved) is retried once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WRITE_TIMEOUT_S
         for attempt in (1, 2):
@@ -317,12 +331,14 @@ class RedisBus(Bus):
                 raise
             timeout = max(0.05, deadline - loop.time())
             try:
-                return await conn.call("EVALSHA", sha, numkeys, *args, timeout=timeout)
+                return await conn.call(
+                    "EVALSHA", script.sha, script.numkeys, *args, timeout=timeout
+                )
             except RespError as exc:
                 if attempt == 2 or exc.prefix not in RETRY_AFTER:
                     raise BusError(f"Redis refused the write: {exc}") from exc
                 if exc.prefix == "NOSCRIPT":
-                    await self._load_script(conn, source)
+                    await self._load_script(conn, script.source)
                 else:
                     await self._refresh_topology()
             except RespConnectionError as exc:
@@ -426,7 +442,9 @@ class RedisBus(Bus):
             ),
             return_exceptions=True,
         )
-        answered = [(g, r) for g, r in zip(groups, replies, strict=True) if not _failed(r)]
+        answered = [
+            (g, r) for g, r in zip(groups, replies, strict=True) if not isinstance(r, BaseException)
+        ]
         if not answered:
             self._ready = False
             failure = next(r for r in replies if isinstance(r, BaseException))
@@ -497,22 +515,12 @@ class RedisBus(Bus):
 
     async def _subscriber(self, shard: int) -> RespConnection:
         """The connection subscribed to channels of `shard`'s server (opened if need be)."""
-        address = self._address(shard if self.cluster else None)
-        conn = self._subscribers.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        opening = self._sub_opening.get(address)
-        if opening is None:
-            opening = asyncio.ensure_future(self._open_subscriber(address))
-            self._sub_opening[address] = opening
-            opening.add_done_callback(lambda _: self._sub_opening.pop(address, None))
-        return await asyncio.shield(opening)
+        return await self._subscribers.get(self._address(shard if self.cluster else None))
 
     async def _open_subscriber(self, address: tuple[str, int]) -> RespConnection:
         conn = await self._open(address)
         conn.on_push = self._on_push
         conn.on_close = lambda: self._on_subscriber_lost(conn)
-        self._subscribers[address] = conn
         return conn
 
     def _on_subscriber_lost(self, conn: RespConnection) -> None:
@@ -648,10 +656,6 @@ class RedisBus(Bus):
             return
         for handler in list(self._handlers.get(room, ())):
             handler(room, entry_id, event)
-
-
-def _failed(reply: object) -> bool:
-    return isinstance(reply, BaseException)
 
 
 def _stream_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, settings
 
+from node.client import CallClient
+
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
     "ci",
@@ -39,6 +41,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def room() -> str:
     """A fresh room name for each test."""
     return f"room-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[CallClient]]:
+    """Clients a test makes go in this list; all are closed at the end."""
+    made: list[CallClient] = []
+    yield made
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,6 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     started = start_deployment("3-nodes-redis", tmp_path, env)
     yield started
     started.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CallClient]]:
-    made: list[CallClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def joined(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +87,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         if lb is not None:
             lb.stop()
         redis.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CallClient]]:
-    made: list[CallClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def metric(http: aiohttp.ClientSession, node: NodeProcess, name: str) -> float:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,6 @@ def three_nodes(tmp_path: Path) -> Iterator[Deployment]:
             with contextlib.suppress(ProcessLookupError):
                 node.proc.send_signal(signal.SIGCONT)
         deployment.stop()
-
-
-@pytest.fixture
-async def watchers() -> AsyncIterator[list[CallClient]]:
-    made: list[CallClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 def _stream(redis: RedisServer, room: str) -> list[tuple[str, dict[str, Any]]]:
@@ -83,13 +75,13 @@ def _state(redis: RedisServer, room: str) -> dict[str, str]:
 
 
 async def test_r3_writes_sent_to_a_paused_node_are_not_accepted_under_its_old_incarnation(
-    three_nodes: Deployment, room: str, watchers: list[CallClient]
+    three_nodes: Deployment, room: str, clients: list[CallClient]
 ) -> None:
     redis = three_nodes.stop_list[0]
     assert isinstance(redis, RedisServer)
     paused_node = three_nodes.nodes[1]
     a, c = CallClient(), CallClient()
-    watchers += [a, c]
+    clients += [a, c]
     await a.join(three_nodes.nodes[0].room_url(room), user_name="a")
     await c.join(three_nodes.nodes[2].room_url(room), user_name="c")
     async with aiohttp.ClientSession() as http:

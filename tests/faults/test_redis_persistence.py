@@ -257,14 +257,6 @@ def aof_cluster(tmp_path: Path) -> Iterator[Cluster]:
     cluster.stop()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CallClient]]:
-    made: list[CallClient] = []
-    yield made
-    for client in made:
-        await client.close()
-
-
 async def test_r4_no_acknowledged_write_is_lost_when_redis_with_aof_is_killed(
     aof_cluster: Cluster, clients: list[CallClient], tmp_path: Path
 ) -> None:

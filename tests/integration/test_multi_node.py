@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,6 @@ def three_nodes(tmp_path: Path) -> Iterator[Deployment]:
     deployment = start_deployment("3-nodes-redis", tmp_path, {"ROOMSTATE_RESUME_GRACE_S": "3"})
     yield deployment
     deployment.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CallClient]]:
-    made: list[CallClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def spread(
