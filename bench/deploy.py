@@ -48,7 +48,7 @@ BENCH_NODE_ENV = {
 @dataclass
 class Deployment:
     name: str
-    kind: str  # roomstate | socketio | floor
+    kind: str  # roomstate | socketio | floor (1 -> N) | floor-rooms (rooms, as roomstate)
     entries: list[str]  # base URLs, one per node
     nodes: list[ManagedProcess]
     stores: list[ManagedProcess] = field(default_factory=list)  # redis-server processes
@@ -61,6 +61,8 @@ class Deployment:
             return f"{base}/v1/rooms/{room}/ws"
         if self.kind == "socketio":
             return f"{base}/socket.io/?EIO=4&transport=websocket"
+        if self.kind == "floor-rooms":
+            return f"{base}/room/{room}"
         return f"{base}/recv"
 
     def node_pids(self) -> list[int]:
@@ -190,8 +192,9 @@ def start_peer(tmp: Path, count: int = 2) -> Deployment:
     return Deployment("peer-2-nodes-redis", "socketio", entries, nodes, stores, redis)
 
 
-def start_floor(tmp: Path) -> Deployment:
-    """bench/ws_floor.py's bare aiohttp fan-out server (one process, uvloop)."""
+def start_floor(tmp: Path, rooms: bool = False) -> Deployment:
+    """bench/ws_floor.py's bare aiohttp fan-out server (one process, uvloop): one sender to
+    every receiver, or (`rooms`) every member of a room to the room's other members."""
     tmp.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess.spawn(
         "ws-floor-aiohttp",
@@ -213,4 +216,6 @@ def start_floor(tmp: Path) -> Deployment:
         return False
 
     wait_until(listening, timeout=30, what="the floor server's port", process=proc)
-    return Deployment("python-floor", "floor", [f"http://127.0.0.1:{port[0]}"], [proc])
+    kind = "floor-rooms" if rooms else "floor"
+    name = "python-floor-rooms" if rooms else "python-floor"
+    return Deployment(name, kind, [f"http://127.0.0.1:{port[0]}"], [proc])

@@ -11,7 +11,8 @@ step per ``{"cmd": "run", ...}`` line on stdin and prints one ``{"result": ...}`
   set-meeting-session-data without waiting for each ack; acks and errors are counted);
 - ``socketio``: Engine.IO 4 / Socket.IO 5 over a WebSocket, spoken directly (open, connect to
   ``/``, ``join`` with an ack, then ``42["msg", DATA]``; pings are answered);
-- ``floor``: the bare fan-out server of bench/ws_floor.py (``/recv`` receivers, ``/send`` senders).
+- ``floor``: the bare fan-out server of bench/ws_floor.py (``/recv`` receivers, ``/send`` senders);
+- ``floor-rooms``: the same server's ``/room/NAME``: every member sends and receives, like a room.
 
 Schedule: a step of `rate` messages/s over ``warmup_s + duration_s`` has messages
 m = 0 .. M-1 scheduled at ``t0 + m / rate``; message m is sent by the sender of global rank
@@ -280,7 +281,7 @@ class Generator:
         data = f'{{"k":"{key}","p":"{self.pad}"}}'
         if self.proto == "socketio":
             return f'42["msg",{data}]'
-        if self.proto == "floor":
+        if self.proto in ("floor", "floor-rooms"):
             return data
         kind = {"app": "send-app-message", "userdata": "set-user-data"}.get(
             self.kind, "set-meeting-session-data"

@@ -45,7 +45,7 @@ def log(*parts: Any) -> None:
 @dataclass
 class Scenario:
     label: str
-    system: str  # a topology name (bench/deploy.py), "peer" or "python-floor"
+    system: str  # a topology name (bench/deploy.py), "peer", "python-floor", "python-floor-rooms"
     participants: int = 10  # per room (floor: receivers)
     rooms: int = 10
     payload: int = 256
@@ -202,6 +202,8 @@ class ScenarioRun:
             self.dep = start_peer(self.tmp)
         elif sc.system == "python-floor":
             self.dep = start_floor(self.tmp)
+        elif sc.system == "python-floor-rooms":
+            self.dep = start_floor(self.tmp, rooms=True)
         else:
             self.dep = start_topology(sc.system, self.tmp, sc.env)
         try:

@@ -37,6 +37,10 @@ TOPOLOGY_LABELS = {
 }
 PEER_LABEL = "peer: python-socketio 2 nodes + Redis"
 FLOOR_LABEL = "python floor: aiohttp 1 -> 99"
+# The same shape as ours (10 rooms x 10, every member sends to its room's 9 others) on one bare
+# aiohttp process: what a WebSocket server pays per message at a fan-out of 9, with no protocol,
+# no store and no second node. Context for the floor ratio and the light-load latency.
+ROOMS_FLOOR_LABEL = "python floor: aiohttp, 10 rooms x 10, 1 process"
 
 
 def _machine() -> dict[str, Any]:
@@ -112,6 +116,13 @@ def _fixed(
         return _scenario_record(run, None, ramped=False)
 
 
+def _rooms_floor(tmp: Path, duration: float) -> dict[str, Any]:
+    """The bare aiohttp server in the shape of ours, at light load and the reference load."""
+    log("== Python floor, 10 rooms x 10")
+    sc = Scenario(ROOMS_FLOOR_LABEL, "python-floor-rooms", participants=10, rooms=10)
+    return _fixed(sc, tmp / "rooms-floor", [(LIGHT_RATE, "light"), (REF_RATE, "ref")], duration)
+
+
 def _step(rec: dict[str, Any] | None, tag: str) -> dict[str, Any] | None:
     if rec is None:
         return None
@@ -130,6 +141,8 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         by_label.get(FLOOR_LABEL),
     )
     ours_ref, peer_ref, floor_ref = _step(ours, "ref"), _step(peer, "ref"), _step(floor, "ref")
+    rooms_floor = by_label.get(ROOMS_FLOOR_LABEL)
+    rooms_floor_ref, rooms_floor_light = _step(rooms_floor, "ref"), _step(rooms_floor, "light")
     light = _step(ours, "light")
     ours_knee = ours["knee"] if ours else None
     peer_knee = peer["knee"] if peer else None
@@ -150,6 +163,9 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         "node_cpu_us_per_delivery": get(ours_ref, "node_cpu_us_per_delivery"),
         "peer_node_cpu_us_per_delivery": get(peer_ref, "node_cpu_us_per_delivery"),
         "floor_cpu_us_per_delivery": get(floor_ref, "node_cpu_us_per_delivery"),
+        "rooms_floor_cpu_us_per_delivery": get(rooms_floor_ref, "node_cpu_us_per_delivery"),
+        "rooms_floor_light_p50_ms": get(rooms_floor_light, "latency", "p50_ms"),
+        "rooms_floor_light_p99_ms": get(rooms_floor_light, "latency", "p99_ms"),
         "cross_node_p50_ms": get(light, "cross_node", "p50_ms"),
         "cross_node_p99_ms": get(light, "cross_node", "p99_ms"),
         "same_node_p50_ms": get(light, "same_node", "p50_ms"),
@@ -223,6 +239,7 @@ def quick(tmp: Path) -> dict[str, Any]:
     floor = Scenario(FLOOR_LABEL, "python-floor", participants=FLOOR_RECEIVERS, rooms=1)
     ref_floor = REF_RATE * 9 / FLOOR_RECEIVERS
     results["scenarios"].append(_fixed(floor, tmp / "floor", [(ref_floor, "ref")], 2.0))
+    results["scenarios"].append(_rooms_floor(tmp, 2.0))
     log("== peer")
     results["scenarios"].append(
         _light_and_ramp(Scenario(PEER_LABEL, "peer"), tmp / "peer", REF_RATE, 1.3, 9, 2.0)
@@ -259,6 +276,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
                 tmp / "floor", [(ref_floor, "ref"), (4 * ref_floor, "4x ref")], d,
             )
         )  # fmt: skip
+        results["scenarios"].append(_rooms_floor(tmp, d))
         for payload in (64, 1024, 4096):
             results["scenarios"].append(
                 _fixed(

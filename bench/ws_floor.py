@@ -68,9 +68,29 @@ async def serve_aiohttp() -> int:
                     await r.send_frame(msg.data, WSMsgType.TEXT)
         return ws
 
+    rooms: dict[str, list[web.WebSocketResponse]] = {}
+
+    async def room(request: web.Request) -> web.WebSocketResponse:
+        """The same shape as a roomstate room, with nothing else: a member's text frame goes,
+        as it came, to every other member of its room."""
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MSG, decode_text=False)
+        await ws.prepare(request)
+        members = rooms.setdefault(request.match_info["name"], [])
+        members.append(ws)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    for r in tuple(members):
+                        if r is not ws:
+                            await r.send_frame(msg.data, WSMsgType.TEXT)
+        finally:
+            members.remove(ws)
+        return ws
+
     app = web.Application()
     app.router.add_get("/recv", recv)
     app.router.add_get("/send", send)
+    app.router.add_get("/room/{name}", room)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, 0).start()
