@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,28 @@ def _redis_stats(dep: Deployment) -> dict[str, int]:
 
 QUIET_PCT = 15.0  # other processes' CPU (% of one core) below which the machine counts as quiet
 DISTURBED_PCT = 25.0  # a step during which other processes used more than this is "disturbed"
+
+
+def gc_pauses(dep: Deployment) -> list[tuple[float, float]]:
+    """Per roomstate node: (seconds its garbage collector has paused it, full collections),
+    read from its /metrics (``roomstate_gc_pause_seconds``); NaNs if it cannot be read."""
+    out = []
+    for base in dep.entries if dep.kind == "roomstate" else ():
+        paused = full = math.nan
+        try:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            out.append((paused, full))
+            continue
+        paused = 0.0
+        for line in text.splitlines():
+            if line.startswith("roomstate_gc_pause_seconds_sum{"):
+                paused += float(line.rsplit(" ", 1)[1])
+            elif line.startswith('roomstate_gc_pause_seconds_count{generation="2"}'):
+                full = float(line.rsplit(" ", 1)[1])
+        out.append((paused, full))
+    return out
 
 
 def other_cpu_pct(our_pids: list[int], window_s: float = 0.5) -> float:
@@ -335,12 +358,14 @@ class ScenarioRun:
         tm0 = t0 + int(warmup_s * 1e9)
         tm1 = tm0 + int(duration_s * 1e9)
         _sleep_until(tm0)
+        gc0 = gc_pauses(dep)  # outside the CPU window: a scrape costs the node a little
         cpu0 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
         m0, s0, w0 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
         me0 = proc_cpu_s(os.getpid())
         _sleep_until(tm1)
         cpu1 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
         m1, s1, w1 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        gc1 = gc_pauses(dep)
         wall = (w1 - w0) / 1e9
         results = [
             g.read("result", warmup_s + duration_s + drain_s + 60)["result"] for g in self.gens
@@ -437,6 +462,9 @@ class ScenarioRun:
             "other_cpu_pct_before": round(quiet_before, 1),
             "saturated_procs": saturated_procs,
             "node_rss_mb": [round(proc_rss_bytes(p) / 2**20, 1) for p in groups["nodes"]],
+            # per node, over the window: ms its garbage collector paused it, full collections
+            "gc_pause_ms": [round(1000 * (b[0] - a[0]), 1) for a, b in zip(gc0, gc1, strict=True)],
+            "gc_full": [b[1] - a[1] for a, b in zip(gc0, gc1, strict=True)],
             "redis_calls": commands,
             "redis_calls_per_message": {k: round(v / sent, 3) for k, v in commands.items() if sent},
             "ok": ok,
@@ -522,7 +550,9 @@ def _one_line(r: dict[str, Any]) -> str:
         f"x-node p50 {cross['p50_ms']}  lost {r['lost']} dup {r['dups']} err {r['errors']}  "
         f"node {r['cpu_pct']['nodes']}% store {r['cpu_pct']['stores']}% "
         f"gens {r['cpu_pct']['gens']}%  "
-        f"{r['node_cpu_us_per_delivery']} us/deliv  busy {r['machine_busy_pct']}% "
+        f"{r['node_cpu_us_per_delivery']} us/deliv  "
+        + (f"gc {r['gc_pause_ms']} ms ({r['gc_full']} full)  " if r.get("gc_pause_ms") else "")
+        + f"busy {r['machine_busy_pct']}% "
         f"(others {r['other_cpu_pct']}%)  {'OK' if r['ok'] else 'FAIL'}"
     )
 

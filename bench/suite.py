@@ -9,9 +9,11 @@ JSON object (the summary).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -305,27 +307,40 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
             )
     if want("rooms"):
         per_delivery: dict[int, float | None] = {}
+        big_steps: list[dict[str, Any]] = []
         for rooms in (1, 100, 1000):
             log(f"== rooms {rooms}")
             sc = Scenario(
                 f"roomstate 2 nodes, {rooms} rooms x 10", BASE, participants=10, rooms=rooms
             )
             if rooms == 1000:
-                rec = _fixed(sc, tmp / f"r{rooms}", [(REF_RATE, "ref")], d)
+                # Three steps: connecting 10,000 clients grows each node's heap enough that a
+                # full garbage collection (~0.4 s with 5,000 connections on a node) falls in one
+                # of the first steps; the median step is the steady state, all are reported.
+                rec = _fixed(sc, tmp / f"r{rooms}", [(REF_RATE, "ref")] * 3, d)
+                refs = [s for s in rec["steps"] if s.get("tag") == "ref"]
+                costs = sorted(s["node_cpu_us_per_delivery"] or math.inf for s in refs)
+                per_delivery[rooms] = statistics.median(costs) if costs else None
+                big_steps = refs
             else:
                 rec = _light_and_ramp(sc, tmp / f"r{rooms}", REF_RATE, 1.3, 8, d, light=False)
+                per_delivery[rooms] = (_step(rec, "ref") or {}).get("node_cpu_us_per_delivery")
             results["scenarios"].append(rec)
-            per_delivery[rooms] = (_step(rec, "ref") or {}).get("node_cpu_us_per_delivery")
         base = next(
             (sc for sc in results["scenarios"] if sc["label"] == TOPOLOGY_LABELS[BASE]), None
         )
         per_delivery[10] = (_step(base, "ref") or {}).get("node_cpu_us_per_delivery")
-        big = _step(results["scenarios"][-1], "ref") or {}
-        note = ""
-        if big.get("errors") or big.get("lost"):  # then its CPU/delivery is not comparable
+        steps = "; ".join(
+            f"{s['node_cpu_us_per_delivery']} µs, p99 {s['latency']['p99_ms']} ms, "
+            f"GC {s.get('gc_pause_ms')} ms ({s.get('gc_full')} full)"
+            for s in big_steps
+        )
+        note = f"median of 3 steps at 1,000 rooms: {steps}"
+        bad = [s for s in big_steps if s.get("errors") or s.get("lost")]
+        if bad:  # then its CPU/delivery is not comparable
             note = (
-                f"inconclusive: the 1,000-room step had {big['errors']} errors and "
-                f"{big['lost']} lost deliveries (p99 {big['latency']['p99_ms']} ms)"
+                f"inconclusive: {len(bad)} of the 1,000-room steps had errors or lost "
+                f"deliveries; {steps}"
             )
         extra.append(
             {

@@ -1,11 +1,12 @@
-"""One client's WebSocket connection: a send queue drained by its own task, and a rate limit.
+"""One client's WebSocket connection: a send queue, and a rate limit.
 
 Fan-out never waits for a slow client. A frame goes straight to the socket when nothing is
 queued before it and the socket's buffer is nearly empty (the common case: one `write`, no task
-switch); otherwise it is appended to the queue, which the connection's task drains with
-backpressure. A client whose queue passes `send_queue_bytes` is disconnected (close code
-1008), so one slow reader cannot make the node hold unbounded memory or delay the others.
-"""
+switch); otherwise it is appended to the queue, which a task drains with backpressure. That task
+runs only while frames are queued: an idle connection holds no task, coroutine or event (fewer
+objects for each full garbage collection to walk; docs/performance.md). A client whose queue
+passes `send_queue_bytes` is disconnected (close code 1008), so one slow reader cannot make the
+node hold unbounded memory or delay the others."""
 
 from __future__ import annotations
 
@@ -93,11 +94,11 @@ class Connection:
         self.send_queue_bytes = send_queue_bytes  # the most unsent bytes before it is cut off
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
-        self._ready = asyncio.Event()  # set when _queue has frames
+        self._writer: asyncio.Task[None] | None = None  # drains _queue; only while it has frames
+        self._failed = False  # a queued write failed: the socket is gone, frames are dropped
         self._closing = False
         self._held: list[bytes] | None = None  # frames kept aside while a resume replays
         self._replayed: frozenset[str] = frozenset()  # log positions a resume replayed
-        self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def hold(self) -> None:
         """Keep frames from `send` aside (a resume replays missed events first)."""
@@ -154,6 +155,8 @@ class Connection:
             # frame before it waits, so an empty queue means every earlier frame is written.)
             transport.write(wire if wire is not None else ws_frame(frame))
             return
+        if self._failed:
+            return
         self._queue.append(frame)
         self._queued += len(frame)
         if self._queued > self.send_queue_bytes:
@@ -161,7 +164,8 @@ class Connection:
             log.warning("closing a slow consumer: %d bytes unsent", self._queued)
             self.close_soon(CLOSE_POLICY, f"send queue over {self.send_queue_bytes} bytes")
             return
-        self._ready.set()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def close_soon(self, code: int, message: str, flush: bool = False) -> None:
         """Close the socket from synchronous code: drop what is queued, or send it first
@@ -180,15 +184,15 @@ class Connection:
         self._closing = True
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
         try:
-            while self._queue and not self.ws.closed and not self._writer.done():
+            while self._queue and not self.ws.closed and self._writer is not None:
                 await asyncio.sleep(0.01)
-            self._writer.cancel()
+            self._stop_writer()
             await self.ws.close(code=code, message=message.encode())
         except (ConnectionError, RuntimeError):
             pass  # cut off meanwhile
 
     def _abort(self) -> None:
-        self._writer.cancel()
+        self._stop_writer()
         transport = self.transport
         if transport is None:
             return
@@ -199,18 +203,25 @@ class Connection:
     async def stop(self) -> None:
         """Stop the writer task (the socket is already closed)."""
         self._closing = True
-        self._writer.cancel()
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
 
     async def _drain(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
+        """Write the queued frames in order, waiting for the socket to take each; end when the
+        queue is empty (`deliver` starts another task when frames queue again)."""
+        try:
             while self._queue:
                 frame = self._queue.popleft()
                 self._queued -= len(frame)
-                try:
-                    await self.ws.send_frame(frame, WSMsgType.TEXT)
-                except (ConnectionError, RuntimeError):
-                    self._queue.clear()
-                    self._queued = 0
-                    return
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            self._failed = True
+            self._queue.clear()
+            self._queued = 0
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None

@@ -41,6 +41,8 @@ async def test_health_readiness_and_metrics(
     assert lines["roomstate_connections"] >= 2
     assert lines["roomstate_rooms"] >= 1
     assert "roomstate_delivery_latency_seconds_bucket" in text
+    # The node's full collection at startup (before it freezes what startup made) is counted.
+    assert lines['roomstate_gc_pause_seconds_count{generation="2"}'] >= 1
 
 
 async def test_sigterm_makes_participants_leave_and_closes_clients_with_1012(
