@@ -22,7 +22,8 @@ Every option can also be set with an environment variable (the option wins):
   ROOMSTATE_MAX_HEADERS (100), ROOMSTATE_HANDSHAKE_TIMEOUT_S (10),
   timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
-  ROOMSTATE_MAX_DRIFT_MS (500).
+  ROOMSTATE_MAX_DRIFT_MS (500),
+  process: ROOMSTATE_GC_THRESHOLDS (10000,10,2; empty: Python's own).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
 """
 
@@ -105,6 +106,9 @@ def _serve(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         sys.exit(f"roomstate: {exc}")
+    thresholds = settings.gc_threshold_values()
+    if thresholds is not None:
+        gc.set_threshold(*thresholds)
 
     def started(url: str) -> None:
         # What is alive now (modules, the app, the bus) lives as long as the process: out of

@@ -56,7 +56,7 @@ __all__ = ["RedisBus"]
 
 log = logging.getLogger(__name__)
 
-SHARDS = 16  # shards (hash tags) rooms are spread over: the number of blocking reads per node
+SHARDS = 16  # shards (hash tags) rooms are spread over (Cluster slots; a lease copy each)
 STREAM_MAXLEN = 1000  # approximate events kept per room stream
 COMMAND_TIMEOUT_S = 2.0  # a command that Redis has not answered by then fails
 # A client's write is acknowledged or refused within 2 s: its publish (connecting included) gets

@@ -45,8 +45,32 @@ class Settings:
     handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
     max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
 
+    # Process
+    # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700),
+    # full ones at most every third of the middle generation's (docs/decisions/0005); "": Python's
+    gc_thresholds: str = "10000,10,2"
+
     # Fault injection (tests)
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
+
+    def __post_init__(self) -> None:
+        self.gc_threshold_values()  # a bad value stops the node at start, with its name
+
+    def gc_threshold_values(self) -> tuple[int, int, int] | None:
+        """`gc_thresholds` as the three integers of `gc.set_threshold`; None: Python's own."""
+        if not self.gc_thresholds.strip():
+            return None
+        parts = self.gc_thresholds.split(",")
+        try:
+            values = tuple(int(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) < 1:
+            raise ValueError(
+                f"ROOMSTATE_GC_THRESHOLDS={self.gc_thresholds!r} is not three positive integers"
+                " (generation 0, 1, 2 thresholds, e.g. 10000,10,2)"
+            )
+        return values[0], values[1], values[2]
 
     @property
     def development(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,7 @@ def test_serve_help_lists_every_environment_variable() -> None:
         "ROOMSTATE_SESSION_DATA_INTERVAL_MS",
         "ROOMSTATE_FRAME_BYTES",
         "ROOMSTATE_ROOM_GRACE_S",
+        "ROOMSTATE_GC_THRESHOLDS",
     ]:
         assert name in text
 
@@ -104,3 +106,10 @@ def test_development_mode_refuses_a_public_address() -> None:
     result = run_cli("serve", "--host", "0.0.0.0", "--port", "0")
     assert result.returncode != 0
     assert "without an API key" in result.stderr
+
+
+def test_a_bad_setting_stops_the_node_naming_it() -> None:
+    env = {**os.environ, "ROOMSTATE_GC_THRESHOLDS": "10000,ten,2"}
+    result = run_cli("serve", "--port", "0", env=env)
+    assert result.returncode != 0
+    assert "ROOMSTATE_GC_THRESHOLDS='10000,ten,2' is not three positive integers" in result.stderr

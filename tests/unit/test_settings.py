@@ -1,0 +1,20 @@
+"""Settings from the environment (node/settings.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.settings import Settings
+
+
+def test_gc_thresholds_default_override_and_python_default() -> None:
+    assert Settings().gc_threshold_values() == (10_000, 10, 2)
+    env = {"ROOMSTATE_GC_THRESHOLDS": "700,10,10"}
+    assert Settings.from_env(env).gc_threshold_values() == (700, 10, 10)
+    assert Settings.from_env({"ROOMSTATE_GC_THRESHOLDS": " "}).gc_threshold_values() is None
+
+
+@pytest.mark.parametrize("raw", ["10000,10", "a,b,c", "0,10,10", "1,2,3,4"])
+def test_gc_thresholds_that_are_not_three_positive_integers_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"ROOMSTATE_GC_THRESHOLDS=.* three positive integers"):
+        Settings.from_env({"ROOMSTATE_GC_THRESHOLDS": raw})
