@@ -12,7 +12,7 @@ For each setting of ``ROOMSTATE_GC_THRESHOLDS``:
   RSS and its full collections after each cycle (unreachable cycles left by closed connections
   wait for a full collection, so fewer full collections hold more memory).
 
-Prints a markdown table per part, then one JSON line with everything.
+Prints a markdown table, then one JSON line with everything (also bench/results/gc-thresholds.json).
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def steady(thresholds: str, steps: int, tmp: Path) -> dict[str, Any]:
             )
     return {
         "steps": rows,
-        "median_us_per_delivery": statistics.median(r["us_per_delivery"] or 0 for r in rows),
-        "median_p99_ms": statistics.median(r["p99_ms"] or 0 for r in rows),
+        "median_us_per_delivery": round(
+            statistics.median(r["us_per_delivery"] or 0 for r in rows), 2
+        ),
+        "median_p99_ms": round(statistics.median(r["p99_ms"] or 0 for r in rows), 2),
         "max_p99_ms": max(r["p99_ms"] or 0 for r in rows),
         "gc_pause_ms": round(sum(r["gc_pause_ms"] for r in rows), 1),
         "gc_full": sum(r["gc_full"] for r in rows),
@@ -142,6 +144,9 @@ def main() -> None:
             f"{final.get('rss_mb')} | {final.get('gc_full', 0):g}, {final.get('gc_pause_s')} |"
         )
     sys.stdout.flush()
+    out = Path(__file__).resolve().parent / "results" / "gc-thresholds.json"
+    out.write_text(json.dumps(results, indent=1))
+    log(f"results: {out}")
     print(json.dumps(results))
 
 
