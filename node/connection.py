@@ -97,6 +97,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None  # drains _queue; only while it has frames
         self._failed = False  # a queued write failed: the socket is gone, frames are dropped
         self._closing = False
+        self._close_requested = False  # close_soon was called: one close is under way
         self._held: list[bytes] | None = None  # frames kept aside while a resume replays
         self._replayed: frozenset[str] = frozenset()  # log positions a resume replayed
 
@@ -164,14 +165,15 @@ class Connection:
             log.warning("closing a slow consumer: %d bytes unsent", self._queued)
             self.close_soon(CLOSE_POLICY, f"send queue over {self.send_queue_bytes} bytes")
             return
-        if self._writer is None:
+        if self._writer is None or self._writer.done():  # (done: an eager task factory)
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def close_soon(self, code: int, message: str, flush: bool = False) -> None:
         """Close the socket from synchronous code: drop what is queued, or send it first
         (`flush`, so that the last replies, such as `rate-limited` errors, reach the client)."""
-        if self._closing:
+        if self._closing or self._close_requested:
             return
+        self._close_requested = True
         if not flush:
             self._queue.clear()
             self._queued = 0

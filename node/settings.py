@@ -47,7 +47,8 @@ class Settings:
 
     # Process
     # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700),
-    # full ones at most every third of the middle generation's (docs/decisions/0005); "": Python's
+    # full ones at most every third of the middle generation's (docs/decisions/0005);
+    # "python": Python's own
     gc_thresholds: str = "10000,10,2"
 
     # Fault injection (tests)
@@ -58,7 +59,7 @@ class Settings:
 
     def gc_threshold_values(self) -> tuple[int, int, int] | None:
         """`gc_thresholds` as the three integers of `gc.set_threshold`; None: Python's own."""
-        if not self.gc_thresholds.strip():
+        if self.gc_thresholds.strip().lower() in ("", "python"):
             return None
         parts = self.gc_thresholds.split(",")
         try:
@@ -68,7 +69,7 @@ class Settings:
         if len(values) != 3 or min(values) < 1:
             raise ValueError(
                 f"ROOMSTATE_GC_THRESHOLDS={self.gc_thresholds!r} is not three positive integers"
-                " (generation 0, 1, 2 thresholds, e.g. 10000,10,2)"
+                " (generation 0, 1, 2 thresholds, e.g. 10000,10,2), or python"
             )
         return values[0], values[1], values[2]
 
