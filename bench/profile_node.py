@@ -6,6 +6,12 @@
 Runs 10 rooms x 10 on 2 nodes + Redis at a fixed open-loop rate, records node 0 with
 ``py-spy record --format raw`` (collapsed stacks), and prints the functions with the most
 self time and the most total time, in % of the samples.
+
+    python -m bench.profile_node --perf [--rate 1000]
+
+records node 0 with Linux ``perf record`` instead (``perf`` from the distribution's
+linux-perf package) and prints where its CPU time goes by binary (the kernel, libpython, uvloop,
+...) and the kernel's system calls: the split py-spy cannot see.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from bench.runner import Scenario, ScenarioRun
 # Where a sample's time goes: the first of these patterns (in this order) found in its stack.
 CATEGORIES = (
     ("prometheus_client", "metrics (prometheus_client)"),
-    ("_send_packed_command", "Redis command writes (redis-py)"),
-    ("Connection._drain", "WebSocket writes to clients (per-recipient drain tasks)"),
+    ("_send_packed_command", "Redis command writes (redis-py: leases, snapshots)"),
+    ("Connection._drain", "WebSocket writes to clients (queued, drain task)"),
     ("Connection.deliver", "WebSocket writes to clients (straight to the socket)"),
-    ("RedisBus.publish", "publish: EVALSHA (node/resp.py)"),
-    ("RespConnection", "Redis connection: packing, flushing, parsing replies (node/resp.py)"),
-    ("RedisBus._read", "XREAD reader: decode, room logic, frames to clients"),
-    ("Node._on_event", "XREAD reader: decode, room logic, frames to clients"),
+    ("RespConnection._flush", "Redis writes (node/resp.py: one write per loop iteration)"),
+    ("RedisBus.publish", "publish: EVALSHA call (node/redis_bus.py, node/resp.py)"),
+    ("RedisBus._on_push", "pushed events: split, decode, room logic, frames"),
+    ("RespConnection", "Redis replies: reading and parsing (node/resp.py)"),
     ("parse (node/protocol", "parsing client frames (node/protocol.py)"),
     ("Node._deliver", "frames for local recipients (Node._deliver)"),
     ("Node.handle", "request handling (node/node.py, room logic)"),
@@ -38,8 +44,8 @@ CATEGORIES = (
     ("web_ws.py", "aiohttp WebSocket receive"),
     ("_websocket/reader", "aiohttp WebSocket receive"),
     ("web_protocol.py", "aiohttp WebSocket receive"),
-    ("RedisBus", "redis bus, other (leases, wake-ups)"),
-    ("redis/", "redis bus, other (leases, wake-ups)"),
+    ("RedisBus", "redis bus, other (leases, catch-up)"),
+    ("redis/", "redis bus, other (leases, catch-up)"),
     ("epoll", "waiting in epoll"),
 )
 
@@ -81,6 +87,26 @@ def analyse(raw: Path, top: int = 30) -> str:
     return "\n".join(out)
 
 
+def perf_split(data: Path) -> str:
+    """`perf report` of a recording: the share of samples per binary, then per system call."""
+
+    def report(*args: str) -> list[str]:
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
+            capture_output=True, text=True, check=False, timeout=120,
+        ).stdout  # fmt: skip
+        return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+    by_binary = report("--no-children", "--sort", "dso")[:10]
+    entries = ("[k] ksys_", "[k] __x64_sys_", "[k] __sys_")  # a system call's kernel entry
+    calls = report("--children", "--sort", "sym")
+    syscalls = [line for line in calls if any(e in line for e in entries)][:8]
+    return "\n".join(
+        ["% of samples by binary", *by_binary, "", "% of samples under each system call "
+         "(children included)", *syscalls]
+    )  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--py-spy", default="py-spy")
@@ -93,20 +119,21 @@ def main() -> None:
     ap.add_argument(
         "--gil", action="store_true", help="py-spy --gil (only samples holding the GIL)"
     )
+    ap.add_argument("--perf", action="store_true", help="record with Linux perf, not py-spy")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="roomstate-profile-"))
-    raw = Path(args.out) if args.out else tmp / "node0.raw"
+    raw = Path(args.out) if args.out else tmp / ("node0.perf" if args.perf else "node0.raw")
     with ScenarioRun(Scenario("profile", args.system), tmp) as run:
         assert run.dep is not None
         pid = run.dep.node_pids()[0]
         cmd = [args.py_spy, "record", "-p", str(pid), "-d", str(int(args.seconds - 2)),
                "-r", "250", "-f", "raw", "-o", str(raw)]  # fmt: skip
-        if args.idle:
-            cmd.append("--idle")
-        if args.native:
-            cmd.append("--native")
-        if args.gil:
-            cmd.append("--gil")
+        if args.perf:
+            cmd = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(raw),
+                   "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
+        else:
+            cmd += [flag for flag, on in (("--idle", args.idle), ("--native", args.native),
+                                          ("--gil", args.gil)) if on]  # fmt: skip
 
         def spy() -> None:
             import time
@@ -119,7 +146,7 @@ def main() -> None:
         t.start()
         run.run_step(args.rate, warmup_s=0.5, duration_s=args.seconds)
         t.join()
-    print(analyse(raw))
+    print(perf_split(raw) if args.perf else analyse(raw))
     sys.stdout.flush()
 
 
