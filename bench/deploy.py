@@ -192,13 +192,13 @@ def start_peer(tmp: Path, count: int = 2) -> Deployment:
     return Deployment("peer-2-nodes-redis", "socketio", entries, nodes, stores, redis)
 
 
-def start_floor(tmp: Path, rooms: bool = False) -> Deployment:
-    """bench/ws_floor.py's bare aiohttp fan-out server (one process, uvloop): one sender to
-    every receiver, or (`rooms`) every member of a room to the room's other members."""
+def start_floor(tmp: Path, rooms: bool = False, lib: str = "aiohttp") -> Deployment:
+    """bench/ws_floor.py's bare fan-out server (one process, uvloop; aiohttp, or `lib`): one
+    sender to every receiver, or (`rooms`) every member of a room to the room's other members."""
     tmp.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess.spawn(
-        "ws-floor-aiohttp",
-        [sys.executable, str(ROOT / "bench" / "ws_floor.py"), "--serve", "aiohttp"],
+        f"ws-floor-{lib}",
+        [sys.executable, str(ROOT / "bench" / "ws_floor.py"), "--serve", lib],
         tmp / f"floor-{time.monotonic_ns()}.log",
         env=_python_env({}),
         cwd=ROOT,
@@ -217,5 +217,7 @@ def start_floor(tmp: Path, rooms: bool = False) -> Deployment:
 
     wait_until(listening, timeout=30, what="the floor server's port", process=proc)
     kind = "floor-rooms" if rooms else "floor"
-    name = "python-floor-rooms" if rooms else "python-floor"
+    name = ("python-floor-rooms" if rooms else "python-floor") + (
+        "" if lib == "aiohttp" else f"-{lib}"
+    )
     return Deployment(name, kind, [f"http://127.0.0.1:{port[0]}"], [proc])

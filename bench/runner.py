@@ -227,6 +227,8 @@ class ScenarioRun:
             self.dep = start_floor(self.tmp)
         elif sc.system == "python-floor-rooms":
             self.dep = start_floor(self.tmp, rooms=True)
+        elif sc.system == "python-floor-rooms-picows":  # the same shape on picows (callbacks)
+            self.dep = start_floor(self.tmp, rooms=True, lib="picows")
         else:
             self.dep = start_topology(sc.system, self.tmp, sc.env)
         try:

@@ -43,6 +43,7 @@ FLOOR_LABEL = "python floor: aiohttp 1 -> 99"
 # aiohttp process: what a WebSocket server pays per message at a fan-out of 9, with no protocol,
 # no store and no second node. Context for the floor ratio and the light-load latency.
 ROOMS_FLOOR_LABEL = "python floor: aiohttp, 10 rooms x 10, 1 process"
+PICOWS_ROOMS_FLOOR_LABEL = "python floor: picows, 10 rooms x 10, 1 process"
 
 
 def _machine() -> dict[str, Any]:
@@ -118,10 +119,13 @@ def _fixed(
         return _scenario_record(run, None, ramped=False)
 
 
-def _rooms_floor(tmp: Path, duration: float) -> dict[str, Any]:
-    """The bare aiohttp server in the shape of ours, at light load and the reference load."""
-    log("== Python floor, 10 rooms x 10")
-    sc = Scenario(ROOMS_FLOOR_LABEL, "python-floor-rooms", participants=10, rooms=10)
+def _rooms_floor(tmp: Path, duration: float, picows: bool = False) -> dict[str, Any]:
+    """The bare aiohttp server in the shape of ours (or the same on picows, a callback-based
+    server in Cython), at light load and the reference load."""
+    label = PICOWS_ROOMS_FLOOR_LABEL if picows else ROOMS_FLOOR_LABEL
+    log(f"== {label}")
+    system = "python-floor-rooms-picows" if picows else "python-floor-rooms"
+    sc = Scenario(label, system, participants=10, rooms=10)
     return _fixed(sc, tmp / "rooms-floor", [(LIGHT_RATE, "light"), (REF_RATE, "ref")], duration)
 
 
@@ -279,6 +283,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
             )
         )  # fmt: skip
         results["scenarios"].append(_rooms_floor(tmp, d))
+        results["scenarios"].append(_rooms_floor(tmp, d, picows=True))
         for payload in (64, 1024, 4096):
             results["scenarios"].append(
                 _fixed(

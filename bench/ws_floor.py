@@ -123,30 +123,44 @@ async def serve_picows() -> int:
     import picows as pw
 
     receivers: list[pw.WSTransport] = []
+    rooms: dict[bytes, list[pw.WSTransport]] = {}
 
     class Listener(pw.WSListener):
-        def __init__(self, is_receiver: bool) -> None:
-            self.is_receiver = is_receiver
+        """/recv: a receiver; /send: the sender to every receiver; /room/NAME: a member whose
+        frames go to the room's other members (the same shapes as the aiohttp server)."""
+
+        def __init__(self, path: bytes) -> None:
+            self.is_receiver = path == b"/recv"
+            self.members = rooms.setdefault(path, []) if path.startswith(b"/room/") else None
 
         def on_ws_connected(self, transport: pw.WSTransport) -> None:
             if self.is_receiver:
                 receivers.append(transport)
+            if self.members is not None:
+                self.members.append(transport)
 
         def on_ws_disconnected(self, transport: pw.WSTransport) -> None:
             if self.is_receiver:
                 receivers.remove(transport)
+            if self.members is not None:
+                self.members.remove(transport)
 
         def on_ws_frame(self, transport: pw.WSTransport, frame: pw.WSFrame) -> None:
-            if frame.msg_type == pw.WSMsgType.TEXT:  # only the sender sends text
+            if frame.msg_type == pw.WSMsgType.TEXT:  # only senders and members send text
                 data = frame.get_payload_as_bytes()
-                for r in receivers:
-                    r.send(pw.WSMsgType.TEXT, data)
+                if self.members is None:
+                    for r in receivers:
+                        r.send(pw.WSMsgType.TEXT, data)
+                else:
+                    for r in self.members:
+                        if r is not transport:
+                            r.send(pw.WSMsgType.TEXT, data)
             elif frame.msg_type == pw.WSMsgType.CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
 
     def factory(request: pw.WSUpgradeRequest) -> pw.WSListener:
-        return Listener(is_receiver=request.path == b"/recv")
+        return Listener(request.path)
 
     server = await pw.ws_create_server(factory, HOST, 0, max_frame_size=MAX_MSG)
     return int(server.sockets[0].getsockname()[1])
