@@ -118,24 +118,14 @@ async def test_a_room_whose_stream_was_trimmed_past_its_position_resyncs_from_a_
 ) -> None:
     publisher, subscriber = buses
     room = f"trim-{uuid.uuid4().hex[:8]}"
-    seen: list[BusEvent] = []
-    subscriber.subscribe(
-        room, (await subscriber.snapshot(room)).position, lambda r, p, e: seen.append(e)
-    )
-    ids = [await publisher.publish(room, joined(f"s{n}")) for n in range(6)]
-    async with asyncio.timeout(5):
-        while len(seen) < 6:
-            await asyncio.sleep(0.01)
+    seen, ids = await subscribed_to_joins(publisher, subscriber, room, 6)
     # As if the subscriber had last seen the first event, and the stream had since been
     # trimmed past it: the events in between cannot be read any more.
     redis_server.command("XTRIM", log_key(room), "MAXLEN", 2)
     assert isinstance(ids[0], str)
     subscriber._positions[room] = ids[0]  # white box
     subscriber._catch_up_soon(room)
-    async with asyncio.timeout(5):
-        while not any(e.origin == RESYNC_ORIGIN for e in seen):
-            await asyncio.sleep(0.01)
-    resync = next(e for e in seen if e.origin == RESYNC_ORIGIN)
+    resync = await resync_in(seen)
     assert resync.delta is not None
     assert resync.delta == (await subscriber.snapshot(room)).state
     assert sorted(resync.delta.present()) == [f"s{n}" for n in range(6)]
@@ -151,23 +141,38 @@ async def test_a_stream_that_lost_its_last_events_is_reported(
 ) -> None:
     publisher, subscriber = buses
     room = f"lost-{uuid.uuid4().hex[:8]}"
-    seen: list[BusEvent] = []
-    subscriber.subscribe(
-        room, (await subscriber.snapshot(room)).position, lambda r, p, e: seen.append(e)
-    )
-    ids = [await publisher.publish(room, joined(f"s{n}")) for n in range(3)]
-    async with asyncio.timeout(5):
-        while len(seen) < 3:
-            await asyncio.sleep(0.01)
+    seen, ids = await subscribed_to_joins(publisher, subscriber, room, 3)
     # As a replica that was behind would be after a failover: the last event is missing.
     assert isinstance(ids[-1], str)
     redis_server.command("XDEL", log_key(room), ids[-1])
     killed = redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")  # the failover's cut
     assert isinstance(killed, int) and killed >= 1
+    await resync_in(seen)
+    assert await subscriber.lost_rooms([room]) == [room]
+
+
+async def subscribed_to_joins(
+    publisher: RedisBus, subscriber: RedisBus, room: str, count: int
+) -> tuple[list[BusEvent], list[str | None]]:
+    """Subscribe `subscriber` to `room`, publish `count` joins from `publisher` and wait until
+    all are seen: (the events seen, growing as more come; the published ids)."""
+    seen: list[BusEvent] = []
+    subscriber.subscribe(
+        room, (await subscriber.snapshot(room)).position, lambda r, p, e: seen.append(e)
+    )
+    ids = [await publisher.publish(room, joined(f"s{n}")) for n in range(count)]
+    async with asyncio.timeout(5):
+        while len(seen) < count:
+            await asyncio.sleep(0.01)
+    return seen, ids
+
+
+async def resync_in(seen: list[BusEvent]) -> BusEvent:
+    """The resync event once it is among `seen` (waiting up to 5 s)."""
     async with asyncio.timeout(5):
         while not any(e.origin == RESYNC_ORIGIN for e in seen):
             await asyncio.sleep(0.01)
-    assert await subscriber.lost_rooms([room]) == [room]
+    return next(e for e in seen if e.origin == RESYNC_ORIGIN)
 
 
 def joined(sid: str) -> BusEvent:
