@@ -107,6 +107,23 @@ def perf_split(data: Path) -> str:
     )  # fmt: skip
 
 
+def syscall_counts(raw: Path, messages: float) -> str:
+    """`perf trace -s`'s summary of the node's system calls, summed over its threads, per app
+    message sent in the window (`messages`: the rate times the traced seconds)."""
+    calls: dict[str, tuple[int, float]] = {}
+    for line in raw.read_text().splitlines():
+        f = line.split()
+        # "   epoll_wait   12345      0   210.123   0.001 ..." (name, calls, errors, total ms)
+        if len(f) >= 4 and f[1].isdigit() and f[0].isidentifier():
+            n, ms = calls.get(f[0], (0, 0.0))
+            calls[f[0]] = (n + int(f[1]), ms + float(f[3]))
+    rows = sorted(calls.items(), key=lambda kv: -kv[1][0])
+    out = [f"system calls of node 0 per app message sent ({messages:.0f} messages)",
+           f"{'call':<16} {'per message':>12} {'total':>9} {'ms in call':>11}"]  # fmt: skip
+    out += [f"{name:<16} {n / messages:>12.2f} {n:>9} {ms:>11.1f}" for name, (n, ms) in rows]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--py-spy", default="py-spy")
@@ -120,6 +137,9 @@ def main() -> None:
         "--gil", action="store_true", help="py-spy --gil (only samples holding the GIL)"
     )
     ap.add_argument("--perf", action="store_true", help="record with Linux perf, not py-spy")
+    ap.add_argument(
+        "--syscalls", action="store_true", help="count system calls (perf trace -s), no profile"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="roomstate-profile-"))
     raw = Path(args.out) if args.out else tmp / ("node0.perf" if args.perf else "node0.raw")
@@ -130,6 +150,9 @@ def main() -> None:
                "-r", "250", "-f", "raw", "-o", str(raw)]  # fmt: skip
         if args.perf:
             cmd = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(raw),
+                   "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
+        elif args.syscalls:
+            cmd = ["perf", "trace", "-s", "-p", str(pid), "-o", str(raw),
                    "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
         else:
             cmd += [flag for flag, on in (("--idle", args.idle), ("--native", args.native),
@@ -146,7 +169,10 @@ def main() -> None:
         t.start()
         run.run_step(args.rate, warmup_s=0.5, duration_s=args.seconds)
         t.join()
-    print(perf_split(raw) if args.perf else analyse(raw))
+    if args.syscalls:
+        print(syscall_counts(raw, args.rate * int(args.seconds - 2)))
+    else:
+        print(perf_split(raw) if args.perf else analyse(raw))
     sys.stdout.flush()
 
 

@@ -36,7 +36,9 @@ def _step_row(s: dict[str, Any]) -> list[Any]:
         flags.append("cores saturated")
     if s["saturated_procs"]:
         flags.append("busy: " + ",".join(s["saturated_procs"]))
-    if s.get("disturbed"):
+    if s.get("generator_stalled"):
+        flags.append(f"disturbed (a generator sent {s['max_late_ms']:.0f} ms late)")
+    elif s.get("disturbed"):
         flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others)")
     if s["errors"]:
         flags.append(f"{s['errors']} errors")
@@ -82,7 +84,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}), "
         f"Python {results['machine']['python']}, {results['machine']['versions']}",
         f"- waited {results['quiet_waited_s']:.0f} s in all for other processes on the machine to "
-        "quiet down; steps where others used > 25 % of a core are marked *disturbed*",
+        "quiet down; steps where others used > 25 % of a core, or where a generator sent a message "
+        "> 10 ms late with the cores not saturated, are marked *disturbed*",
         "- latency is receive time − scheduled send time (open loop), in ms; CPU % is of one core "
         "over the measured window; node µs/delivery = all nodes' CPU / deliveries in the window",
         "",
