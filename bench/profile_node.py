@@ -107,20 +107,20 @@ def perf_split(data: Path) -> str:
     )  # fmt: skip
 
 
+SYSCALLS = ("write", "writev", "sendto", "read", "recvfrom", "epoll_pwait", "getpid")
+
+
 def syscall_counts(raw: Path, messages: float) -> str:
-    """`perf trace -s`'s summary of the node's system calls, summed over its threads, per app
-    message sent in the window (`messages`: the rate times the traced seconds)."""
-    calls: dict[str, tuple[int, float]] = {}
+    """`perf stat`'s count of the node's system calls (kernel tracepoints: counted in the
+    kernel, no slowdown to speak of), per app message sent in the window (`messages`: the rate
+    times the counted seconds)."""
+    out = [f"system calls of node 0 per app message sent ({messages:.0f} messages)"]
     for line in raw.read_text().splitlines():
-        f = line.split()
-        # "   epoll_wait   12345      0   210.123   0.001 ..." (name, calls, errors, total ms)
-        if len(f) >= 4 and f[1].isdigit() and f[0].isidentifier():
-            n, ms = calls.get(f[0], (0, 0.0))
-            calls[f[0]] = (n + int(f[1]), ms + float(f[3]))
-    rows = sorted(calls.items(), key=lambda kv: -kv[1][0])
-    out = [f"system calls of node 0 per app message sent ({messages:.0f} messages)",
-           f"{'call':<16} {'per message':>12} {'total':>9} {'ms in call':>11}"]  # fmt: skip
-    out += [f"{name:<16} {n / messages:>12.2f} {n:>9} {ms:>11.1f}" for name, (n, ms) in rows]
+        f = line.split(",")
+        # "12345,,syscalls:sys_enter_write,..." (count, unit, event, ...)
+        if len(f) >= 3 and f[0].strip().isdigit() and f[2].startswith("syscalls:"):
+            name = f[2].removeprefix("syscalls:sys_enter_")
+            out.append(f"{name:<12} {int(f[0]) / messages:>8.2f} per message  {int(f[0]):>9}")
     return "\n".join(out)
 
 
@@ -152,8 +152,10 @@ def main() -> None:
             cmd = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(raw),
                    "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
         elif args.syscalls:
-            cmd = ["perf", "trace", "-s", "-p", str(pid), "-o", str(raw),
-                   "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
+            events = [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
+            cmd = ["perf", "stat", "-x", ",", "-p", str(pid), "-o", str(raw),
+                   *(f"-e{e}" for e in events), "--", "sleep",
+                   str(int(args.seconds - 2))]  # fmt: skip
         else:
             cmd += [flag for flag, on in (("--idle", args.idle), ("--native", args.native),
                                           ("--gil", args.gil)) if on]  # fmt: skip

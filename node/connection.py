@@ -1,8 +1,10 @@
 """One client's WebSocket connection: a send queue, and a rate limit.
 
-Fan-out never waits for a slow client. A frame goes straight to the socket when nothing is
-queued before it and the socket's buffer is nearly empty (the common case: one `write`, no task
-switch); otherwise it is appended to the queue, which a task drains with backpressure. That task
+Fan-out never waits for a slow client. A frame goes to the socket without a task switch when
+nothing is queued before it and the socket's buffer is nearly empty (the common case); the frames
+one client gets in one event-loop iteration go out in one `write` (`WriteBatch`: under load a
+burst of events read from Redis at once costs each recipient one system call, not one per frame).
+Otherwise a frame is appended to the queue, which a task drains with backpressure. That task
 runs only while frames are queued: an idle connection holds no task, coroutine or event (fewer
 objects for each full garbage collection to walk; docs/performance.md). A client whose queue
 passes `send_queue_bytes` is disconnected (close code 1008), so one slow reader cannot make the
@@ -20,7 +22,7 @@ from aiohttp import WSMsgType, web
 
 from node.metrics import Metrics
 
-__all__ = ["Connection", "TokenBucket", "frame_type", "ws_frame"]
+__all__ = ["Connection", "TokenBucket", "WriteBatch", "frame_type", "ws_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,25 @@ class TokenBucket:
         return False
 
 
+class WriteBatch:
+    """The connections that have frames waiting for the end of this event-loop iteration; one
+    callback writes each one's frames in one `write`. A node has one (it lives on one loop)."""
+
+    def __init__(self) -> None:
+        self._pending: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        """`conn` has its first frame of this iteration waiting."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._write_all)
+        self._pending.append(conn)
+
+    def _write_all(self) -> None:
+        pending, self._pending = self._pending, []
+        for conn in pending:
+            conn.write_batched()
+
+
 class Connection:
     """A joined or joining client. `session_id` and `room` are set once it has joined."""
 
@@ -84,6 +105,7 @@ class Connection:
         metrics: Metrics,
         send_queue_bytes: int,
         bucket: TokenBucket,
+        batch: WriteBatch,
     ) -> None:
         self.ws = ws
         self.transport = transport  # to cut off a peer that does not read even a close frame
@@ -92,6 +114,9 @@ class Connection:
         self.session_id: str | None = None  # set by a successful join
         self.room: str | None = None  # the room it joined
         self.send_queue_bytes = send_queue_bytes  # the most unsent bytes before it is cut off
+        self._batch = batch
+        self._batched: list[bytes] = []  # wire frames for the end of this loop iteration
+        self._batched_bytes = 0
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
         self._writer: asyncio.Task[None] | None = None  # drains _queue; only while it has frames
@@ -152,12 +177,20 @@ class Connection:
             and not transport.is_closing()
             and not self.ws.closed
         ):
-            # Nothing is waiting before it: straight to the socket. (The drain task writes a
-            # frame before it waits, so an empty queue means every earlier frame is written.)
-            transport.write(wire if wire is not None else ws_frame(frame))
+            # Nothing is queued before it: to the socket at the end of this loop iteration,
+            # with the others this client gets meanwhile. (The drain task writes a frame before
+            # it waits, so an empty queue means every earlier frame is written or batched.)
+            wire = wire if wire is not None else ws_frame(frame)
+            if not self._batched:
+                self._batch.add(self)
+            self._batched.append(wire)
+            self._batched_bytes += len(wire)
+            if self._batched_bytes >= WRITE_THROUGH_BYTES:
+                self.write_batched()  # a large burst: do not hold it all
             return
         if self._failed:
             return
+        self.write_batched()  # what was batched goes before what queues
         self._queue.append(frame)
         self._queued += len(frame)
         if self._queued > self.send_queue_bytes:
@@ -168,6 +201,19 @@ class Connection:
         if self._writer is None or self._writer.done():  # (done: an eager task factory)
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
+    def write_batched(self) -> None:
+        """Write the frames batched in this loop iteration, in one `write` (none once the socket
+        is closing: nothing may follow a close frame)."""
+        if not self._batched:
+            return
+        batched, self._batched = self._batched, []
+        self._batched_bytes = 0
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.ws.closed:
+            return
+        transport.write(batched[0] if len(batched) == 1 else b"".join(batched))
+        self.metrics.client_writes.value += 1
+
     def close_soon(self, code: int, message: str, flush: bool = False) -> None:
         """Close the socket from synchronous code: drop what is queued, or send it first
         (`flush`, so that the last replies, such as `rate-limited` errors, reach the client)."""
@@ -175,6 +221,8 @@ class Connection:
             return
         self._close_requested = True
         if not flush:
+            self._batched.clear()
+            self._batched_bytes = 0
             self._queue.clear()
             self._queued = 0
         asyncio.get_running_loop().create_task(self.flush_and_close(code, message))
@@ -185,6 +233,7 @@ class Connection:
         while the transport still waits, closing, for a peer that never reads.)"""
         self._closing = True
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
+        self.write_batched()
         try:
             while self._queue and not self.ws.closed and self._writer is not None:
                 await asyncio.sleep(0.01)

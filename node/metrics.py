@@ -34,6 +34,19 @@ class FrameCounts(Collector):
         yield family
 
 
+class PlainCounter(Collector):
+    """A counter without labels kept as a plain integer (`value`), exported at scrape time: for
+    a count made on the hot path, where a `prometheus_client.Counter`'s lock would cost more."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value)
+
+
 class GcPauses(Collector):
     """How long Python's cyclic garbage collector stopped the process, by generation, as a
     histogram (``roomstate_gc_pause_seconds``). A full (generation 2) collection walks every
@@ -91,8 +104,15 @@ class Metrics:
         self.rooms = Gauge("roomstate_rooms", "Rooms with participants on this node", registry=r)
         self.frames_in = FrameCounts("roomstate_frames_in", "Client frames received, by type")
         self.frames_out = FrameCounts("roomstate_frames_out", "Frames sent to clients, by type")
+        self.client_writes = PlainCounter(
+            "roomstate_client_writes",
+            "Writes to client sockets of the frames one client got in one event-loop iteration"
+            " (frames_out / client_writes: frames per write; frames a slow client had queued"
+            " are not counted)",
+        )
         r.register(self.frames_in)
         r.register(self.frames_out)
+        r.register(self.client_writes)
         self.errors = Counter(
             "roomstate_errors", "Error frames sent to clients, by code", ["code"], registry=r
         )

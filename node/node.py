@@ -27,7 +27,7 @@ from crdt import HybridLogicalClock, LWWRegister, Participant, RoomState
 from crdt.hlc import clock_skew_ms
 from node.auth import verify_token
 from node.bus import Bus, MemoryBus
-from node.connection import Connection, frame_type, ws_frame
+from node.connection import Connection, WriteBatch, frame_type, ws_frame
 from node.errors import BusError, RequestError
 from node.events import AppMessage, BusEvent
 from node.metrics import Metrics
@@ -107,6 +107,7 @@ class Node:
         )
         self.rooms: dict[str, Room] = {}
         self.connections: dict[str, Connection] = {}  # by session id
+        self.write_batch = WriteBatch()  # frames to each client, one write per loop iteration
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # room -> (deadline, handle)
         self._lease_task: asyncio.Task[None] | None = None

@@ -30,6 +30,7 @@ __all__ = [
     "encode_error",
     "encode_state",
     "parse",
+    "request_id_of",
 ]
 
 MERGE_STRATEGIES: Final = ("replace", "shallow-merge")
@@ -143,6 +144,17 @@ def parse(frame: bytes | str, limits: Limits) -> Request:
     except RequestError as exc:
         exc.request_id = request_id if _is_id(request_id) else None
         raise
+
+
+def request_id_of(frame: bytes | str) -> RequestId:
+    """The `id` of a frame that is not otherwise handled (a request refused by the rate limit),
+    for its error reply; None when the frame has no valid one or is not a JSON object."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if _is_id(request_id) else None
 
 
 def _parse_object(

@@ -33,7 +33,13 @@ from node.bus import Bus, MemoryBus
 from node.connection import CLOSE_POLICY, Connection, TokenBucket
 from node.errors import BusError, RequestError
 from node.node import Node
-from node.protocol import WIRE_TYPES, encode_error, parse, parse_session_data_write
+from node.protocol import (
+    WIRE_TYPES,
+    encode_error,
+    parse,
+    parse_session_data_write,
+    request_id_of,
+)
 from node.settings import Settings
 
 __all__ = ["build_app", "make_bus", "serve"]
@@ -87,7 +93,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, time.monotonic())
-    conn = Connection(ws, request.transport, node.metrics, settings.send_queue_bytes, bucket)
+    conn = Connection(
+        ws, request.transport, node.metrics, settings.send_queue_bytes, bucket, node.write_batch
+    )
     node.metrics.connections.inc()
     try:
         async for message in ws:
@@ -112,6 +120,7 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
             raise RequestError(
                 "rate-limited",
                 f"over {conn.bucket.rate:g} requests/s (burst {conn.bucket.burst}); slow down",
+                request_id_of(frame),  # so the client can fail that request at once
             )
         request = parse(frame, node.limits)
         request_id = request.id

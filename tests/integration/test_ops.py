@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import aiohttp
 import jwt
 import pytest
 
-from node.client import CallClient
+from node.client import CallClient, RateLimited
 
-from .conftest import API_KEY, ROOT, NodeProcess, start_node
+from .conftest import API_KEY, FAST, ROOT, NodeProcess, start_node
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,50 @@ async def test_health_readiness_and_metrics(
     assert "roomstate_delivery_latency_seconds_bucket" in text
     # The node's full collection at startup (before it freezes what startup made) is counted.
     assert lines['roomstate_gc_pause_seconds_count{generation="2"}'] >= 1
+
+
+async def test_frames_one_client_gets_in_one_loop_iteration_share_one_write(
+    tmp_path: Path, room: str, http: aiohttp.ClientSession
+) -> None:
+    """A burst of messages read from one client at once is handled in one go; each receiver
+    gets its frames of that burst in one socket write (roomstate_client_writes), in order. A
+    request over the rate limit fails at once: its error carries its id."""
+
+    async def counts() -> tuple[float, float]:
+        async with http.get(f"{node.url}/metrics") as r:
+            text = await r.text()
+        lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+        return (
+            float(lines.get('roomstate_frames_out_total{type="app-message"}', 0)),
+            float(lines["roomstate_client_writes_total"]),
+        )
+
+    node = start_node(tmp_path, FAST)
+    try:
+        async with CallClient() as a, CallClient() as b:
+            await a.join(node.room_url(room))
+            await b.join(node.room_url(room))
+            frames0, writes0 = await counts()
+            # 220 at once: past the burst of 200 (the join took a token; a few come back
+            # while the burst goes out), so some are refused.
+            sent = await asyncio.gather(
+                *(a.send_app_message(i) for i in range(220)), return_exceptions=True
+            )
+            accepted = [i for i, result in enumerate(sent) if result is None]
+            for i in accepted:
+                assert (await b.next_event("app-message"))["data"] == i
+            frames1, writes1 = await counts()
+    finally:
+        node.stop()
+    refused = [result for result in sent if result is not None]
+    assert len(accepted) >= 199 and refused  # the burst (one token went to the join)
+    # Each refused request failed at once with its own error, not after the client's timeout.
+    assert all(isinstance(result, RateLimited) for result in refused), refused
+    frames, writes = frames1 - frames0, writes1 - writes0
+    assert frames == len(accepted)
+    # The acks to `a`, the errors and the scrapes are writes too; the messages in one write
+    # each would make writes ≥ 2 × frames.
+    assert writes < frames, (frames, writes)
 
 
 async def test_sigterm_makes_participants_leave_and_closes_clients_with_1012(

@@ -25,6 +25,7 @@ from node.protocol import (
     encode_error,
     parse,
     parse_session_data_write,
+    request_id_of,
 )
 
 LIMITS = Limits()
@@ -497,3 +498,22 @@ def test_brackets_inside_strings_only_make_the_depth_walk_happen() -> None:
     # 40 brackets in a string: over the limit, so the walk runs and finds depth 1.
     assert parse(frame(type="ping", pad="[" * 40), LIMITS) == Ping(None)
     assert parse_error(nested_frame(33), LIMITS).code == "bad-request"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"type":"ping","id":7}', 7),
+        ('{"type":"send-app-message","id":"m1","data":1}', "m1"),
+        (b'{"type":"ping"}', None),  # no id
+        (b'{"id":true}', None),  # not a valid id
+        (b'{"id":"' + b"x" * 65 + b'"}', None),  # longer than 64 characters
+        (b"[1,2]", None),  # not an object
+        (b"{not json", None),
+        (b"[" * 100_000 + b"]" * 100_000, None),  # nested past orjson's limit
+    ],
+)
+def test_request_id_of_a_refused_frame_is_its_valid_id_or_none(
+    raw: bytes | str, expected: str | int | None
+) -> None:
+    assert request_id_of(raw) == expected
