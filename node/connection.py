@@ -170,7 +170,8 @@ class Connection:
         if self._replayed and self._was_replayed(frame):
             return
         transport = self.transport
-        if (
+        batched = self._batched
+        if batched or (
             not self._queue
             and transport is not None
             and transport.get_write_buffer_size() < WRITE_THROUGH_BYTES
@@ -179,11 +180,12 @@ class Connection:
         ):
             # Nothing is queued before it: to the socket at the end of this loop iteration,
             # with the others this client gets meanwhile. (The drain task writes a frame before
-            # it waits, so an empty queue means every earlier frame is written or batched.)
+            # it waits, so an empty queue means every earlier frame is written or batched. A
+            # frame already batched in this iteration means the socket was checked for it.)
             wire = wire if wire is not None else ws_frame(frame)
-            if not self._batched:
+            if not batched:
                 self._batch.add(self)
-            self._batched.append(wire)
+            batched.append(wire)
             self._batched_bytes += len(wire)
             if self._batched_bytes >= WRITE_THROUGH_BYTES:
                 self.write_batched()  # a large burst: do not hold it all

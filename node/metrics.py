@@ -10,11 +10,11 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["GC_PAUSES", "GcPauses", "Metrics"]
+__all__ = ["GC_PAUSES", "GcPauses", "Metrics", "PlainHistogram"]
 
 
 class FrameCounts(Collector):
@@ -47,18 +47,61 @@ class PlainCounter(Collector):
         yield CounterMetricFamily(self.name, self.documentation, value=self.value)
 
 
+class PlainHistogram(Collector):
+    """A histogram kept as plain integers and turned into a Prometheus histogram family at
+    scrape time: observing is a bisection and two additions, without `prometheus_client`'s lock
+    per bucket and per sum (an event loop observes from one thread). Series by the values of one
+    optional label, each given up front."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        label: str | None = None,
+        values: tuple[str, ...] = ("",),
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = buckets
+        self.label = label
+        # per label value: observations per bucket (`le`, not cumulative; the last: over all)
+        self.counts = {v: [0] * (len(buckets) + 1) for v in values}
+        self.sums = dict.fromkeys(values, 0.0)
+
+    def observe(self, value: float, label_value: str = "") -> None:
+        self.counts[label_value][bisect.bisect_left(self.bounds, value)] += 1
+        self.sums[label_value] += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        labels = [self.label] if self.label is not None else []
+        family = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        for value, counts in self.counts.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([value] if labels else [], buckets, self.sums[value])
+        yield family
+
+
 class GcPauses(Collector):
     """How long Python's cyclic garbage collector stopped the process, by generation, as a
     histogram (``roomstate_gc_pause_seconds``). A full (generation 2) collection walks every
     tracked object, so its pause grows with the connections a node holds: the figure to look at
     when a node's p99 latency has spikes. Process-wide (the collector is); counted from
-    `gc.callbacks` with plain integers, exported at scrape time."""
+    `gc.callbacks`."""
 
     BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
     def __init__(self) -> None:
-        self.counts = [[0] * (len(self.BUCKETS) + 1) for _ in range(3)]  # last: over all
-        self.sums = [0.0, 0.0, 0.0]
+        self.histogram = PlainHistogram(
+            "roomstate_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (2: full collection)",
+            self.BUCKETS,
+            label="generation",
+            values=("0", "1", "2"),
+        )
         self._started = 0.0
         self._installed = False
 
@@ -71,24 +114,10 @@ class GcPauses(Collector):
         if phase == "start":
             self._started = time.perf_counter()
             return
-        pause = time.perf_counter() - self._started
-        generation = info["generation"]
-        self.sums[generation] += pause
-        self.counts[generation][bisect.bisect_left(self.BUCKETS, pause)] += 1
+        self.histogram.observe(time.perf_counter() - self._started, str(info["generation"]))
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "roomstate_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector, by generation (2: full collection)",
-            labels=["generation"],
-        )
-        for generation, counts in enumerate(self.counts):
-            cumulative, buckets = 0, []
-            for bound, count in zip([*map(str, self.BUCKETS), "+Inf"], counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            family.add_metric([str(generation)], buckets, self.sums[generation])
-        yield family
+        return self.histogram.collect()
 
 
 GC_PAUSES = GcPauses()  # one per process, like the collector it watches
@@ -116,12 +145,12 @@ class Metrics:
         self.errors = Counter(
             "roomstate_errors", "Error frames sent to clients, by code", ["code"], registry=r
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = PlainHistogram(
             "roomstate_delivery_latency_seconds",
             "From publishing an event on one node to handing it to clients on this one",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=r,
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        r.register(self.delivery_latency)
         self.clock_drift = Counter(
             "roomstate_stamps_over_drift_bound",
             "Stamps seen in delivered events that were ahead of the local clock by more than"

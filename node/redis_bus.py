@@ -636,7 +636,10 @@ class RedisBus(Bus):
                 self._held[room] = [(entry_id.decode(), prev.decode(), raw)]
                 self._catch_up_soon(room)
                 return
-            self._deliver(room, entry_id.decode(), raw)
+            # The one after the last seen: newer by construction, no duplicate check needed.
+            position = entry_id.decode()
+            self._positions[room] = position
+            self._hand_over(room, position, raw)
         except Exception:  # a handler's bug must not kill the subscription connection
             log.exception("cannot deliver a message of channel %r", name)
 
@@ -647,6 +650,10 @@ class RedisBus(Bus):
         if _stream_id(entry_id) <= _stream_id(position):
             return  # already delivered (caught up from the stream, or a duplicate)
         self._positions[room] = entry_id
+        self._hand_over(room, entry_id, raw)
+
+    def _hand_over(self, room: str, entry_id: str, raw: bytes) -> None:
+        """Give the room's handlers the event at `entry_id` (now the room's position)."""
         if self._own_prefix and raw.startswith(self._own_prefix):
             return  # this node applied and delivered its own events when it made them
         try:
