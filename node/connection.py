@@ -82,11 +82,16 @@ class WriteBatch:
 
     def __init__(self) -> None:
         self._pending: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was first used on
 
     def add(self, conn: Connection) -> None:
         """`conn` has its first frame of this iteration waiting."""
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._write_all)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                # once: asyncio.get_running_loop costs a getpid system call
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._write_all)
         self._pending.append(conn)
 
     def _write_all(self) -> None:
