@@ -85,10 +85,11 @@ class WriteBatch:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was first used on
 
     def add(self, conn: Connection) -> None:
-        """`conn` has its first frame of this iteration waiting."""
+        """`conn` has its first frame of this iteration waiting (called from the running loop:
+        a node, and so its batch, lives on one)."""
         if not self._pending:
             loop = self._loop
-            if loop is None or loop.is_closed():
+            if loop is None or not loop.is_running():
                 # once: asyncio.get_running_loop costs a getpid system call
                 loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._write_all)
@@ -97,7 +98,10 @@ class WriteBatch:
     def _write_all(self) -> None:
         pending, self._pending = self._pending, []
         for conn in pending:
-            conn.write_batched()
+            try:
+                conn.write_batched()
+            except Exception:  # one broken socket must not leave the others' frames unwritten
+                log.exception("cannot write to a client")
 
 
 class Connection:
@@ -195,9 +199,11 @@ class Connection:
             if self._batched_bytes >= WRITE_THROUGH_BYTES:
                 self.write_batched()  # a large burst: do not hold it all
             return
+        # Here nothing is batched: a frame is batched only when the queue is empty, and a
+        # batch in this iteration takes every later frame until it is written, so batched
+        # frames always go before queued ones.
         if self._failed:
             return
-        self.write_batched()  # what was batched goes before what queues
         self._queue.append(frame)
         self._queued += len(frame)
         if self._queued > self.send_queue_bytes:

@@ -102,6 +102,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if message.type == WSMsgType.TEXT:
                 await _handle_frame(node, conn, message.data, name)
             elif message.type == WSMsgType.BINARY:
+                conn.write_batched()  # the replies to frames before it go before the close
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"frames must be JSON text")
     finally:
         node.metrics.connections.dec()

@@ -156,6 +156,19 @@ async def test_a_binary_frame_closes_with_1003(
     assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1003
 
 
+async def test_replies_to_frames_before_a_binary_frame_arrive_before_its_close(
+    http: aiohttp.ClientSession, node: NodeProcess, room: str
+) -> None:
+    ws = await http.ws_connect(node.ws_url(room))
+    for i in range(20):  # sent together: the node reads them, and the binary frame, at once
+        await ws.send_str(f'{{"type":"ping","id":{i}}}')
+    await ws.send_bytes(b'{"type":"ping"}')
+    for i in range(20):
+        assert await recv(ws) == {"type": "pong", "id": i}
+    message = await ws.receive(timeout=5)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1003
+
+
 async def test_a_bad_room_name_is_refused_before_the_upgrade(
     http: aiohttp.ClientSession, node: NodeProcess
 ) -> None:
