@@ -138,7 +138,9 @@ def main() -> None:
     )
     ap.add_argument("--perf", action="store_true", help="record with Linux perf, not py-spy")
     ap.add_argument(
-        "--syscalls", action="store_true", help="count system calls (perf trace -s), no profile"
+        "--syscalls",
+        action="store_true",
+        help="count system calls (perf stat on tracepoints), no profile",
     )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="roomstate-profile-"))
@@ -146,16 +148,15 @@ def main() -> None:
     with ScenarioRun(Scenario("profile", args.system), tmp) as run:
         assert run.dep is not None
         pid = run.dep.node_pids()[0]
+        window = ["--", "sleep", str(int(args.seconds - 2))]  # perf's recording window
         cmd = [args.py_spy, "record", "-p", str(pid), "-d", str(int(args.seconds - 2)),
                "-r", "250", "-f", "raw", "-o", str(raw)]  # fmt: skip
         if args.perf:
-            cmd = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(raw),
-                   "--", "sleep", str(int(args.seconds - 2))]  # fmt: skip
+            cmd = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(raw), *window]
         elif args.syscalls:
             events = [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
             cmd = ["perf", "stat", "-x", ",", "-p", str(pid), "-o", str(raw),
-                   *(f"-e{e}" for e in events), "--", "sleep",
-                   str(int(args.seconds - 2))]  # fmt: skip
+                   *(f"-e{e}" for e in events), *window]  # fmt: skip
         else:
             cmd += [flag for flag, on in (("--idle", args.idle), ("--native", args.native),
                                           ("--gil", args.gil)) if on]  # fmt: skip
