@@ -2,7 +2,7 @@
 
 Progress goes to stderr; results to bench/results/; the last stdout line is the summary JSON.
 `full --only peer,topologies,...` runs a part of the matrix (floors, peer, topologies,
-participants, rooms, payloads, bystander, propagation, memory).
+participants, rooms, payloads, bystander, propagation, memory, hops).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_us": round(percentile(values, 0.5), 1),
+        "p90_us": round(percentile(values, 0.9), 1),
+        "n": len(values),
+    }
+
+
 def report(
     times: dict[str, dict[str, list[float]]], plain: dict[str, Any], probed: dict[str, Any]
 ) -> str:
     lines = ["time from the generator's send, µs", f"{'where':58} {'p50':>8} {'p90':>8} {'n':>6}"]
+    if not any(times.values()):
+        lines.append("(no marks: the nodes wrote none, or did not exit cleanly)")
     for role, steps, name in (
         ("sender", SENDER_STEPS, "sender's node"),
         ("other", OTHER_STEPS, "other node"),
@@ -103,6 +114,33 @@ def report(
     return "\n".join(lines)
 
 
+def measure(
+    tmp: Path, system: str = "2-nodes-redis", rate: float = 100.0, seconds: float = 6.0
+) -> dict[str, Any]:
+    """Both runs; the p50/p90 of each step (µs from the send) and the printed report."""
+    hooks, out = tmp / "hooks", tmp / "marks"
+    hooks.mkdir(parents=True)
+    out.mkdir()
+    (hooks / "sitecustomize.py").write_text("import bench.hop_probe  # noqa: F401\n")
+    with ScenarioRun(Scenario("hops: as is", system), tmp / "plain") as run:
+        plain = run.run_step(rate, precise=True, duration_s=seconds, tag="light")
+    env = {"PYTHONPATH": str(hooks), "ROOMSTATE_BENCH_HOPS": str(out)}
+    with ScenarioRun(Scenario("hops: with the probe", system, env=env), tmp / "probe") as run:
+        probed = run.run_step(rate, precise=True, duration_s=seconds, tag="light")
+    # the nodes have stopped: each wrote its marks as it exited
+    times = hop_times(read_marks(out))
+    steps = {
+        role: {step: _summary(values) for step, values in by_step.items()}
+        for role, by_step in times.items()
+    }
+    return {
+        "system": system, "rate": rate, "steps": steps,
+        "as_is": {"latency": plain["latency"], "cross_node": plain.get("cross_node")},
+        "with_probe": {"latency": probed["latency"], "cross_node": probed.get("cross_node")},
+        "report": report(times, plain, probed),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__)
     ap.add_argument("--system", default="2-nodes-redis")
@@ -110,17 +148,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="roomstate-hops-"))
-    hooks, out = tmp / "hooks", tmp / "marks"
-    hooks.mkdir()
-    out.mkdir()
-    (hooks / "sitecustomize.py").write_text("import bench.hop_probe  # noqa: F401\n")
-    with ScenarioRun(Scenario("hops: as is", args.system), tmp / "plain") as run:
-        plain = run.run_step(args.rate, precise=True, duration_s=args.seconds, tag="light")
-    env = {"PYTHONPATH": str(hooks), "ROOMSTATE_BENCH_HOPS": str(out)}
-    with ScenarioRun(Scenario("hops: with the probe", args.system, env=env), tmp / "probe") as run:
-        probed = run.run_step(args.rate, precise=True, duration_s=args.seconds, tag="light")
-    # the nodes have stopped: each wrote its marks as it exited
-    print(report(hop_times(read_marks(out)), plain, probed), flush=True)
+    try:
+        print(measure(tmp, args.system, args.rate, args.seconds)["report"], flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         if results.get(name):
             lines += [f"## {name.capitalize()}", "", "```json",
                       json.dumps(results[name], indent=1), "```", ""]  # fmt: skip
+    if results.get("hops"):
+        lines += ["## Light load, hop by hop (`python -m bench.hops`)", "", "```",
+                  results["hops"]["report"], "```", ""]  # fmt: skip
     for title, path in plots.items():
         lines += [f"![{title}]({Path(path).name})", ""]
     rows = [_step_row(s) for sc in results["scenarios"] for s in sc["steps"]]

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report, runner
+from bench import hops, report, runner
 from bench.runner import Scenario, ScenarioRun, log, run_redis_floor
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -485,6 +485,9 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
                 "limit": 30.0,
             }
         )
+    if want("hops"):
+        log("== light load, hop by hop (bench.hops)")
+        results["hops"] = hops.measure(tmp / "hops", BASE, LIGHT_RATE)
     stem = "full" if only is None else "full-" + "-".join(sorted(only))
     return _finish(results, started, stem)
 
