@@ -3,15 +3,18 @@
 `install` wraps a few functions of the node (and of aiohttp) so that each call notes
 ``(step, key, time.monotonic_ns())`` in a list, written to a file when the process exits. `key`
 identifies the app message being handled: the generator's actual send time in ns, which the
-bench's payload carries (`bench.common.make_key`). The node handles one message at a time at
-light load, so a step that cannot see the message (a write to the clients) takes the key of the
-last one it saw. Each mark costs a wrapper call and a list append (about 1 µs), which the tool
-reports by running the same step without the probe.
+bench's payload carries (`bench.common.make_key`; taken just before the generator builds and
+sends the frame, so the first hop includes the generator's own sending). A node handles one
+message at a time at light load, so a step that cannot see the message (a write to the clients)
+takes the key of the last one it saw; `bench.hops` leaves out messages whose marks interleave.
+Each mark costs a wrapper call and a list append (about 1 µs), which the tool reports by running
+the same step without the probe.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import time
@@ -74,7 +77,8 @@ def install(out: str) -> None:
     async def handled(self: Node, conn: Any, request: Any, room_name: str) -> None:
         data = getattr(request, "data", None)
         if isinstance(data, dict) and isinstance(data.get("k"), str):
-            mark("request handled", key_of(data["k"]))
+            with contextlib.suppress(ValueError):  # not a bench key: no mark
+                mark("request handled", key_of(data["k"]))
         await handle(self, conn, request, room_name)
 
     Node.handle = handled  # type: ignore[method-assign]
@@ -93,10 +97,14 @@ def install(out: str) -> None:
     @functools.wraps(received)
     def redis_read(self: RespConnection, data: bytes) -> None:
         at = data.find(KEY_MARK)
-        if at >= 0:
-            mark("redis push read", key_of(data[at + len(KEY_MARK) : at + len(KEY_MARK) + 28]))
-        else:
-            mark("redis reply read")
+        try:
+            if at >= 0:
+                key = data[at + len(KEY_MARK) : at + len(KEY_MARK) + 28]
+                mark("redis push read", key_of(key))
+            else:
+                mark("redis reply read")
+        except ValueError:  # a key cut by the end of this read: no mark
+            pass
         received(self, data)
 
     RespConnection.data_received = redis_read  # type: ignore[method-assign]

@@ -89,14 +89,12 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "- latency is receive time − scheduled send time (open loop), in ms; CPU % is of one core "
         "over the measured window; node µs/delivery = all nodes' CPU / deliveries in the window",
         "",
-        "## Summary",
-        "",
-        "```json",
-        json.dumps(results["summary"], indent=1),
-        "```",
-        "",
     ]
-    if results.get("targets"):
+    # a part of the full run (--only) has no figure for most of the summary and targets
+    measured = [t for t in results.get("targets") or () if t.get("measured") is not None]
+    if any(v is not None for k, v in results["summary"].items() if k != "disturbed_steps"):
+        lines += ["## Summary", "", "```json", json.dumps(results["summary"], indent=1), "```", ""]
+    if measured:
         lines += [
             "## Targets",
             "",
@@ -104,7 +102,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
                 ["target", "measured", "limit", "met", "note"],
                 [
                     [t["target"], t["measured"], t["limit"], t["met"], t.get("note", "")]
-                    for t in results["targets"]
+                    for t in measured
                 ],
             ),
             "",
@@ -184,7 +182,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     for title, path in plots.items():
         lines += [f"![{title}]({Path(path).name})", ""]
     rows = [_step_row(s) for sc in results["scenarios"] for s in sc["steps"]]
-    lines += ["## Every step", "", _table(STEP_HEADERS, rows), ""]
+    if rows:
+        lines += ["## Every step", "", _table(STEP_HEADERS, rows), ""]
     calls = [
         [s["label"], s["rate"], s["redis_calls_per_message"]]
         for sc in results["scenarios"]

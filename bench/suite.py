@@ -325,7 +325,8 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
     runner.QUIET.left = 150.0
     results: dict[str, Any] = {
         "mode": "full", "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench full", "machine": _machine(), "scenarios": [],
+        "command": "python -m bench full" + (f" --only {','.join(sorted(only))}" if only else ""),
+        "machine": _machine(), "scenarios": [],
     }  # fmt: skip
     extra: list[dict[str, Any]] = []
     results["targets_extra"] = extra

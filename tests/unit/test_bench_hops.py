@@ -51,3 +51,17 @@ def test_percentile() -> None:
     assert percentile(values, 0.5) == 6.0
     assert percentile(values, 0.9) == 10.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+def test_messages_handled_at_once_are_left_out() -> None:
+    k1, k2, k3 = 1_000_000, 2_000_000, 9_000_000
+    node = [
+        ("request handled", k1, k1 + 100_000),
+        ("request handled", k2, k2 + 100_000),  # k2 arrives before k1 is done
+        ("redis reply read", k1, k1 + 1_500_000),  # (the probe would have noted it as k2)
+        ("request handled", k3, k3 + 100_000),
+        ("redis write done", k3, k3 + 200_000),
+    ]
+    times = hop_times([node])
+    assert times["sender"]["request handled"] == [100.0]  # k3 only
+    assert times["sender"]["redis write done"] == [200.0]
