@@ -56,7 +56,7 @@ class Deployment:
     cluster: RedisCluster | None = None
 
     def ws_url(self, node: int, room: str) -> str:
-        base = self.entries[node].replace("http://", "ws://")
+        base = self.entries[node].replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         if self.kind == "roomstate":
             return f"{base}/v1/rooms/{room}/ws"
         if self.kind == "socketio":
@@ -155,6 +155,12 @@ def start_topology(name: str, tmp: Path, env: dict[str, str] | None = None) -> D
             cluster.stop()
         raise
     return Deployment(name, "roomstate", entries, nodes, stores, redis, cluster)
+
+
+def external(urls: list[str]) -> Deployment:
+    """Nodes that run elsewhere (a user's deployment): their base URLs, nothing to start or
+    stop, no processes to measure here."""
+    return Deployment("external", "roomstate", [u.rstrip("/") for u in urls], [])
 
 
 def start_peer(tmp: Path, count: int = 2) -> Deployment:

@@ -52,6 +52,7 @@ class Participant:
     node: int
     recv: bool  # receives the room's messages (a floor sender does not)
     rank: int | None  # global sender rank, None if not a sender
+    token: str | None = None  # a meeting token, for a deployment with an API key
     ws: Any = None
     next_id: int = 1
     # per step
@@ -138,7 +139,8 @@ class Generator:
             p.url, compress=0, max_msg_size=1 << 22, autoping=True, decode_text=False
         )
         if self.proto == "roomstate":
-            await ws.send_str('{"type":"join","id":0}')
+            token = "" if p.token is None else f',"token":"{p.token}"'
+            await ws.send_str(f'{{"type":"join","id":0{token}}}')
             while True:
                 msg = await ws.receive()
                 if msg.type is not aiohttp.WSMsgType.TEXT:

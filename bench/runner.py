@@ -32,7 +32,8 @@ from bench.common import (
     proc_rss_bytes,
     summarize,
 )
-from bench.deploy import ROOT, Deployment, start_floor, start_peer, start_topology
+from bench.deploy import ROOT, Deployment, external, start_floor, start_peer, start_topology
+from node.auth import make_token
 
 P99_LIMIT_MS = 50.0
 CORES = os.cpu_count() or 1
@@ -56,6 +57,8 @@ class Scenario:
     generators: int = 2
     active_nodes: int | None = None  # put the active rooms on the first N nodes only
     idle_rooms: int = 0  # rooms with 2 participants and no traffic, on the other nodes
+    urls: tuple[str, ...] = ()  # system "external": the nodes' base URLs (bench/target.py)
+    api_key: str | None = None  # "external": sign a meeting token per room with it
 
 
 class GenProcess:
@@ -233,6 +236,8 @@ class ScenarioRun:
             self.dep = start_floor(self.tmp, rooms=True)
         elif sc.system == "python-floor-rooms-picows":  # the same shape on picows (callbacks)
             self.dep = start_floor(self.tmp, rooms=True, lib="picows")
+        elif sc.system == "external":
+            self.dep = external(list(sc.urls))
         else:
             self.dep = start_topology(sc.system, self.tmp, sc.env)
         try:
@@ -289,12 +294,13 @@ class ScenarioRun:
             for r in range(sc.rooms):
                 room = f"{tag}-r{r}"
                 room_senders[room] = [j * sc.rooms + r for j in range(per_room)]
+                token = make_token(sc.api_key, room) if sc.api_key else None
                 for j in range(sc.participants):
                     node = (r + j) % active
                     rank = j * sc.rooms + r if j < per_room else None
                     people.append(
                         {"gid": gid, "room": room, "url": dep.ws_url(node, room), "node": node,
-                         "recv": True, "rank": rank}
+                         "recv": True, "rank": rank, "token": token}
                     )  # fmt: skip
                     gid += 1
             for r in range(sc.idle_rooms):
@@ -398,7 +404,9 @@ class ScenarioRun:
         other_pct = max(0.0, (m1[0] - m0[0]) - ours) / wall * 100  # % of one core
 
         def per_delivery(name: str) -> float | None:
-            return round(1e6 * sum(cpu_s[name]) / in_window, 2) if in_window else None
+            if not in_window or not cpu_s[name]:  # nothing delivered, or no such process here
+                return None
+            return round(1e6 * sum(cpu_s[name]) / in_window, 2)
 
         expected, unique = total("expected"), total("unique")
         lost = max(0, expected - unique)
@@ -466,7 +474,9 @@ class ScenarioRun:
             "other_cpu_pct": round(other_pct, 1),
             "cpu_stall_pct": round(100 * (s1 - s0) / wall, 1) if s1 == s1 else None,
             "saturated": busy >= SATURATED_PCT,
-            "disturbed": other_pct > DISTURBED_PCT or gen_stalled,
+            # an external deployment on this machine shows up as "others": only a late
+            # generator tells a disturbed step then
+            "disturbed": (other_pct > DISTURBED_PCT and sc.system != "external") or gen_stalled,
             "generator_stalled": gen_stalled,
             "other_cpu_pct_before": round(quiet_before, 1),
             "saturated_procs": saturated_procs,
