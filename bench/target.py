@@ -40,7 +40,9 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     light = next((s for s in steps if s["tag"] == "light"), None)
     knee = record["knee"]
     ok = [s for s in steps if s["ok"]]
-    best = knee or max(ok, key=lambda s: s["deliveries_per_s"], default=None)
+    # a ramp's result is its knee (None: not even its lowest step passed); fixed rates: the
+    # busiest step that passed
+    best = knee if record["ramped"] else max(ok, key=lambda s: s["deliveries_per_s"], default=None)
 
     def get(step: dict[str, Any] | None, *keys: str) -> Any:
         for key in keys:
@@ -85,6 +87,12 @@ def main() -> None:
         ap.error("each URL must start with http:// or https://")
     if args.participants < 2 or args.rooms < 1:
         ap.error("a room needs at least 2 participants, and there must be a room")
+    try:
+        rates = [float(r) for r in args.rates.split(",")] if args.rates else []
+    except ValueError:
+        ap.error(f"--rates must be comma-separated numbers, not {args.rates!r}")
+    if any(r <= 0 for r in rates):
+        ap.error("every rate must be above 0 msgs/s")
 
     started = time.monotonic()
     runner.QUIET.left = 30.0
@@ -100,8 +108,8 @@ def main() -> None:
             light = max(10.0, LIGHT_RATE * 9 / fanout)
             run.run_step(light, precise=True, duration_s=args.seconds, tag="light")
             knee = None
-            if args.rates:
-                for rate in (float(r) for r in args.rates.split(",")):
+            if rates:
+                for rate in rates:
                     run.run_step(rate, duration_s=args.seconds, tag="fixed")
             else:
                 start = args.start or 500.0 * 9 / fanout
@@ -110,7 +118,7 @@ def main() -> None:
                       "rooms": sc.rooms, "participants": sc.participants, "payload": sc.payload,
                       "kind": sc.kind,
                       "info": run.info, "steps": run.steps, "knee": knee,
-                      "ramped": knee is not None}  # fmt: skip
+                      "ramped": not rates}  # fmt: skip
     except (RuntimeError, TimeoutError) as exc:  # a join refused (a wrong key, ...), no node
         log(f"cannot benchmark {args.urls}: {exc}")
         sys.exit(2)
