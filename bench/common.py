@@ -50,6 +50,16 @@ def new_hist() -> HdrHistogram:
     return HdrHistogram(1, HIST_MAX_US, 3)
 
 
+def dig(obj: dict[str, Any] | None, *path: str) -> Any:
+    """``obj[path[0]][path[1]]...``, or None where a level is missing (a step not run)."""
+    cur: Any = obj
+    for key in path:
+        if cur is None:
+            return None
+        cur = cur.get(key)
+    return cur
+
+
 def hist_from_values(values: Any) -> HdrHistogram:
     h = new_hist()
     record = h.record_value

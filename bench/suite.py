@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import hops, report, runner
+from bench.common import dig
 from bench.runner import Scenario, ScenarioRun, log, run_redis_floor
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -184,14 +185,7 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
     peer_knee = peer["knee"] if peer else None
     rf = results.get("redis_floor") or {}
 
-    def get(step: dict[str, Any] | None, *path: str) -> Any:
-        cur: Any = step
-        for p in path:
-            if cur is None:
-                return None
-            cur = cur.get(p)
-        return cur
-
+    get = dig
     evalsha = get(ours_knee, "redis_calls_per_message", "evalsha")
     summary = {
         "deliveries_per_s": get(ours_knee, "deliveries_per_s"),

@@ -35,12 +35,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, runner
-from bench.runner import Scenario, ScenarioRun, log
+import orjson
 
-LIGHT_RATE = 100.0  # msgs/s at 10 x 10: 900 deliveries/s
+from bench import report, runner
+from bench.common import dig
+from bench.runner import Scenario, ScenarioRun, log
+from bench.suite import LIGHT_RATE, RAMP_STEPS, RESULTS
+
 RAMP_FACTOR = 1.3
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -51,14 +53,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     # a ramp's result is its knee (None: not even its lowest step passed); fixed rates: the
     # busiest step that passed
     best = knee if record["ramped"] else max(ok, key=lambda s: s["deliveries_per_s"], default=None)
-
-    def get(step: dict[str, Any] | None, *keys: str) -> Any:
-        for key in keys:
-            if step is None:
-                return None
-            step = step.get(key)
-        return step
-
+    get = dig
     return {
         "deliveries_per_s": get(best, "deliveries_per_s"),
         "max_rate_msgs_per_s": get(best, "rate"),
@@ -95,7 +90,7 @@ def main() -> None:
     ap.add_argument(
         "--start", type=float, help="first ramp rate, msgs/s (default: 500 at 10x10, <= 25/sender)"
     )
-    ap.add_argument("--max-steps", type=int, default=16, help="ramp steps at most")
+    ap.add_argument("--max-steps", type=int, default=RAMP_STEPS, help="ramp steps at most")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for target.json/.md")
     args = ap.parse_args()
     if any(not u.startswith(("http://", "https://")) for u in args.urls):
@@ -164,8 +159,6 @@ def main() -> None:
     results["summary"] = summary(record)
     paths = report.write(results, args.out, "target")
     log(f"results: {paths}")
-    import orjson
-
     print(orjson.dumps(results["summary"]).decode(), flush=True)
 
 
