@@ -236,6 +236,8 @@ class ScenarioRun:
             self.dep = start_floor(self.tmp, rooms=True)
         elif sc.system == "python-floor-rooms-picows":  # the same shape on picows (callbacks)
             self.dep = start_floor(self.tmp, rooms=True, lib="picows")
+        elif sc.system == "python-floor-rooms-direct":  # aiohttp, writing as the node does
+            self.dep = start_floor(self.tmp, rooms=True, lib="direct")
         elif sc.system == "external":
             self.dep = external(list(sc.urls))
         else:

@@ -97,6 +97,42 @@ async def serve_aiohttp() -> int:
     return int(runner.addresses[0][1])
 
 
+async def serve_direct() -> int:
+    """aiohttp receiving, as in `serve_aiohttp`'s rooms, but sending as roomstate's node does
+    (node/connection.py): each frame is built once, header included (`ws_frame`), and the same
+    bytes are written straight to every other member's transport: no `send_frame`, no await."""
+    from aiohttp import WSMsgType, web
+
+    from node.connection import ws_frame
+
+    rooms: dict[str, list[tuple[web.WebSocketResponse, asyncio.Transport]]] = {}
+
+    async def room(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MSG, decode_text=False)
+        await ws.prepare(request)
+        assert request.transport is not None
+        members = rooms.setdefault(request.match_info["name"], [])
+        me = (ws, request.transport)
+        members.append(me)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    wire = ws_frame(msg.data)
+                    for other, transport in members:
+                        if other is not ws and not transport.is_closing():
+                            transport.write(wire)
+        finally:
+            members.remove(me)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/room/{name}", room)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, 0).start()
+    return int(runner.addresses[0][1])
+
+
 async def serve_websockets() -> int:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.exceptions import ConnectionClosed
@@ -166,7 +202,12 @@ async def serve_picows() -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
-SERVERS = {"aiohttp": serve_aiohttp, "websockets": serve_websockets, "picows": serve_picows}
+SERVERS = {
+    "aiohttp": serve_aiohttp,
+    "websockets": serve_websockets,
+    "picows": serve_picows,
+    "direct": serve_direct,  # rooms only (bench.floor_libs), not a library of its own
+}
 
 
 def run_server(lib: str) -> None:
@@ -352,7 +393,7 @@ def main() -> None:
     ap.add_argument("--sat-messages", type=int, default=10000)
     ap.add_argument("--sat-rate", type=float, default=50000, help="msgs/s; 0 = no saturating run")
     ap.add_argument("--seconds", type=float, default=40, help="cap on each run's send phase")
-    ap.add_argument("--serve", choices=LIBS, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         run_server(args.serve)

@@ -1,0 +1,30 @@
+"""`python -m bench.floor_libs`: the three bare servers in roomstate's shape deliver every frame."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.integration.conftest import ROOT
+
+
+def test_each_bare_server_delivers_every_frame_once() -> None:
+    argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "1", "--seconds", "0.5"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    servers = {(r["server"], r["load"]) for r in result["rows"]}
+    assert servers == {(s, load) for s in ("aiohttp", "aiohttp, direct writes", "picows")
+                       for load in ("light", "ref")}  # fmt: skip
+    for r in result["rows"]:
+        assert r["expected"] > 0 and r["unique"] == r["expected"], r
+        assert r["lost"] == 0 and r["dups"] == 0, r
+        assert r["p50_ms"] > 0 and r["cpu_us_per_delivery"] is not None, r
+    assert len(result["medians"]) == 6
+
+
+def test_bad_arguments_are_refused_with_the_rule() -> None:
+    argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--rounds must be at least 1" in done.stderr
