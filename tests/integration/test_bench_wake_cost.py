@@ -1,0 +1,33 @@
+"""`python -m bench.wake_cost`: the ping-pong of two processes, measured both ways."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.integration.conftest import ROOT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "bench.wake_cost", *args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_every_rate_and_socket_kind_is_measured() -> None:
+    done = run("--rates", "500,2000", "--messages", "20")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [(r["socket"], r["rate"]) for r in results] == [
+        ("tcp", 500.0), ("unix", 500.0), ("tcp", 2000.0), ("unix", 2000.0)
+    ]  # fmt: skip
+    for r in results:
+        assert r["messages"] == 20
+        # a hop ends after the send began and before the reply came back
+        assert 0 < r["hop_us"]["p50"] < r["round_trip_us"]["p90"] * 2, r
+        assert r["send_us"]["p50"] <= r["send_us"]["p90"], r
+
+
+def test_bad_rates_are_refused_with_the_rule() -> None:
+    done = run("--rates", "fast")
+    assert done.returncode == 2 and "--rates must be comma-separated numbers" in done.stderr
