@@ -60,6 +60,12 @@ def dig(obj: dict[str, Any] | None, *path: str) -> Any:
     return cur
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The value below which a fraction `q` of `values` lies (nearest rank; `values` not empty)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def hist_from_values(values: Any) -> HdrHistogram:
     h = new_hist()
     record = h.record_value

@@ -8,19 +8,23 @@ light load (100 msgs/s, precise timing) and at the reference load (1,000 msgs/s)
 
 - ``aiohttp``: ``await ws.send_frame(...)`` to each other member (the rooms floor of the quick
   and full runs);
-- ``aiohttp, direct writes``: aiohttp receives the same way, and sends as roomstate's node does
-  (node/connection.py): the frame is built once, header included, and the same bytes are written
-  to each member's transport;
+- ``aiohttp, direct writes``: aiohttp receives the same way, and sends in the style of
+  roomstate's node (node/connection.py): the frame is built once, header included, and the same
+  bytes are written to each member's transport;
 - ``picows``: callbacks and Cython framing for both directions.
 
 The node already sends the second way, so what it could gain by moving its client side to picows
-is at most the difference between the last two rows: picows's cheaper receive path. Prints a row
-per step and the median over the rounds of each server and load; the last stdout line is JSON.
+is about the difference between the last two rows: picows's cheaper receive path (picows also
+frames each message for every receiver, which a node on it need not do). The order of the three
+is the same in every round. Prints a row per step and the median over the rounds of each server
+and load (of the undisturbed rounds; of all, flagged, if every round was disturbed); the last
+stdout line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -44,9 +48,9 @@ FIELDS = (
 )
 
 
-def row(name: str, load: str, step: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one step that this tool compares."""
-    out: dict[str, Any] = {"server": name, "load": load}
+def row(name: str, load: str, step: dict[str, Any], deployment: str = "") -> dict[str, Any]:
+    """The figures of one step that this tool compares (`deployment`: the server started)."""
+    out: dict[str, Any] = {"server": name, "load": load, "deployment": deployment}
     for key, path in FIELDS:
         out[key] = dig(step, *path)
     for key in ("expected", "unique", "lost", "dups"):
@@ -62,12 +66,15 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for _, name in SYSTEMS:
         for _, load in LOADS:
             mine = [r for r in rows if r["server"] == name and r["load"] == load]
-            quiet = [r for r in mine if not r["disturbed"]] or mine
-            if not quiet:
+            quiet = [r for r in mine if not r["disturbed"]]
+            used = quiet or mine
+            if not used:
                 continue
-            summary: dict[str, Any] = {"server": name, "load": load, "rounds": len(quiet)}
+            summary: dict[str, Any] = {"server": name, "load": load, "rounds": len(used)}
+            if not quiet:
+                summary["disturbed"] = True
             for key, _ in FIELDS:
-                values = [r[key] for r in quiet if r[key] is not None]
+                values = [r[key] for r in used if r[key] is not None]
                 summary[key] = round(statistics.median(values), 3) if values else None
             out.append(summary)
     return out
@@ -92,7 +99,8 @@ def measure(tmp: Path, rounds: int, seconds: float) -> list[dict[str, Any]]:
             with ScenarioRun(sc, tmp / f"{system}-{i}") as run:
                 for rate, load in LOADS:
                     step = run.run_step(rate, duration_s=seconds, tag=load, precise=rate <= 200)
-                    rows.append({"round": i, **row(name, load, step)})
+                    assert run.dep is not None
+                    rows.append({"round": i, **row(name, load, step, run.dep.name)})
     return rows
 
 
@@ -102,8 +110,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per step")
     args = ap.parse_args()
-    if args.rounds < 1 or args.seconds <= 0:
-        ap.error("--rounds must be at least 1 and --seconds above 0")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, not {args.rounds}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        ap.error(f"--seconds must be a finite number above 0, not {args.seconds}")
     with tempfile.TemporaryDirectory(prefix="floor-libs-") as tmp:
         rows = measure(Path(tmp), args.rounds, args.seconds)
     summary = medians(rows)

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.common import percentile
 from bench.deploy import TOPOLOGIES
 from bench.runner import Scenario, ScenarioRun
 
@@ -100,11 +101,6 @@ def _overlapped(processes: list[list[tuple[str, int, int]]]) -> set[int]:
                     done.add(previous)
                 previous = key
     return found
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -4,26 +4,34 @@
 
 Two processes joined by a loopback TCP connection (and, for comparison, a Unix socket pair) play
 ping-pong: the first sleeps ``1/rate`` s, stamps ``time.monotonic_ns()``, sends 300 bytes; the
-second, blocked in ``recv``, stamps its wake-up and answers. Printed per rate, p50 and p90 in µs:
-how long the ``send`` call took, the time until the peer had the bytes (one hop), and the round
-trip. At a low rate both processes have slept for milliseconds before each message; that is the
-case of every process on an app message's path at light load (generator, node, Redis, node), and
-what it costs against a high rate is the part of light-load latency no server code can remove.
-The last stdout line is JSON.
+second, blocked in ``recv``, stamps the moment it has them all and answers with that stamp.
+Printed per rate, p50 and p90 in µs: how long the ``send`` call took, the time until the peer had
+the bytes (one hop), and the round trip. The rate is nominal: the pause between messages is
+``1/rate``, so the real rate is lower by the round trip (much lower at 10,000/s). At a low rate
+both processes have slept for milliseconds before each message; that is the case of every
+process on an app message's path at light load (generator, node, Redis, node), and what it costs
+against a high rate is the part of light-load latency no server code can remove. The last stdout
+line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
-import statistics
+import sys
 import time
+import traceback
 from typing import Any
 
 import orjson
 
-PAYLOAD = b"x" * 300
+from bench.common import percentile
+
+SIZE = 300  # bytes per message: a 256 B app message and its frame
+STAMP = 8  # bytes of a time stamp or a sequence number
+TIMEOUT_S = 5.0  # a reply later than this is an error, not a sample
 
 
 def _pair(kind: str) -> tuple[socket.socket, socket.socket]:
@@ -37,18 +45,28 @@ def _pair(kind: str) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes, or b"" if the peer closed before sending any; closing midway is an error."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            if data:
+                raise ConnectionError(f"the peer closed after {len(data)} of {size} bytes")
+            return b""
+        data += chunk
+    return bytes(data)
+
+
 def _echo(sock: socket.socket) -> None:
-    """The second process: stamp each arrival, send the stamp back."""
-    while data := sock.recv(4096):
-        sock.sendall(time.monotonic_ns().to_bytes(8, "little") + data[:8])
+    """The second process: for each whole message, its arrival stamp and its sequence number."""
+    while data := _recv_exactly(sock, SIZE):
+        stamp = time.monotonic_ns()
+        sock.sendall(stamp.to_bytes(STAMP, "little") + data[:STAMP])
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": round(statistics.median(ordered), 1),
-        "p90": round(ordered[int(len(ordered) * 0.9)], 1),
-    }
+    return {"p50": round(percentile(values, 0.5), 1), "p90": round(percentile(values, 0.9), 1)}
 
 
 def measure(kind: str, rate: float, messages: int) -> dict[str, Any]:
@@ -56,26 +74,35 @@ def measure(kind: str, rate: float, messages: int) -> dict[str, Any]:
     pid = os.fork()
     if pid == 0:  # the echoing process
         a.close()
+        status = 0
         try:
             _echo(b)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
         finally:
-            os._exit(0)
+            os._exit(status)
     b.close()
+    a.settimeout(TIMEOUT_S)
     sends, hops, trips = [], [], []
     try:
-        for _ in range(messages):
+        for seq in range(messages):
             time.sleep(1 / rate)
             t0 = time.monotonic_ns()
-            a.sendall(PAYLOAD)
+            a.sendall(seq.to_bytes(STAMP, "little") + b"x" * (SIZE - STAMP))
             t1 = time.monotonic_ns()
-            reply = a.recv(4096)
+            reply = _recv_exactly(a, 2 * STAMP)
             t2 = time.monotonic_ns()
+            if not reply or int.from_bytes(reply[STAMP:], "little") != seq:
+                raise RuntimeError(f"message {seq}: the echo does not match ({reply!r})")
             sends.append((t1 - t0) / 1000)
-            hops.append((int.from_bytes(reply[:8], "little") - t0) / 1000)
+            hops.append((int.from_bytes(reply[:STAMP], "little") - t0) / 1000)
             trips.append((t2 - t0) / 1000)
     finally:
         a.close()
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError(f"the echoing process failed (wait status {status})")
     return {"socket": kind, "rate": rate, "messages": messages, "send_us": _quantiles(sends),
             "hop_us": _quantiles(hops), "round_trip_us": _quantiles(trips)}  # fmt: skip
 
@@ -90,13 +117,18 @@ def main() -> None:
         rates = [float(r) for r in args.rates.split(",")]
     except ValueError:
         ap.error(f"--rates must be comma-separated numbers, not {args.rates!r}")
-    if not rates or min(rates) <= 0 or args.messages < 10:
-        ap.error("--rates must be above 0 and --messages at least 10")
+    if not all(math.isfinite(r) and r > 0 for r in rates):
+        ap.error(f"--rates must be finite numbers above 0, not {args.rates!r}")
+    if args.messages < 10:
+        ap.error(f"--messages must be at least 10, not {args.messages}")
     results = []
     print("socket  rate/s   send() p50/p90 µs   one hop p50/p90 µs   round trip p50/p90 µs")
     for rate in rates:
         for kind in ("tcp", "unix"):
-            r = measure(kind, rate, args.messages)
+            try:
+                r = measure(kind, rate, args.messages)
+            except (OSError, RuntimeError) as exc:
+                sys.exit(f"wake_cost: {kind} at {rate:g}/s: {exc}")
             results.append(r)
             cells = [
                 f"{r[k][q]:7.1f}"

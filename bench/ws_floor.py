@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """WebSocket fan-out "Python floor" benchmark for aiohttp, websockets and picows.
 
+(Its server also has a fourth mode, ``--serve direct``, rooms only: aiohttp sending in the
+style of roomstate's node; `python -m bench.floor_libs` uses it.)
+
 What it measures: the cost of the server library alone when one sender's text
 frame is fanned out to N receivers -- no rooms, no protocol, no per-recipient
 encoding (the frame is encoded at most once, then the same bytes object is
@@ -98,9 +101,11 @@ async def serve_aiohttp() -> int:
 
 
 async def serve_direct() -> int:
-    """aiohttp receiving, as in `serve_aiohttp`'s rooms, but sending as roomstate's node does
-    (node/connection.py): each frame is built once, header included (`ws_frame`), and the same
-    bytes are written straight to every other member's transport: no `send_frame`, no await."""
+    """aiohttp receiving, as in `serve_aiohttp`'s rooms, but sending in the style of roomstate's
+    node when a client keeps up (node/connection.py's fast path): each frame is built once,
+    header included (`ws_frame`), and the same bytes are written straight to every other
+    member's transport: no `send_frame`, no await. Not the node's batching per loop iteration
+    nor its send queue for a slow client (this server has none: writes are not bounded)."""
     from aiohttp import WSMsgType, web
 
     from node.connection import ws_frame
@@ -119,7 +124,8 @@ async def serve_direct() -> int:
                 if msg.type is WSMsgType.TEXT:
                     wire = ws_frame(msg.data)
                     for other, transport in members:
-                        if other is not ws and not transport.is_closing():
+                        # nothing may follow a close frame: skip a member closing
+                        if other is not ws and not other.closed and not transport.is_closing():
                             transport.write(wire)
         finally:
             members.remove(me)

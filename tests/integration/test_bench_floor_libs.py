@@ -17,6 +17,10 @@ def test_each_bare_server_delivers_every_frame_once() -> None:
     servers = {(r["server"], r["load"]) for r in result["rows"]}
     assert servers == {(s, load) for s in ("aiohttp", "aiohttp, direct writes", "picows")
                        for load in ("light", "ref")}  # fmt: skip
+    started = {r["server"]: r["deployment"] for r in result["rows"]}
+    assert started == {"aiohttp": "python-floor-rooms",
+                       "aiohttp, direct writes": "python-floor-rooms-direct",
+                       "picows": "python-floor-rooms-picows"}  # fmt: skip
     for r in result["rows"]:
         assert r["expected"] > 0 and r["unique"] == r["expected"], r
         assert r["lost"] == 0 and r["dups"] == 0, r
@@ -28,3 +32,6 @@ def test_bad_arguments_are_refused_with_the_rule() -> None:
     argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "0"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--rounds must be at least 1" in done.stderr
+    argv = [sys.executable, "-m", "bench.floor_libs", "--seconds", "nan"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--seconds must be a finite number above 0" in done.stderr

@@ -19,7 +19,7 @@ def test_medians_leave_out_disturbed_rounds() -> None:
         {"round": 3, **row("picows", "ref", step(0.2, 12.0))},
     ]
     (only,) = medians(rows)
-    assert only == {"server": "picows", "load": "ref", "rounds": 2,
+    assert only == {"server": "picows", "load": "ref", "rounds": 2,  # and not flagged disturbed
                     "p50_ms": 0.3, "p99_ms": 0.6, "cpu_us_per_delivery": 11.0}  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def test_medians_use_every_round_when_all_are_disturbed() -> None:
         {"round": i, **row("aiohttp", "light", step(p, 20.0, True))} for i, p in ((1, 1), (2, 3))
     ]
     (only,) = medians(rows)
-    assert only["rounds"] == 2 and only["p50_ms"] == 2.0
+    assert only["rounds"] == 2 and only["p50_ms"] == 2.0 and only["disturbed"] is True
 
 
 def test_a_missing_figure_stays_missing() -> None:

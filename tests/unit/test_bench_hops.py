@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench.common import make_key
+from bench.common import make_key, percentile
 from bench.hop_probe import key_of
-from bench.hops import hop_times, percentile
+from bench.hops import hop_times
 
 
 def test_key_of_is_the_actual_send_time() -> None:
