@@ -88,11 +88,18 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "> 10 ms late with the cores not saturated, are marked *disturbed*",
         "- latency is receive time − scheduled send time (open loop), in ms; CPU % is of one core "
         "over the measured window; node µs/delivery = all nodes' CPU / deliveries in the window",
-        "",
     ]
+    for w in results.get("machine_wake") or ():
+        lines.append(
+            f"- this machine's wake-up cost at {w['rate']:g} msgs/s (`python -m bench.wake_cost`): "
+            f"one loopback hop between two sleeping processes p50 {w['hop_us']['p50']:.1f} µs, "
+            f"p90 {w['hop_us']['p90']:.1f} µs; a cross-node app message crosses four such hops"
+        )
+    lines.append("")
     # a part of the full run (--only) has no figure for most of the summary and targets
     measured = [t for t in results.get("targets") or () if t.get("measured") is not None]
-    if any(v is not None for k, v in results["summary"].items() if k != "disturbed_steps"):
+    context = ("disturbed_steps", "machine_hop_p50_us_light", "machine_hop_p50_us_ref")
+    if any(v is not None for k, v in results["summary"].items() if k not in context):
         lines += ["## Summary", "", "```json", json.dumps(results["summary"], indent=1), "```", ""]
     if measured:
         lines += [

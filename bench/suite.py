@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import hops, report, runner
+from bench import hops, report, runner, wake_cost
 from bench.common import dig
 from bench.runner import Scenario, ScenarioRun, log, run_redis_floor
 
@@ -31,6 +31,7 @@ REF_RATE = 1000.0  # msgs/s: the reference load of 10 rooms x 10 (9,000 deliveri
 LIGHT_RATE = 100.0  # msgs/s: light load (900 deliveries/s)
 RAMP_STEPS = 16  # a bound on rate steps (×1.3 from half the reference); a ramp stops at a failure
 FLOOR_RECEIVERS = 99
+WAKE_MESSAGES = 300  # ping-pongs per rate for the machine's wake-up cost (3.3 s in all)
 BASE = "2-nodes-redis"
 TOPOLOGY_LABELS = {
     "1-node-memory": "roomstate 1 node in-memory",
@@ -48,6 +49,15 @@ ROOMS_FLOOR_LABEL = "python floor: aiohttp, 10 rooms x 10, 1 process"
 FLOOR_AT_KNEE_LABEL = f"{FLOOR_LABEL}, at our knee's load"
 ROOMS_FLOOR_AT_KNEE_LABEL = f"{ROOMS_FLOOR_LABEL}, at our knee's load"
 PICOWS_ROOMS_FLOOR_LABEL = "python floor: picows, 10 rooms x 10, 1 process"
+
+
+def _machine_wake() -> list[dict[str, Any]]:
+    """One loopback hop between two sleeping processes on this machine, at the light and the
+    reference rate (`bench.wake_cost`, TCP): what light-load latency is made of. It differs
+    between machines of one kind and between moments of one machine (docs/performance.md), so
+    every run reports it beside its latencies. Run first, before any child process or thread."""
+    log("== the machine's wake-up cost")
+    return [wake_cost.measure("tcp", rate, WAKE_MESSAGES) for rate in (LIGHT_RATE, REF_RATE)]
 
 
 def _machine() -> dict[str, Any]:
@@ -184,6 +194,7 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
     ours_knee = ours["knee"] if ours else None
     peer_knee = peer["knee"] if peer else None
     rf = results.get("redis_floor") or {}
+    wake = {w["rate"]: w for w in results.get("machine_wake") or ()}
 
     get = dig
     evalsha = get(ours_knee, "redis_calls_per_message", "evalsha")
@@ -217,6 +228,8 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         "peer_knee_cores_saturated": get(peer_knee, "saturated"),
         "knee_capped": get(ours_knee, "capped"),
         "peer_knee_capped": get(peer_knee, "capped"),
+        "machine_hop_p50_us_light": get(wake.get(LIGHT_RATE), "hop_us", "p50"),
+        "machine_hop_p50_us_ref": get(wake.get(REF_RATE), "hop_us", "p50"),
         "disturbed_steps": sum(
             1 for sc in results["scenarios"] for s in sc["steps"] if s.get("disturbed")
         ),
@@ -293,6 +306,7 @@ def quick(tmp: Path) -> dict[str, Any]:
         "mode": "quick", "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench quick", "machine": _machine(), "scenarios": [],
     }  # fmt: skip
+    results["machine_wake"] = _machine_wake()
     log("== Redis floor")
     results["redis_floor"] = run_redis_floor(tmp / "redis-floor", 1000, 2.0)
     log("== Python floor")
@@ -322,6 +336,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
         "command": "python -m bench full" + (f" --only {','.join(sorted(only))}" if only else ""),
         "machine": _machine(), "scenarios": [],
     }  # fmt: skip
+    results["machine_wake"] = _machine_wake()
     extra: list[dict[str, Any]] = []
     results["targets_extra"] = extra
     d = 3.0  # measured seconds per step
