@@ -16,7 +16,7 @@ def test_each_bare_server_delivers_every_frame_once() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     servers = {(r["server"], r["load"]) for r in result["rows"]}
     assert servers == {(s, load) for s in ("aiohttp", "aiohttp, direct writes", "picows")
-                       for load in ("light", "ref")}  # fmt: skip
+                       for load in ("light", "ref", "high")}  # fmt: skip
     started = {r["server"]: r["deployment"] for r in result["rows"]}
     assert started == {"aiohttp": "python-floor-rooms",
                        "aiohttp, direct writes": "python-floor-rooms-direct",
@@ -25,7 +25,7 @@ def test_each_bare_server_delivers_every_frame_once() -> None:
         assert r["expected"] > 0 and r["unique"] == r["expected"], r
         assert r["lost"] == 0 and r["dups"] == 0, r
         assert r["p50_ms"] > 0 and r["cpu_us_per_delivery"] is not None, r
-    assert len(result["medians"]) == 6
+    assert len(result["medians"]) == 9
 
 
 def test_bad_arguments_are_refused_with_the_rule() -> None:
