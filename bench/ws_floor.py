@@ -46,6 +46,16 @@ DRAIN_S = 10.0  # how long to wait for in-flight deliveries after the last send
 
 
 # ----------------------------------------------------------------- server side
+async def _listen(app: Any) -> int:
+    """Serve an aiohttp `app` on HOST, a free port; return the port."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, 0).start()
+    return int(runner.addresses[0][1])
+
+
 async def serve_aiohttp() -> int:
     from aiohttp import WSMsgType, web
 
@@ -94,10 +104,7 @@ async def serve_aiohttp() -> int:
     app.router.add_get("/recv", recv)
     app.router.add_get("/send", send)
     app.router.add_get("/room/{name}", room)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, HOST, 0).start()
-    return int(runner.addresses[0][1])
+    return await _listen(app)
 
 
 async def serve_direct() -> int:
@@ -133,10 +140,7 @@ async def serve_direct() -> int:
 
     app = web.Application()
     app.router.add_get("/room/{name}", room)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, HOST, 0).start()
-    return int(runner.addresses[0][1])
+    return await _listen(app)
 
 
 async def serve_websockets() -> int:
