@@ -395,7 +395,9 @@ def run_one(lib: str, mode: str, args: argparse.Namespace, rate: float, messages
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lib", action="append", choices=LIBS, help="repeatable; default: all")
+    ap.add_argument(
+        "--lib", action="append", choices=LIBS, help="repeatable; default: all installed"
+    )
     ap.add_argument("--receivers", type=int, default=99)
     ap.add_argument("--payload", type=int, default=256, help="frame size in bytes (>= 22)")
     ap.add_argument("--messages", type=int, default=2000, help="messages in the light run")
@@ -411,14 +413,23 @@ def main() -> None:
     if args.payload < 22:
         ap.error("--payload must be >= 22")
 
-    v = {m: metadata.version(m) for m in ("aiohttp", "websockets", "picows", "uvloop")}
+    v = {}
+    for m in ("aiohttp", "websockets", "picows", "uvloop"):
+        try:
+            v[m] = metadata.version(m)
+        except metadata.PackageNotFoundError:
+            v[m] = "not installed"
+    libs = args.lib or [lib for lib in LIBS if v[lib] != "not installed"]
+    missing = [lib for lib in libs if v[lib] == "not installed"]
+    if missing:
+        ap.error(f"--lib {missing[0]}: not installed here (pip install {missing[0]})")
     print(
         f"# ws_floor: python {sys.version.split()[0]}, {os.cpu_count()} cpus, {v}, "
         f"receivers={args.receivers}, payload={args.payload}B\n"
     )
     results: dict[str, dict[str, Any]] = {}
     rows: list[Result] = []
-    for lib in args.lib or LIBS:
+    for lib in libs:
         runs = [("light", args.rate, args.messages)]
         if args.sat_rate > 0:
             runs.append(("saturate", args.sat_rate, args.sat_messages))
