@@ -14,8 +14,9 @@ publish it atomically:
     rs:{rs<k>}:lease:<node id> in a Cluster, a copy per shard: a dead master hides only the
                                copies of its own shards, whose rooms it also holds
 
-Writing: events go out as ``EVALSHA`` of the PUBLISH script on one pipelining connection per
-Redis server (node/resp.py), so publishes made together share one write and one read, and each
+Writing: events go out as ``EVALSHA`` of the PUBLISH script (PUBLISH_MESSAGE for an event that
+changes no state, such as an app message) on one pipelining connection per Redis server
+(node/resp.py), so publishes made together share one write and one read, and each
 costs one round trip at most.
 
 Reading: a node subscribes (``SSUBSCRIBE``, one connection per Redis server) to the channels of
@@ -48,7 +49,7 @@ from crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
 from node.bus import Bus, EventHandler, LeaseState, Snapshot
 from node.errors import BusError
 from node.events import BusEvent, decode_event, encode_event
-from node.redis_scripts import PUBLISH, RENEW_LEASE, SNAPSHOT
+from node.redis_scripts import PUBLISH, PUBLISH_MESSAGE, RENEW_LEASE, SNAPSHOT
 from node.resp import RespConnection, RespConnectionError, RespError
 from node.settings import Settings
 
@@ -185,6 +186,9 @@ class RedisBus(Bus):
         self.client = self._connect(COMMAND_TIMEOUT_S)  # snapshots, leases, Cluster topology
         self.cluster = isinstance(self.client, RedisCluster)
         self._publish = _Script(PUBLISH, self.client.register_script(PUBLISH).sha, 3)
+        self._publish_message = _Script(
+            PUBLISH_MESSAGE, self.client.register_script(PUBLISH_MESSAGE).sha, 3
+        )
         self._snapshot = self.client.register_script(SNAPSHOT)
         self._renew = _Script(RENEW_LEASE, self.client.register_script(RENEW_LEASE).sha, 1)
         # The hot path: one pipelining connection per Redis server for publishing.
@@ -308,7 +312,7 @@ class RedisBus(Bus):
         try:
             result = await self._evalsha(
                 shard,
-                self._publish,
+                self._publish if ops else self._publish_message,  # no state change: fewer calls
                 (*keys, encode_event(event), STREAM_MAXLEN, self._grace_ms, *ops),
             )
         except BusError:

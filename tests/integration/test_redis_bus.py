@@ -178,3 +178,37 @@ async def resync_in(seen: list[BusEvent]) -> BusEvent:
 def joined(sid: str) -> BusEvent:
     delta = RoomState().join(sid, {"user_name": sid}, {"node": "n1"}, None, Stamp(1, 0, "n1"))
     return BusEvent("n1/i", 0, delta=delta)
+
+
+async def test_app_messages_keep_the_expiry_of_the_rooms_keys(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    """App messages go out through PUBLISH_MESSAGE, which skips the PERSIST that PUBLISH runs:
+    the keys of a room with someone present must stay persistent, and those of an empty or
+    unknown room must still expire."""
+    publisher, _ = buses
+    room = f"ttl-{uuid.uuid4().hex[:8]}"
+    grace_ms = int(publisher.settings.room_grace_s * 1000)
+
+    def ttls() -> list[object]:
+        return [redis_server.command("PTTL", key) for key in (log_key(room), state_key(room))]
+
+    def expiring(values: list[object]) -> bool:
+        return all(isinstance(v, int) and 0 < v <= grace_ms for v in values)
+
+    await publisher.publish(room, message(0))  # a REST message to a room nobody is in
+    assert expiring(ttls()), ttls()
+    stamp = Stamp(1, 0, "n1")
+    where = {"node": "n1", "incarnation": "i"}
+    join = RoomState().join("s1", {"user_name": "s1"}, where, None, stamp)
+    await publisher.publish(room, BusEvent("n1/i", 0, delta=join))
+    assert ttls() == [-1, -1]
+    await publisher.publish(room, message(1))
+    assert ttls() == [-1, -1], "an app message in a room with someone present"
+    await publisher.publish(room, BusEvent("n1/i", 0, delta=RoomState(removed={"s1"})))
+    assert expiring(ttls()), ttls()
+    redis_server.command("PEXPIRE", log_key(room), 50)  # most of the grace period has passed
+    await publisher.publish(room, message(2))
+    assert expiring(ttls()) and min(ttls()) > 50, "a message restarts an empty room's grace"
+    entries = redis_server.command("XRANGE", log_key(room), "-", "+")
+    assert isinstance(entries, list) and len(entries) == 5
