@@ -143,11 +143,12 @@ return id
 
 PUBLISH_MESSAGE = """
 -- PUBLISH for an event that changes no state (an app message): the same keys and arguments
--- with no ops, the same stream, channel, chain of ids and expiry, in 4 calls instead of 8.
--- A room's keys have an expiry exactly when its last PUBLISH found nobody present, and an
--- event without ops changes nobody's presence: so when someone is present the keys are
--- already persistent, and when nobody is (a REST message to an empty or unknown room) the
--- expiry is set as PUBLISH sets it. Measured in docs/performance.md ("What is left").
+-- with no ops, the same stream, channel, chain of ids and expiry, in 4 calls instead of 8
+-- when someone is present. A room's keys have an expiry exactly when its last PUBLISH found
+-- nobody present (only these two scripts write them, and nothing else may set an expiry on
+-- them), and an event without ops changes nobody's presence: so when someone is present the
+-- keys are already persistent, and when nobody is (a REST message to an empty or unknown room)
+-- the expiry is set as PUBLISH sets it. Measured in docs/performance.md.
 local log, state = KEYS[1], KEYS[2]
 local n_and_last = redis.call("HMGET", state, "n", "l")
 local prev = n_and_last[2] or "0-0"

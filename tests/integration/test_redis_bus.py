@@ -9,10 +9,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from crdt import RoomState, Stamp
 from node.events import AppMessage, BusEvent
-from node.redis_bus import RESYNC_ORIGIN, RedisBus, encode_event, log_key, state_key
+from node.redis_bus import (
+    RESYNC_ORIGIN,
+    RedisBus,
+    channel,
+    encode_event,
+    log_key,
+    state_key,
+)
 from node.settings import Settings
 
 from ..servers import RedisServer
@@ -207,8 +215,42 @@ async def test_app_messages_keep_the_expiry_of_the_rooms_keys(
     assert ttls() == [-1, -1], "an app message in a room with someone present"
     await publisher.publish(room, BusEvent("n1/i", 0, delta=RoomState(removed={"s1"})))
     assert expiring(ttls()), ttls()
-    redis_server.command("PEXPIRE", log_key(room), 50)  # most of the grace period has passed
+    redis_server.command("PEXPIRE", log_key(room), 5000)  # most of the grace period has passed
     await publisher.publish(room, message(2))
-    assert expiring(ttls()) and min(ttls()) > 50, "a message restarts an empty room's grace"
+    assert expiring(ttls()) and min(ttls()) > 5000, "a message restarts an empty room's grace"
     entries = redis_server.command("XRANGE", log_key(room), "-", "+")
     assert isinstance(entries, list) and len(entries) == 5
+
+
+async def test_app_messages_and_state_events_form_one_chain_of_ids(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    """Each message on a room's channel names the stream id before it, whichever of the two
+    scripts (PUBLISH for state events, PUBLISH_MESSAGE for app messages) wrote it. A subscriber
+    would hide a broken chain by reading the stream again, so it is checked on the raw channel."""
+    publisher, _ = buses
+    room = f"chain-{uuid.uuid4().hex[:8]}"
+    raw = aioredis.Redis.from_url(redis_server.url)
+    pubsub = raw.pubsub()
+    await pubsub.ssubscribe(channel(room))
+    where = {"node": "n1", "incarnation": "i"}
+    events = [
+        BusEvent("n1/i", 0, delta=RoomState().join("s1", {}, where, None, Stamp(1, 0, "n1"))),
+        message(0),
+        message(1),
+        BusEvent("n1/i", 0, delta=RoomState(removed={"s1"})),
+        message(2),
+    ]
+    stored = [await publisher.publish(room, event) for event in events]
+    published: list[tuple[str, str]] = []
+    async with asyncio.timeout(5):
+        while len(published) < len(events):
+            got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if got is not None:
+                entry_id, previous, _ = got["data"].decode().split(" ", 2)
+                published.append((entry_id, previous))
+    await pubsub.aclose()
+    await raw.aclose()
+    assert [entry_id for entry_id, _ in published] == stored
+    assert [previous for _, previous in published] == ["0-0", *stored[:-1]]
+    assert redis_server.command("HGET", state_key(room), "l") == stored[-1]
