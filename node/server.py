@@ -108,7 +108,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.connections.dec()
         await node.disconnect(conn, "disconnected")
         await conn.stop()
+        _release_heartbeat_callback(request)
     return ws
+
+
+def _release_heartbeat_callback(request: web.Request) -> None:
+    """Let a closed connection be freed by reference counting. aiohttp 3.14 gives the
+    connection's protocol a callback into the WebSocketResponse (to reset the heartbeat on any
+    data) and does not drop it when the connection is lost: a cycle (protocol → callback →
+    response → request → protocol) of ~40 objects per closed connection, which only a full
+    collection frees (docs/decisions/0005-gc-thresholds.md). Nothing is read any more here, so
+    the callback has no use left."""
+    protocol = request.protocol
+    if getattr(protocol, "_data_received_cb", None) is not None:
+        protocol._data_received_cb = None
 
 
 async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -> None:

@@ -1,0 +1,75 @@
+"""A closed WebSocket connection is freed by reference counting, not left for the cyclic
+garbage collector: on a node with thousands of connections, a full collection stops it for
+tenths of a second (docs/decisions/0005-gc-thresholds.md), so cyclic garbage per closed
+connection means more and longer pauses under churn.
+
+The node runs in this process (its aiohttp app on a real socket, the in-memory bus) so that the
+test can ask Python's collector what it finds; the clients are aiohttp clients on that socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections import Counter
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from node.bus import MemoryBus
+from node.node import Node
+from node.server import build_app
+from node.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+CLIENTS = 50
+
+
+def cyclic_garbage() -> Counter[str]:
+    """What a full collection finds unreachable now, by type (DEBUG_SAVEALL keeps it in
+    gc.garbage instead of freeing it; gc.garbage is emptied after)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    return found
+
+
+async def test_closed_websocket_connections_leave_no_cyclic_garbage() -> None:
+    settings = Settings(heartbeat_s=20.0)  # the heartbeat is what aiohttp's cycle hangs on
+    bus = MemoryBus(room_grace_s=settings.room_grace_s)
+    await bus.start()
+    node = Node(settings, bus)
+    await node.start()
+    runner = web.AppRunner(build_app(node), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/rooms/memory/ws"
+    try:
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(url) for _ in range(CLIENTS)]
+            for ws in sockets:
+                await ws.send_str('{"type":"join","id":1}')
+                reply = await ws.receive_json(timeout=5)
+                assert reply["type"] == "joined", reply
+            cyclic_garbage()  # what start-up left, if anything
+            for ws in sockets:
+                await ws.close()
+            del sockets, ws
+        async with asyncio.timeout(5):  # the node has seen every connection go
+            while node.connections:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # and aiohttp has closed each transport
+        found = cyclic_garbage()
+        server_side = {t: n for t, n in found.items() if t.startswith(("aiohttp.web", "node."))}
+        assert not server_side, f"{CLIENTS} closed connections left cyclic garbage: {found}"
+    finally:
+        await node.shutdown()
+        await runner.cleanup()
+        await bus.close()
