@@ -23,7 +23,7 @@ Every option can also be set with an environment variable (the option wins):
   timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
   ROOMSTATE_MAX_DRIFT_MS (500),
-  process: ROOMSTATE_GC_THRESHOLDS (10000,10,2; python: Python's own).
+  process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
 """
 

@@ -46,10 +46,9 @@ class Settings:
     max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
 
     # Process
-    # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700),
-    # full ones at most every third of the middle generation's (docs/decisions/0005);
-    # "python": Python's own
-    gc_thresholds: str = "10000,10,2"
+    # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700);
+    # the older generations at Python's own pace (docs/decisions/0005); "python": Python's own
+    gc_thresholds: str = "10000,10,10"
 
     # Fault injection (tests)
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
@@ -69,7 +68,7 @@ class Settings:
         if len(values) != 3 or min(values) < 1:
             raise ValueError(
                 f"ROOMSTATE_GC_THRESHOLDS={self.gc_thresholds!r} is not three positive integers"
-                " (generation 0, 1, 2 thresholds, e.g. 10000,10,2), or python"
+                " (generation 0, 1, 2 thresholds, e.g. 10000,10,10), or python"
             )
         return values[0], values[1], values[2]
 

@@ -8,7 +8,7 @@ from node.settings import Settings
 
 
 def test_gc_thresholds_default_override_and_python_default() -> None:
-    assert Settings().gc_threshold_values() == (10_000, 10, 2)
+    assert Settings().gc_threshold_values() == (10_000, 10, 10)
     env = {"ROOMSTATE_GC_THRESHOLDS": "700,10,10"}
     assert Settings.from_env(env).gc_threshold_values() == (700, 10, 10)
     python = Settings.from_env({"ROOMSTATE_GC_THRESHOLDS": "python"})
