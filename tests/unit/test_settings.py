@@ -15,7 +15,7 @@ def test_gc_thresholds_default_override_and_python_default() -> None:
     assert python.gc_threshold_values() is None
     # An empty variable is not set (as for every setting): the default stays.
     empty = Settings.from_env({"ROOMSTATE_GC_THRESHOLDS": ""})
-    assert empty.gc_threshold_values() == (10_000, 10, 2)
+    assert empty.gc_threshold_values() == (10_000, 10, 10)
 
 
 @pytest.mark.parametrize("raw", ["10000,10", "a,b,c", "0,10,10", "1,2,3,4"])
