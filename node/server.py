@@ -105,23 +105,28 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 conn.write_batched()  # the replies to frames before it go before the close
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"frames must be JSON text")
     finally:
+        _release_heartbeat_callback(request)  # first: the awaits below can be cancelled
         node.metrics.connections.dec()
         await node.disconnect(conn, "disconnected")
         await conn.stop()
-        _release_heartbeat_callback(request)
     return ws
 
 
 def _release_heartbeat_callback(request: web.Request) -> None:
-    """Let a closed connection be freed by reference counting. aiohttp 3.14 gives the
-    connection's protocol a callback into the WebSocketResponse (to reset the heartbeat on any
-    data) and does not drop it when the connection is lost: a cycle (protocol → callback →
-    response → request → protocol) of ~40 objects per closed connection, which only a full
-    collection frees (docs/decisions/0005-gc-thresholds.md). Nothing is read any more here, so
-    the callback has no use left."""
+    """Let a closed connection be freed by reference counting. Since aiohttp PR #12030 (3.14)
+    the WebSocketResponse gives the connection's protocol a callback to reset the heartbeat on
+    any data, and aiohttp does not drop it when the connection is lost: a cycle (protocol →
+    callback → response → request → protocol) of ~40 objects per closed connection, which only
+    a full collection frees (docs/decisions/0005-gc-thresholds.md). The handler reads nothing
+    more once here and the heartbeat is already cancelled, so the callback has no use left.
+    Private to aiohttp: if it goes or changes, this does nothing, and
+    tests/integration/test_server_memory.py tells whether a cycle came back."""
     protocol = request.protocol
-    if getattr(protocol, "_data_received_cb", None) is not None:
-        protocol._data_received_cb = None
+    try:
+        if getattr(protocol, "_data_received_cb", None) is not None:
+            protocol._data_received_cb = None
+    except AttributeError:  # read-only in some later aiohttp
+        pass
 
 
 async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -> None:

@@ -31,7 +31,7 @@ SERVER_SIDE = ("aiohttp.web_", "node.connection.", "node.server.")
 
 def cyclic_garbage() -> Counter[str]:
     """What a full collection finds unreachable now, by type (DEBUG_SAVEALL keeps it in
-    gc.garbage instead of freeing it; gc.garbage is emptied after)."""
+    gc.garbage instead of freeing it), then freed."""
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
@@ -39,6 +39,7 @@ def cyclic_garbage() -> Counter[str]:
     finally:
         gc.garbage.clear()
         gc.set_debug(0)
+    gc.collect()  # the cycles are still there once gc.garbage lets them go
     return found
 
 
@@ -60,20 +61,23 @@ async def test_closed_websocket_connections_leave_no_cyclic_garbage() -> None:
                 await ws.send_str('{"type":"join","id":1}')
                 reply = await ws.receive_json(timeout=5)
                 assert reply["type"] == "joined", reply
-            cyclic_garbage()  # what start-up left, if anything
+            gc.collect()  # what start-up and earlier tests left
+            gc.disable()  # so that no automatic collection frees the cycles before the check
             for ws in sockets:
                 await ws.close()
             del sockets, ws
-        async with asyncio.timeout(5):  # the node has seen every connection go
-            while node.connections:
+        server = runner.server
+        assert server is not None
+        async with asyncio.timeout(10):  # every connection's handler has returned, and aiohttp
+            while node.connections or server.connections:  # has let its protocol go
                 await asyncio.sleep(0.02)
-        await asyncio.sleep(0.5)  # and aiohttp has closed each transport
         found = cyclic_garbage()
         # Only the server's side of these connections: other tests of the same session may
         # drop their own cyclic garbage meanwhile (bus clients, Hypothesis's data).
         server_side = {t: n for t, n in found.items() if t.startswith(SERVER_SIDE)}
         assert not server_side, f"{CLIENTS} closed connections left cyclic garbage: {server_side}"
     finally:
+        gc.enable()
         await node.shutdown()
         await runner.cleanup()
         await bus.close()
