@@ -118,7 +118,8 @@ def _release_heartbeat_callback(request: web.Request) -> None:
     any data, and aiohttp does not drop it when the connection is lost: a cycle (protocol →
     callback → response → request → protocol) of ~40 objects per closed connection, which only
     a full collection frees (docs/decisions/0005-gc-thresholds.md). The handler reads nothing
-    more once here and the heartbeat is already cancelled, so the callback has no use left.
+    more once here, and the connection is closed or about to be (its heartbeat is cancelled on
+    close), so the callback has no use left.
     Private to aiohttp: if it goes or changes, this does nothing, and
     tests/integration/test_server_memory.py tells whether a cycle came back."""
     protocol = request.protocol
