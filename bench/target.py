@@ -53,16 +53,15 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     # a ramp's result is its knee (None: not even its lowest step passed); fixed rates: the
     # busiest step that passed
     best = knee if record["ramped"] else max(ok, key=lambda s: s["deliveries_per_s"], default=None)
-    get = dig
     return {
-        "deliveries_per_s": get(best, "deliveries_per_s"),
-        "max_rate_msgs_per_s": get(best, "rate"),
-        "p99_ms_at_max": get(best, "latency", "p99_ms"),
+        "deliveries_per_s": dig(best, "deliveries_per_s"),
+        "max_rate_msgs_per_s": dig(best, "rate"),
+        "p99_ms_at_max": dig(best, "latency", "p99_ms"),
         "capped": bool(knee and knee.get("capped")),
-        "light_p50_ms": get(light, "latency", "p50_ms"),
-        "light_p99_ms": get(light, "latency", "p99_ms"),
-        "cross_node_p50_ms": get(light, "cross_node", "p50_ms"),
-        "cross_node_p99_ms": get(light, "cross_node", "p99_ms"),
+        "light_p50_ms": dig(light, "latency", "p50_ms"),
+        "light_p99_ms": dig(light, "latency", "p99_ms"),
+        "cross_node_p50_ms": dig(light, "cross_node", "p50_ms"),
+        "cross_node_p99_ms": dig(light, "cross_node", "p99_ms"),
         "steps": len(steps),
         "failed_steps": sum(1 for s in steps if not s["ok"]),
         "errors": sum(s["errors"] for s in steps),

@@ -35,8 +35,29 @@ local function split(v)  -- "<stamp> <payload>" -> stamp, payload
 end
 """
 
+_APPEND = """
+-- Appends the event (ARGV[1]) to the room's stream, then publishes "<id> <previous id> <event>"
+-- on its channel. A room with nobody present expires after the grace period (ARGV[3]); with
+-- `persist`, one with someone present loses any expiry. Returns the stream id.
+local function append(present, prev, persist)
+  local log, state = KEYS[1], KEYS[2]
+  local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
+  redis.call("HSET", state, "l", id)
+  redis.call("SPUBLISH", KEYS[3], id .. " " .. prev .. " " .. ARGV[1])
+  if present == 0 then
+    redis.call("PEXPIRE", log, ARGV[3])
+    redis.call("PEXPIRE", state, ARGV[3])
+  elseif persist then
+    redis.call("PERSIST", log)
+    redis.call("PERSIST", state)
+  end
+  return id
+end
+"""
+
 PUBLISH = (
     _COMMON
+    + _APPEND
     + """
 -- KEYS: log stream, state hash, the room's shard channel (same slot)
 -- ARGV: event bytes, maxlen, grace ms, then ops of 4: kind, id, stamp, payload
@@ -124,24 +145,14 @@ for _, op in ipairs(ops) do
   end
 end
 
--- A room with no participant present expires after the grace period.
 local present = tonumber(redis.call("HGET", state, "n") or "0")
-local prev = redis.call("HGET", state, "l") or "0-0"
-local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
-redis.call("HSET", state, "l", id)
-redis.call("SPUBLISH", KEYS[3], id .. " " .. prev .. " " .. ARGV[1])
-if present == 0 then
-  redis.call("PEXPIRE", log, ARGV[3])
-  redis.call("PEXPIRE", state, ARGV[3])
-else
-  redis.call("PERSIST", log)
-  redis.call("PERSIST", state)
-end
-return id
+return append(present, redis.call("HGET", state, "l") or "0-0", true)
 """
 )
 
-PUBLISH_MESSAGE = """
+PUBLISH_MESSAGE = (
+    _APPEND
+    + """
 -- PUBLISH for an event that changes no state (an app message): the same keys and arguments
 -- with no ops, the same stream, channel, chain of ids and expiry, in 4 calls instead of 8
 -- when someone is present. A room's keys have an expiry exactly when its last PUBLISH found
@@ -149,18 +160,10 @@ PUBLISH_MESSAGE = """
 -- them), and an event without ops changes nobody's presence: so when someone is present the
 -- keys are already persistent, and when nobody is (a REST message to an empty or unknown room)
 -- the expiry is set as PUBLISH sets it. Measured in docs/performance.md.
-local log, state = KEYS[1], KEYS[2]
-local n_and_last = redis.call("HMGET", state, "n", "l")
-local prev = n_and_last[2] or "0-0"
-local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])
-redis.call("HSET", state, "l", id)
-redis.call("SPUBLISH", KEYS[3], id .. " " .. prev .. " " .. ARGV[1])
-if tonumber(n_and_last[1] or "0") == 0 then
-  redis.call("PEXPIRE", log, ARGV[3])
-  redis.call("PEXPIRE", state, ARGV[3])
-end
-return id
+local n_and_last = redis.call("HMGET", KEYS[2], "n", "l")
+return append(tonumber(n_and_last[1] or "0"), n_and_last[2] or "0-0", false)
 """
+)
 
 SNAPSHOT = """
 -- KEYS: log stream, state hash, the shard's epoch key. ARGV: a fresh epoch, used if the shard
