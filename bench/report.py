@@ -75,6 +75,17 @@ STEP_HEADERS = [
 ]  # fmt: skip
 
 
+def _python_build(machine: dict[str, Any]) -> str:
+    """Where the interpreter comes from, and how fast it runs plain Python here."""
+    if "python_loop_us" not in machine:  # a run from before these were recorded
+        return ""
+    flags = " ".join(machine["python_configure"]) or "neither --enable-optimizations nor --with-lto"
+    return (
+        f" (from {machine['python_prefix']}; configure arguments list {flags}; a fixed Python "
+        f"loop takes {machine['python_loop_us']:.1f} µs, `bench.suite.python_loop_us`)"
+    )
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines = [
         f"# roomstate fan-out benchmark — {results['mode']} run",
@@ -82,7 +93,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"- started {results['started']}, took {results['duration_s']:.0f} s; command "
         f"`{results['command']}`",
         f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}), "
-        f"Python {results['machine']['python']}, {results['machine']['versions']}",
+        f"Python {results['machine']['python']}{_python_build(results['machine'])}, "
+        f"{results['machine']['versions']}",
         f"- waited {results['quiet_waited_s']:.0f} s in all for other processes on the machine to "
         "quiet down; steps where others used > 25 % of a core, or where a generator sent a message "
         "> 10 ms late with the cores not saturated, are marked *disturbed*",

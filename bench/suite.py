@@ -15,8 +15,10 @@ import platform
 import shutil
 import statistics
 import sys
+import sysconfig
 import tempfile
 import time
+import timeit
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -77,8 +79,38 @@ def _machine() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    configure = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "versions": versions}  # fmt: skip
+            "python_prefix": sys.base_prefix,
+            "python_configure": [f for f in ("--enable-optimizations", "--with-lto")
+                                 if f in configure],
+            "python_loop_us": python_loop_us(), "versions": versions}  # fmt: skip
+
+
+def _fixed_python_work() -> int:
+    """A fixed piece of plain Python work (calls, small dicts, f-strings, lists), the kind a
+    node does per message."""
+    total = 0
+    for i in range(1000):
+        d = {"id": i, "name": f"p{i}", "tags": [i, i + 1]}
+        total += len(d["name"]) + d["tags"][1] % 7
+    return total
+
+
+def python_loop_us() -> float:
+    """How long this interpreter on this machine takes for `_fixed_python_work`, in µs: the best
+    of 300 runs, in three batches 0.1 s apart (a slow moment of the machine can last tens of
+    ms). Interpreter builds differ here: pyenv's default build takes about 1.7× as long as
+    Debian's, which is built with PGO and LTO (docs/performance.md); and so does one machine from
+    one moment to the next. Every run reports it, as it reports the wake-up cost. Debian's build,
+    like some others, does not list its optimizations in `CONFIG_ARGS`: this is measured, not
+    read."""
+    best = math.inf
+    for batch in range(3):
+        if batch:
+            time.sleep(0.1)
+        best = min(best, *timeit.repeat(_fixed_python_work, number=1, repeat=100))
+    return round(best * 1e6, 1)
 
 
 def _scenario_record(run: ScenarioRun, knee: dict[str, Any] | None, ramped: bool) -> dict[str, Any]:
@@ -229,6 +261,7 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         "peer_knee_capped": dig(peer_knee, "capped"),
         "machine_hop_p50_us_light": dig(wake.get(LIGHT_RATE), "hop_us", "p50"),
         "machine_hop_p50_us_ref": dig(wake.get(REF_RATE), "hop_us", "p50"),
+        "machine_python_loop_us": dig(results.get("machine"), "python_loop_us"),
         "disturbed_steps": sum(
             1 for sc in results["scenarios"] for s in sc["steps"] if s.get("disturbed")
         ),

@@ -1,11 +1,12 @@
-"""The quick/full summary and report carry the machine's wake-up cost (`bench.wake_cost`)."""
+"""The quick/full summary and report carry the machine's wake-up cost (`bench.wake_cost`) and
+which interpreter ran, with how fast it runs plain Python."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bench import report
-from bench.suite import LIGHT_RATE, REF_RATE, summarize
+from bench.suite import LIGHT_RATE, REF_RATE, _machine, python_loop_us, summarize
 
 
 def wake(rate: float, p50: float) -> dict[str, Any]:
@@ -40,3 +41,28 @@ def test_report_shows_it_and_leaves_out_an_empty_summary() -> None:
     assert "wake-up cost at 100 msgs/s (`python -m bench.wake_cost`): one loopback hop" in text
     assert "p50 61.5 µs, p90 123.0 µs" in text and "at 1000 msgs/s" in text
     assert "## Summary" not in text  # a partial run: nothing else was measured
+
+
+def test_the_machine_record_names_the_interpreter_and_times_it() -> None:
+    machine = _machine()
+    assert machine["python_prefix"] and isinstance(machine["python_configure"], list)
+    assert set(machine["python_configure"]) <= {"--enable-optimizations", "--with-lto"}
+    assert 1.0 < machine["python_loop_us"] < 100_000.0  # a thousand loop turns: µs, not s or ns
+    assert python_loop_us() > 0
+
+
+def test_summary_and_report_carry_the_interpreter() -> None:
+    r = results()
+    r["machine"].update(python_prefix="/usr", python_configure=[], python_loop_us=215.4)
+    r["summary"], r["targets"] = summarize(r)
+    assert r["summary"]["machine_python_loop_us"] == 215.4
+    text = report.markdown(r, {})
+    assert "3.11.7 (from /usr; configure arguments list neither --enable-optimizations" in text
+    assert "a fixed Python loop takes 215.4 µs" in text
+
+
+def test_a_run_recorded_before_it_still_reports() -> None:
+    r = results()  # its machine record has no python_loop_us
+    r["summary"], r["targets"] = summarize(r)
+    assert r["summary"]["machine_python_loop_us"] is None
+    assert "- machine: 2 cores (x), Python 3.11.7, {}" in report.markdown(r, {})
