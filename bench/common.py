@@ -127,6 +127,13 @@ def machine_cpu() -> tuple[float, float]:
     return total - idle, total
 
 
+def machine_steal_s() -> float:
+    """Seconds, summed over all cores, that the hypervisor ran something else while this
+    virtual machine wanted its CPU (`steal` in /proc/stat; 0 where the kernel does not say).
+    `machine_cpu` counts them as busy, so they show among the others' CPU of a step."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 def cpu_stall_s() -> float:
     """Machine-wide seconds some task waited for a CPU (/proc/pressure/cpu), NaN if absent."""
     try:

@@ -39,7 +39,9 @@ def _step_row(s: dict[str, Any]) -> list[Any]:
     if s.get("generator_stalled"):
         flags.append(f"disturbed (a generator sent {s['max_late_ms']:.0f} ms late)")
     elif s.get("disturbed"):
-        flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others)")
+        steal = s.get("steal_cpu_pct")  # absent in steps recorded before it was
+        of_it = f", {steal:.0f}% of it the hypervisor's" if steal and steal >= 0.5 else ""
+        flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others{of_it})")
     if s["errors"]:
         flags.append(f"{s['errors']} errors")
     if s["closed"]:

@@ -28,6 +28,7 @@ from bench.common import (
     cpu_stall_s,
     decode_hist,
     machine_cpu,
+    machine_steal_s,
     proc_cpu_s,
     proc_rss_bytes,
     summarize,
@@ -380,10 +381,12 @@ class ScenarioRun:
         gc0 = [] if external else gc_pauses(dep)
         cpu0 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
         m0, s0, w0 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        steal0 = machine_steal_s()
         me0 = proc_cpu_s(os.getpid())
         _sleep_until(tm1)
         cpu1 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
         m1, s1, w1 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        steal1 = machine_steal_s()
         gc1 = [] if external else gc_pauses(dep)
         wall = (w1 - w0) / 1e9
         results = [
@@ -479,6 +482,8 @@ class ScenarioRun:
             "gen_cpu_us_per_delivery": per_delivery("gens"),
             "machine_busy_pct": round(busy, 1),
             "other_cpu_pct": round(other_pct, 1),
+            # of it, the hypervisor's: this virtual machine wanted the CPU and did not get it
+            "steal_cpu_pct": round(100 * (steal1 - steal0) / wall, 1),
             "cpu_stall_pct": round(100 * (s1 - s0) / wall, 1) if s1 == s1 else None,
             "saturated": busy >= SATURATED_PCT,
             # an external deployment on this machine shows up as "others": only a late
@@ -578,6 +583,12 @@ class ScenarioRun:
         return best
 
 
+def _steal(r: dict[str, Any]) -> str:
+    """ ", steal N%" when the hypervisor took CPU from this machine during the step."""
+    steal = r.get("steal_cpu_pct")  # absent in steps recorded before it was
+    return f", steal {steal}%" if steal else ""
+
+
 def _one_line(r: dict[str, Any]) -> str:
     lat = r["latency"]
     cross = r["cross_node"]
@@ -590,7 +601,7 @@ def _one_line(r: dict[str, Any]) -> str:
         f"{r['node_cpu_us_per_delivery']} us/deliv  "
         + (f"gc {r['gc_pause_ms']} ms ({r['gc_full']} full)  " if r.get("gc_pause_ms") else "")
         + f"busy {r['machine_busy_pct']}% "
-        f"(others {r['other_cpu_pct']}%)  {'OK' if r['ok'] else 'FAIL'}"
+        f"(others {r['other_cpu_pct']}%{_steal(r)})  {'OK' if r['ok'] else 'FAIL'}"
     )
 
 

@@ -11,9 +11,14 @@
 #
 # Needs Python 3.11+. As root on Debian/Ubuntu it installs the system packages it is missing
 # (python3-venv; for the tests: redis-server, haproxy, chromium) with apt-get.
+#
+# PYTHON=/path/to/python3 picks the interpreter of .venv (default: python3 on PATH); a .venv made
+# with another one is made anew. Benchmark on an optimized build, as the Docker image runs:
+# PYTHON=/usr/bin/python3 on Debian/Ubuntu (docs/performance.md, "The interpreter build").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PYTHON_GIVEN=${PYTHON:+yes}
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
@@ -40,6 +45,16 @@ setup() {
         echo "roomstate needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version)" >&2
         exit 1
     }
+    if [ -n "$PYTHON_GIVEN" ] && [ -x "$VENV/bin/python" ]; then
+        local which='import sys; print(sys.base_prefix, sys.version.split()[0])'
+        local have want
+        have=$("$VENV/bin/python" -c "$which")
+        want=$("$PYTHON" -c "$which")
+        if [ "$have" != "$want" ]; then
+            echo "$VENV runs Python $have; making it anew with $PYTHON (Python $want)" >&2
+            rm -rf "$VENV"
+        fi
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
         "$PYTHON" -m venv "$VENV"
