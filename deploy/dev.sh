@@ -45,13 +45,17 @@ setup() {
         echo "roomstate needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version)" >&2
         exit 1
     }
+    if [ -d "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        echo "$VENV is broken (its python does not run): making it anew" >&2
+        rm -rf "$VENV"
+    fi
     if [ -n "$PYTHON_GIVEN" ] && [ -x "$VENV/bin/python" ]; then
         local which='import sys; print(sys.base_prefix, sys.version.split()[0])'
         local have want
         have=$("$VENV/bin/python" -c "$which")
         want=$("$PYTHON" -c "$which")
         if [ "$have" != "$want" ]; then
-            echo "$VENV runs Python $have; making it anew with $PYTHON (Python $want)" >&2
+            echo "$VENV's Python is $have, not $PYTHON's $want: making $VENV anew" >&2
             rm -rf "$VENV"
         fi
     fi
