@@ -265,6 +265,12 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         "disturbed_steps": sum(
             1 for sc in results["scenarios"] for s in sc["steps"] if s.get("disturbed")
         ),
+        # the most the hypervisor took from this machine in any step, % of one core
+        "max_steal_cpu_pct": max(
+            (s["steal_cpu_pct"] for sc in results["scenarios"] for s in sc["steps"]
+             if s.get("steal_cpu_pct") is not None),
+            default=None,
+        ),
     }  # fmt: skip
     s = summary
     targets = [

@@ -66,3 +66,10 @@ def test_a_run_recorded_before_it_still_reports() -> None:
     r["summary"], r["targets"] = summarize(r)
     assert r["summary"]["machine_python_loop_us"] is None
     assert "- machine: 2 cores (x), Python 3.11.7, {}" in report.markdown(r, {})
+
+
+def test_summary_gives_the_most_steal_of_any_step() -> None:
+    steps = [{"steal_cpu_pct": 3.5}, {"steal_cpu_pct": 58.7}, {}]  # {}: recorded before it was
+    summary, _ = summarize(results(scenarios=[{"label": "x", "system": "peer", "steps": steps}]))
+    assert summary["max_steal_cpu_pct"] == 58.7
+    assert summarize(results())[0]["max_steal_cpu_pct"] is None
