@@ -22,7 +22,14 @@ from aiohttp import WSMsgType, web
 
 from node.metrics import Metrics
 
-__all__ = ["Connection", "TokenBucket", "WriteBatch", "frame_type", "ws_frame"]
+__all__ = [
+    "Connection",
+    "TokenBucket",
+    "WriteBatch",
+    "frame_type",
+    "release_heartbeat_callback",
+    "ws_frame",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,30 @@ class TokenBucket:
             return True
         self.refused += 1
         return False
+
+
+def release_heartbeat_callback(protocol: object) -> None:
+    """Stop aiohttp's connection protocol from resetting the WebSocket heartbeat on incoming data.
+    Since aiohttp PR #12030 (3.14) a `WebSocketResponse` gives its connection's protocol a
+    callback (`RequestHandler._data_received_cb`) that re-arms the heartbeat timer on any data,
+    closed or not, and nothing drops it. Two costs, so call this before a close the server
+    starts and when the handler ends:
+
+    - a close the server starts cancels the heartbeat, then waits for the peer's close frame;
+      that frame re-arms it, and the timer holds the whole response (request, protocol,
+      buffers: ~11 KB) for `heartbeat_s` (20 s) after the connection is gone. A node whose
+      clients leave with `leave` held 11 MB more per 1,000 of them a few seconds later;
+    - the callback makes a cycle (protocol → callback → response → request → protocol) of ~40
+      objects per closed connection, which only a full collection frees
+      (docs/decisions/0005-gc-thresholds.md).
+
+    Private to aiohttp: if it goes or changes, this does nothing, and
+    tests/integration/test_server_memory.py tells whether either cost came back."""
+    try:
+        if getattr(protocol, "_data_received_cb", None) is not None:
+            protocol._data_received_cb = None  # type: ignore[attr-defined]
+    except AttributeError:  # read-only in some later aiohttp
+        pass
 
 
 class WriteBatch:
@@ -245,15 +276,20 @@ class Connection:
         `CLOSE_TIMEOUT_S` later is cut off. (A timer: aiohttp's close can return, or hang,
         while the transport still waits, closing, for a peer that never reads.)"""
         self._closing = True
-        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
+        abort = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
         self.write_batched()
+        transport = self.transport
         try:
             while self._queue and not self.ws.closed and self._writer is not None:
                 await asyncio.sleep(0.01)
             self._stop_writer()
+            if transport is not None:  # or the peer's close frame re-arms the heartbeat
+                release_heartbeat_callback(transport.get_protocol())
             await self.ws.close(code=code, message=message.encode())
         except (ConnectionError, RuntimeError):
             pass  # cut off meanwhile
+        if transport is None or (transport.is_closing() and not transport.get_write_buffer_size()):
+            abort.cancel()  # nothing left to cut off: do not hold the connection until then
 
     def _abort(self) -> None:
         self._stop_writer()

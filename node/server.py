@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.auth import check_api_key, make_token
 from node.bus import Bus, MemoryBus
-from node.connection import CLOSE_POLICY, Connection, TokenBucket
+from node.connection import CLOSE_POLICY, Connection, TokenBucket, release_heartbeat_callback
 from node.errors import BusError, RequestError
 from node.node import Node
 from node.protocol import (
@@ -103,31 +103,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await _handle_frame(node, conn, message.data, name)
             elif message.type == WSMsgType.BINARY:
                 conn.write_batched()  # the replies to frames before it go before the close
+                release_heartbeat_callback(request.protocol)  # before any close the node starts
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"frames must be JSON text")
     finally:
-        _release_heartbeat_callback(request)  # first: the awaits below can be cancelled
+        release_heartbeat_callback(request.protocol)  # first: the awaits below can be cancelled
         node.metrics.connections.dec()
         await node.disconnect(conn, "disconnected")
         await conn.stop()
     return ws
-
-
-def _release_heartbeat_callback(request: web.Request) -> None:
-    """Let a closed connection be freed by reference counting. Since aiohttp PR #12030 (3.14)
-    the WebSocketResponse gives the connection's protocol a callback to reset the heartbeat on
-    any data, and aiohttp does not drop it when the connection is lost: a cycle (protocol →
-    callback → response → request → protocol) of ~40 objects per closed connection, which only
-    a full collection frees (docs/decisions/0005-gc-thresholds.md). The handler reads nothing
-    more once here, and the connection is closed or about to be (its heartbeat is cancelled on
-    close), so the callback has no use left.
-    Private to aiohttp: if it goes or changes, this does nothing, and
-    tests/integration/test_server_memory.py tells whether a cycle came back."""
-    protocol = request.protocol
-    try:
-        if getattr(protocol, "_data_received_cb", None) is not None:
-            protocol._data_received_cb = None
-    except AttributeError:  # read-only in some later aiohttp
-        pass
 
 
 async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -> None:
