@@ -130,7 +130,8 @@ def machine_cpu() -> tuple[float, float]:
 def machine_steal_s() -> float:
     """Seconds, summed over all cores, that the hypervisor ran something else while this
     virtual machine wanted its CPU (`steal` in /proc/stat; 0 where the kernel does not say).
-    `machine_cpu` counts them as busy, so they show among the others' CPU of a step."""
+    `machine_cpu` counts them as busy, so they show among the others' CPU of a step, though not
+    exactly: the guest charges some of it to the process it interrupted."""
     return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 

@@ -40,8 +40,8 @@ def _step_row(s: dict[str, Any]) -> list[Any]:
         flags.append(f"disturbed (a generator sent {s['max_late_ms']:.0f} ms late)")
     elif s.get("disturbed"):
         steal = s.get("steal_cpu_pct")  # absent in steps recorded before it was
-        of_it = f", {steal:.0f}% of it the hypervisor's" if steal and steal >= 0.5 else ""
-        flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others{of_it})")
+        stolen = f", {steal:.0f}% stolen by the hypervisor" if steal and steal >= 0.5 else ""
+        flags.append(f"disturbed ({s['other_cpu_pct']:.0f}% others{stolen})")
     if s["errors"]:
         flags.append(f"{s['errors']} errors")
     if s["closed"]:
@@ -98,8 +98,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"Python {results['machine']['python']}{_python_build(results['machine'])}, "
         f"{results['machine']['versions']}",
         f"- waited {results['quiet_waited_s']:.0f} s in all for other processes on the machine to "
-        "quiet down; steps where others used > 25 % of a core, or where a generator sent a message "
-        "> 10 ms late with the cores not saturated, are marked *disturbed*",
+        "quiet down; steps where others used > 25 % of a core, or the hypervisor stole as much, or "
+        "where a generator sent a message > 10 ms late with the cores not saturated, are marked "
+        "*disturbed*",
         "- latency is receive time − scheduled send time (open loop), in ms; CPU % is of one core "
         "over the measured window; node µs/delivery = all nodes' CPU / deliveries in the window",
     ]
@@ -112,7 +113,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines.append("")
     # a part of the full run (--only) has no figure for most of the summary and targets
     measured = [t for t in results.get("targets") or () if t.get("measured") is not None]
-    context = ("disturbed_steps", "machine_hop_p50_us_light", "machine_hop_p50_us_ref")
+    context = ("disturbed_steps", "machine_hop_p50_us_light", "machine_hop_p50_us_ref",
+               "machine_python_loop_us", "max_steal_cpu_pct")  # fmt: skip
     if any(v is not None for k, v in results["summary"].items() if k not in context):
         lines += ["## Summary", "", "```json", json.dumps(results["summary"], indent=1), "```", ""]
     if measured:

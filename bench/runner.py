@@ -151,7 +151,8 @@ def _redis_stats(dep: Deployment) -> dict[str, int]:
 
 
 QUIET_PCT = 15.0  # other processes' CPU (% of one core) below which the machine counts as quiet
-DISTURBED_PCT = 25.0  # a step during which other processes used more than this is "disturbed"
+DISTURBED_PCT = 25.0  # a step in which other processes used, or the hypervisor stole, more than
+# this (% of one core) is "disturbed"
 # ... and so is one whose generators sent a message this late (ms) with the machine not saturated:
 # the generator itself stalled (on this virtual machine, for tens of ms at 15 % busy at times),
 # which is counted in latency (open loop) but says nothing about the system under test
@@ -412,6 +413,7 @@ class ScenarioRun:
         busy = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9) * 100  # of all cores
         ours = sum(sum(v) for v in cpu_s.values()) + (proc_cpu_s(os.getpid()) - me0)
         other_pct = max(0.0, (m1[0] - m0[0]) - ours) / wall * 100  # % of one core
+        steal_pct = 100 * (steal1 - steal0) / wall
 
         def per_delivery(name: str) -> float | None:
             if not in_window or not cpu_s[name]:  # nothing delivered, or no such process here
@@ -482,13 +484,15 @@ class ScenarioRun:
             "gen_cpu_us_per_delivery": per_delivery("gens"),
             "machine_busy_pct": round(busy, 1),
             "other_cpu_pct": round(other_pct, 1),
-            # of it, the hypervisor's: this virtual machine wanted the CPU and did not get it
-            "steal_cpu_pct": round(100 * (steal1 - steal0) / wall, 1),
+            # the hypervisor's: this virtual machine wanted the CPU and did not get it. The
+            # machine counts it as busy, so it overlaps the others' CPU, but not exactly (the
+            # guest charges some of it to whichever process it interrupted)
+            "steal_cpu_pct": round(steal_pct, 1),
             "cpu_stall_pct": round(100 * (s1 - s0) / wall, 1) if s1 == s1 else None,
             "saturated": busy >= SATURATED_PCT,
             # an external deployment on this machine shows up as "others": only a late
             # generator tells a disturbed step then
-            "disturbed": (other_pct > DISTURBED_PCT and not external) or gen_stalled,
+            "disturbed": disturbed(other_pct, steal_pct, external, gen_stalled),
             "generator_stalled": gen_stalled,
             "other_cpu_pct_before": round(quiet_before, 1),
             "saturated_procs": saturated_procs,
@@ -581,6 +585,13 @@ class ScenarioRun:
                     f"{best['rate']:.0f} msgs/s"
                 )
         return best
+
+
+def disturbed(other_pct: float, steal_pct: float, external: bool, gen_stalled: bool) -> bool:
+    """Whether a step measured the machine more than the system: other processes took more than
+    `DISTURBED_PCT` of a core (not judged for an external deployment, whose nodes may be these
+    very "others"), the hypervisor stole as much, or a generator stalled."""
+    return (other_pct > DISTURBED_PCT and not external) or steal_pct > DISTURBED_PCT or gen_stalled
 
 
 def _steal(r: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.common import machine_steal_s
 from bench.report import _step_row
-from bench.runner import _one_line
+from bench.runner import _one_line, disturbed
 
 
 def step(other: float, steal: float | None) -> dict[str, Any]:
@@ -23,7 +23,8 @@ def step(other: float, steal: float | None) -> dict[str, Any]:
 
 
 def test_a_disturbed_step_says_how_much_the_hypervisor_took() -> None:
-    assert _step_row(step(88.0, 85.2))[-1] == "disturbed (88% others, 85% of it the hypervisor's)"
+    row = _step_row(step(88.0, 85.2))[-1]
+    assert row == "disturbed (88% others, 85% stolen by the hypervisor)"
     assert "(others 88.0%, steal 85.2%)" in _one_line(step(88.0, 85.2))
 
 
@@ -37,3 +38,12 @@ def test_no_steal_no_word_of_it() -> None:
 def test_steal_is_read_from_the_machine() -> None:
     a = machine_steal_s()
     assert 0.0 <= a <= machine_steal_s()  # a counter since boot: never negative, never falls
+
+
+def test_steal_alone_makes_a_step_disturbed() -> None:
+    assert disturbed(other_pct=2.5, steal_pct=34.6, external=False, gen_stalled=False)
+    assert disturbed(other_pct=0.0, steal_pct=30.0, external=True, gen_stalled=False)
+    assert disturbed(other_pct=40.0, steal_pct=0.0, external=False, gen_stalled=False)
+    assert not disturbed(other_pct=40.0, steal_pct=0.0, external=True, gen_stalled=False)
+    assert not disturbed(other_pct=20.0, steal_pct=20.0, external=False, gen_stalled=False)
+    assert disturbed(other_pct=0.0, steal_pct=0.0, external=False, gen_stalled=True)

@@ -43,6 +43,15 @@ def test_report_shows_it_and_leaves_out_an_empty_summary() -> None:
     assert "## Summary" not in text  # a partial run: nothing else was measured
 
 
+def test_a_partial_run_with_the_machine_figures_still_has_no_summary() -> None:
+    r = results(machine_wake=[wake(LIGHT_RATE, 61.5), wake(REF_RATE, 14.0)])
+    r["machine"].update(python_prefix="/usr", python_configure=[], python_loop_us=215.4)
+    r["summary"], r["targets"] = summarize(r)
+    r["summary"]["max_steal_cpu_pct"] = 3.5  # as if a step had recorded it
+    assert r["summary"]["machine_python_loop_us"] == 215.4  # context, not a measurement
+    assert "## Summary" not in report.markdown(r, {})
+
+
 def test_the_machine_record_names_the_interpreter_and_times_it() -> None:
     machine = _machine()
     assert machine["python_prefix"] and isinstance(machine["python_configure"], list)
