@@ -12,14 +12,15 @@
 # Needs Python 3.11+. As root on Debian/Ubuntu it installs the system packages it is missing
 # (python3-venv; for the tests: redis-server, haproxy, chromium) with apt-get.
 #
-# PYTHON=/path/to/python3 picks the interpreter of .venv (default: python3 on PATH); a .venv made
-# with another one is made anew. Benchmark on an optimized build, as the Docker image runs:
-# PYTHON=/usr/bin/python3 on Debian/Ubuntu (docs/performance.md, "The interpreter build").
+# ROOMSTATE_PYTHON=/path/to/python3 picks the interpreter of .venv, and a .venv made with another
+# one is made anew (without it: $PYTHON, else python3 on PATH, for a new .venv only). Benchmark on
+# an optimized build, as the Docker image's official Python is: ROOMSTATE_PYTHON=/usr/bin/python3
+# on Debian/Ubuntu, whose build is one too (docs/performance.md, "The interpreter build").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON_GIVEN=${PYTHON:+yes}
-PYTHON=${PYTHON:-python3}
+PYTHON_GIVEN=${ROOMSTATE_PYTHON:+yes}
+PYTHON=${ROOMSTATE_PYTHON:-${PYTHON:-python3}}
 VENV=.venv
 
 apt_install() {
@@ -98,5 +99,5 @@ case "$command" in
     serve) setup; exec "$VENV/bin/roomstate" serve "$@" ;;
     test) setup; run_tests "$@" ;;
     faults) setup; ROOMSTATE_FAULTS_FULL=1 exec "$VENV/bin/python" -m pytest -m faults -s tests/faults "$@" ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
