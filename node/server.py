@@ -102,9 +102,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if message.type == WSMsgType.TEXT:
                 await _handle_frame(node, conn, message.data, name)
             elif message.type == WSMsgType.BINARY:
-                conn.write_batched()  # the replies to frames before it go before the close
-                release_heartbeat_callback(request.protocol)  # before any close the node starts
-                await ws.close(code=CLOSE_UNSUPPORTED, message=b"frames must be JSON text")
+                # the replies to frames before it go first, as for every close the node starts
+                await conn.flush_and_close(CLOSE_UNSUPPORTED, "frames must be JSON text")
     finally:
         release_heartbeat_callback(request.protocol)  # first: the awaits below can be cancelled
         node.metrics.connections.dec()
