@@ -73,6 +73,11 @@ class RoomState:
     participants: dict[str, Participant] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)  # session ids removed for good
     session_data: LWWMap = field(default_factory=LWWMap)
+    # Counts the merges into this replica that added, removed or moved a participant (a new
+    # record, a removal, a changed `info` or `location`), so that a view derived from who is
+    # where can be kept until it changes. Bookkeeping, not state: never merged, encoded,
+    # copied or compared.
+    membership_version: int = field(default=0, compare=False, repr=False)
 
     # -- reads --
 
@@ -147,9 +152,11 @@ class RoomState:
 
     def merge(self, other: RoomState) -> Changes:
         changes = Changes()
+        membership_changed = False
         for sid in other.removed - self.removed:
             self.removed.add(sid)
             gone = self.participants.pop(sid, None)
+            membership_changed |= gone is not None
             if gone is not None and gone.present:
                 changes.left.append(sid)
         for sid, theirs in other.participants.items():
@@ -158,18 +165,22 @@ class RoomState:
             mine = self.participants.get(sid)
             if mine is None:
                 self.participants[sid] = theirs.copy()
+                membership_changed = True
                 if theirs.present:
                     changes.joined.append(sid)
                 continue
             was_present = mine.present
-            mine.info, _ = _merge_register(mine.info, theirs.info)
-            mine.location, _ = _merge_register(mine.location, theirs.location)
+            mine.info, info_changed = _merge_register(mine.info, theirs.info)
+            mine.location, moved = _merge_register(mine.location, theirs.location)
             mine.user_data, data_changed = _merge_register(mine.user_data, theirs.user_data)
+            membership_changed |= info_changed or moved
             if mine.present and not was_present:
                 changes.joined.append(sid)
             elif mine.present and data_changed:
                 changes.updated.append(sid)
         changes.session_data = self.session_data.merge(other.session_data)
+        if membership_changed:
+            self.membership_version += 1
         return changes
 
     def copy(self) -> RoomState:

@@ -542,16 +542,22 @@ class Node:
                     raise
 
     async def _remove_lost_participants(self) -> None:
-        located = {name: room.located_elsewhere(self.node_id) for name, room in self.rooms.items()}
-        nodes = sorted({loc["node"] for rooms in located.values() for loc in rooms.values()})
-        if not nodes:
+        """Remove the participants held by node incarnations that no longer hold a lease. Those
+        of this incarnation are its own to remove (connected, or waiting to resume), and so are
+        local ones whatever their recorded location."""
+        here = (self.node_id, self.incarnation)
+        located = {name: room.locations() for name, room in self.rooms.items()}
+        holders = {key for by_holder in located.values() for key in by_holder if key != here}
+        if not holders:
             return
-        live = await self.bus.live_incarnations(nodes)
+        live = await self.bus.live_incarnations(sorted({node for node, _ in holders}))
+        gone = {(node, inc) for node, inc in holders if inc not in live.get(node, set())}
         lost = [
             (name, sid, location)
-            for name, participants in located.items()
-            for sid, location in participants.items()
-            if location["incarnation"] not in live.get(location["node"], set())
+            for name, by_holder in located.items()
+            for holder in gone & by_holder.keys()
+            for sid, location in by_holder[holder].items()
+            if name not in self.rooms or sid not in self.rooms[name].local
         ]
         # All at once: the bus pipelines them (a node holding 200 participants is 200
         # conditional removals, one round trip instead of 200).

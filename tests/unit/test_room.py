@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from crdt import LWWMap, RoomState, Stamp
+from tests.property.strategies import apply_room_op, room_ops, rooms
 
 LOC = {"node": "n1", "incarnation": "i1"}
 
@@ -51,6 +57,55 @@ def test_located_at_names_only_that_node_incarnation() -> None:
     room.join("s3", {}, LOC, None, stamp(1))
     room.move("s3", {"node": "n2", "incarnation": "i7"}, stamp(2))
     assert room.located_at("n1", "i1") == ["s1"]
+
+
+def who_is_where(state: RoomState) -> dict[str, tuple[bool, Any]]:
+    return {
+        sid: (p.present, p.location.value if p.location is not None else None)
+        for sid, p in state.participants.items()
+    }
+
+
+def test_membership_version_counts_joins_moves_and_removals_only() -> None:
+    room = RoomState()
+    room.join("s1", {}, LOC, None, stamp(1))
+    assert room.membership_version == 1
+    room.set_user_data("s1", {"hand": True}, stamp(2))
+    room.replace_session_data({"a": 1}, stamp(3))
+    room.merge_session_data({"b": 2}, stamp(4), ("a",))
+    assert room.membership_version == 1, "userData and session data move no one"
+    room.move("s1", {"node": "n2", "incarnation": "i2"}, stamp(5))
+    assert room.membership_version == 2
+    room.move("s1", LOC, stamp(4))  # older than the move it lost to: nothing changes
+    assert room.membership_version == 2
+    room.remove(["s1"])
+    assert room.membership_version == 3
+    room.remove(["s1"])
+    assert room.membership_version == 3
+    assert room == RoomState(removed={"s1"}, session_data=room.session_data.copy()), (
+        "bookkeeping: not part of equality"
+    )
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.just("write"), room_ops()) | st.tuples(st.just("merge"), rooms()),
+        max_size=12,
+    )
+)
+def test_membership_version_changes_whenever_who_is_where_changes(
+    steps: list[tuple[str, Any]],
+) -> None:
+    """What `node.room.Room.locations` relies on to keep its view until the next change."""
+    state = RoomState()
+    for kind, step in steps:
+        before, version = who_is_where(state), state.membership_version
+        if kind == "write":
+            apply_room_op(state, step)
+        else:
+            state.merge(step)
+        if who_is_where(state) != before:
+            assert state.membership_version > version
 
 
 def test_replace_hides_concurrent_older_merges_but_not_newer_ones() -> None:

@@ -8,12 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdt import HybridLogicalClock, RoomState
 from node.errors import RequestError
 from node.events import AppMessage, BusEvent, decode_event, encode_event
 from node.protocol import Limits, SetMeetingSessionData
 from node.room import Output, Room, RoomConfig
+from tests.property.strategies import apply_room_op, room_ops, rooms
 
 # -- helpers --
 
@@ -654,3 +657,47 @@ def test_redelivered_events_change_nothing_and_send_nothing() -> None:
     again = deliver(eb, a, 2000)
     assert a.state == state
     assert again.sends == [] and again.publish == []
+
+
+# -- who is where (the node's upkeep) --
+
+
+def test_locations_group_present_participants_by_node_incarnation() -> None:
+    a = make_room("n1")
+    join(a, "s1", 0)
+    remote = RoomState()
+    remote.join("r1", info("r1"), {"node": "n2", "incarnation": "i2"}, None, a.clock.tick(1))
+    remote.join("r2", info("r2"), {"node": "n2", "incarnation": "i2"}, None, a.clock.tick(2))
+    a.state.merge(remote)
+    assert set(a.locations()) == {("n1", "i1"), ("n2", "i2")}
+    assert set(a.locations()[("n2", "i2")]) == {"r1", "r2"}
+    view = a.locations()
+    a.set_user_data("s1", {"hand": True}, 10)
+    assert a.locations() is view, "kept while no one joins, moves or leaves"
+    a.state.move("r1", {"node": "n3", "incarnation": "i3"}, a.clock.tick(20))
+    assert set(a.locations()[("n2", "i2")]) == {"r2"}
+    assert a.locations()[("n3", "i3")] == {"r1": {"node": "n3", "incarnation": "i3"}}
+    a.state.remove(["r2"])
+    assert ("n2", "i2") not in a.locations()
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.just("write"), room_ops()) | st.tuples(st.just("merge"), rooms()),
+        max_size=12,
+    )
+)
+def test_locations_always_match_the_replica(steps: list[tuple[str, Any]]) -> None:
+    room = make_room()
+    for kind, step in steps:
+        if kind == "write":
+            apply_room_op(room.state, step)
+        else:
+            room.state.merge(step)
+        fresh: dict[tuple[str, str], dict[str, Any]] = {}
+        for sid, p in room.state.participants.items():
+            if p.present and p.location is not None:
+                where = p.location.value
+                assert isinstance(where, dict)
+                fresh.setdefault((where["node"], where["incarnation"]), {})[sid] = where
+        assert room.locations() == fresh
