@@ -544,7 +544,9 @@ class Node:
     async def _remove_lost_participants(self) -> None:
         """Remove the participants held by node incarnations that no longer hold a lease. Those
         of this incarnation are its own to remove (connected, or waiting to resume), and so are
-        local ones whatever their recorded location."""
+        local ones whatever their recorded location; who is local is read after the lease read,
+        and a room closed meanwhile is still done (each removal is stored only if the
+        participant is still where it was seen, so a late one is harmless)."""
         here = (self.node_id, self.incarnation)
         located = {name: room.locations() for name, room in self.rooms.items()}
         holders = {key for by_holder in located.values() for key in by_holder if key != here}

@@ -87,6 +87,18 @@ def test_membership_version_counts_joins_moves_and_removals_only() -> None:
     )
 
 
+def test_a_join_older_than_a_known_move_still_counts_as_a_membership_change() -> None:
+    """The move arrived first (its record has a location but no info: not present yet); the
+    join's location loses to it, and only `info` changes, which makes the participant present."""
+    source, replica = RoomState(), RoomState()
+    join = source.join("s1", {"user_name": "a"}, LOC, None, stamp(3))
+    move = source.move("s1", {"node": "n2", "incarnation": "i2"}, stamp(5))
+    replica.merge(move)
+    version = replica.membership_version
+    assert replica.merge(join).joined == ["s1"]
+    assert replica.membership_version > version
+
+
 @given(
     steps=st.lists(
         st.tuples(st.just("write"), room_ops()) | st.tuples(st.just("merge"), rooms()),

@@ -681,6 +681,14 @@ def test_locations_group_present_participants_by_node_incarnation() -> None:
     assert ("n2", "i2") not in a.locations()
 
 
+def test_locations_leave_out_a_location_that_is_not_a_node_and_incarnation() -> None:
+    a = make_room("n1")
+    for n, location in enumerate(["x", {}, {"node": "n2"}, {"node": 2, "incarnation": "i"}]):
+        a.state.join(f"bad{n}", info(f"bad{n}"), location, None, a.clock.tick(n))  # type: ignore[arg-type]
+    a.state.join("ok", info("ok"), {"node": "n2", "incarnation": "i2"}, None, a.clock.tick(9))
+    assert a.locations() == {("n2", "i2"): {"ok": {"node": "n2", "incarnation": "i2"}}}
+
+
 @given(
     steps=st.lists(
         st.tuples(st.just("write"), room_ops()) | st.tuples(st.just("merge"), rooms()),
