@@ -1,0 +1,95 @@
+"""The node's once-a-second upkeep, on a node in this process (its aiohttp app on a real socket,
+the in-memory bus) so that the test can put participants of other nodes into a room and run a
+round at once instead of waiting for the lease period.
+
+A round removes the participants held by node incarnations without a lease, and no others: not
+those this very incarnation holds, connected or not (docs/architecture.md, "Node-lost removal").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from crdt import RoomState, Stamp
+from node.bus import MemoryBus
+from node.events import BusEvent
+from node.node import Node
+from node.server import build_app
+from node.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ROOM = "upkeep"
+
+
+@contextlib.asynccontextmanager
+async def running_node() -> AsyncIterator[tuple[Node, MemoryBus, str]]:
+    settings = Settings()
+    bus = MemoryBus(room_grace_s=settings.room_grace_s)
+    await bus.start()
+    node = Node(settings, bus)
+    await node.start()
+    runner = web.AppRunner(build_app(node), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield node, bus, f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/rooms/{ROOM}/ws"
+    finally:
+        await node.shutdown()
+        await runner.cleanup()
+        await bus.close()
+
+
+def info(sid: str) -> dict[str, Any]:
+    return {"user_id": sid, "user_name": sid, "joined_at": 0, "owner": False}
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        frame: dict[str, Any] = await ws.receive_json(timeout=5)
+        if frame["type"] == kind:
+            return frame
+
+
+async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> None:
+    async with (
+        running_node() as (node, bus, url),
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url) as ws,
+    ):
+        await ws.send_json({"type": "join", "id": 1})
+        await next_of(ws, "joined")
+        # Another node ("gone") stored the joins of two participants: one it holds itself,
+        # and one it says this node's current incarnation holds (as after a resume here
+        # whose connection has dropped since; no node but this one may remove it).
+        now = int(time.time() * 1000)
+        delta = RoomState()
+        gone = {"node": "gone", "incarnation": "x"}
+        here = {"node": node.node_id, "incarnation": node.incarnation}
+        delta.join("ghost", info("ghost"), gone, None, Stamp(now, 0, "gone"))
+        delta.join("held-here", info("held-here"), here, None, Stamp(now, 1, "gone"))
+        await bus.publish(ROOM, BusEvent("gone/x", now, delta=delta))
+        await next_of(ws, "participant-joined")
+        await next_of(ws, "participant-joined")
+
+        await node._remove_lost_participants()  # "gone" never held a lease
+
+        left = await next_of(ws, "participant-left")
+        assert left["participant"]["session_id"] == "ghost"
+        assert left.get("reason") == "node-lost"
+        present = node.rooms[ROOM].state.present()
+        assert "ghost" not in present
+        assert "held-here" in present, "this incarnation's own are not removed by its upkeep"
+        stored = await bus.snapshot(ROOM)
+        assert "ghost" in stored.state.removed, "the removal is stored for the other nodes"
+
+        await node._remove_lost_participants()  # nothing more to do
+        assert "held-here" in node.rooms[ROOM].state.present()
