@@ -8,44 +8,21 @@ those this very incarnation holds, connected or not (docs/architecture.md, "Node
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from crdt import RoomState, Stamp
-from node.bus import MemoryBus
 from node.events import BusEvent
-from node.node import Node
-from node.server import build_app
 from node.settings import Settings
+
+from .inprocess import node_in_process
 
 pytestmark = pytest.mark.integration
 
 ROOM = "upkeep"
-
-
-@contextlib.asynccontextmanager
-async def running_node() -> AsyncIterator[tuple[Node, MemoryBus, str]]:
-    settings = Settings()
-    bus = MemoryBus(room_grace_s=settings.room_grace_s)
-    await bus.start()
-    node = Node(settings, bus)
-    await node.start()
-    runner = web.AppRunner(build_app(node), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield node, bus, f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/rooms/{ROOM}/ws"
-    finally:
-        await node.shutdown()
-        await runner.cleanup()
-        await bus.close()
 
 
 def info(sid: str) -> dict[str, Any]:
@@ -61,10 +38,11 @@ async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, A
 
 async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> None:
     async with (
-        running_node() as (node, bus, url),
+        node_in_process(Settings(), ROOM) as it,
         aiohttp.ClientSession() as http,
-        http.ws_connect(url) as ws,
+        http.ws_connect(it.url) as ws,
     ):
+        node, bus = it.node, it.bus
         await ws.send_json({"type": "join", "id": 1})
         await next_of(ws, "joined")
         # Another node ("gone") stored the joins of two participants: one it holds itself,

@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from node.bus import MemoryBus
 from node.node import Node
-from node.server import build_app
 from node.settings import Settings
+
+from .inprocess import node_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +53,8 @@ def cyclic_garbage() -> Counter[str]:
 async def running_node() -> AsyncIterator[tuple[Node, web.AppRunner, str]]:
     """A node in this process, its WebSocket URL for room "memory"."""
     settings = Settings(heartbeat_s=20.0)  # the heartbeat is what aiohttp's cycle hangs on
-    bus = MemoryBus(room_grace_s=settings.room_grace_s)
-    await bus.start()
-    node = Node(settings, bus)
-    await node.start()
-    runner = web.AppRunner(build_app(node), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield node, runner, f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/rooms/memory/ws"
-    finally:
-        await node.shutdown()
-        await runner.cleanup()
-        await bus.close()
+    async with node_in_process(settings, "memory") as it:
+        yield it.node, it.runner, it.url
 
 
 async def all_gone(node: Node, runner: web.AppRunner, but: int = 0) -> None:
