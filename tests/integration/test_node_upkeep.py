@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 
 from crdt import RoomState, Stamp
+from node.client import CallClient
 from node.events import BusEvent
 from node.settings import Settings
 
@@ -29,22 +29,10 @@ def info(sid: str) -> dict[str, Any]:
     return {"user_id": sid, "user_name": sid, "joined_at": 0, "owner": False}
 
 
-async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
-    while True:
-        frame: dict[str, Any] = await ws.receive_json(timeout=5)
-        if frame["type"] == kind:
-            return frame
-
-
 async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> None:
-    async with (
-        node_in_process(Settings(), ROOM) as it,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(it.url) as ws,
-    ):
+    async with node_in_process(Settings(), ROOM) as it, CallClient() as client:
         node, bus = it.node, it.bus
-        await ws.send_json({"type": "join", "id": 1})
-        await next_of(ws, "joined")
+        await client.join(it.url)
         # Another node ("gone") stored the joins of two participants: one it holds itself,
         # and one it says this node's current incarnation holds (as after a resume here
         # whose connection has dropped since; no node but this one may remove it).
@@ -55,14 +43,13 @@ async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> N
         delta.join("ghost", info("ghost"), gone, None, Stamp(now, 0, "gone"))
         delta.join("held-here", info("held-here"), here, None, Stamp(now, 1, "gone"))
         await bus.publish(ROOM, BusEvent("gone/x", now, delta=delta))
-        await next_of(ws, "participant-joined")
-        await next_of(ws, "participant-joined")
+        await client.next_event("participant-joined")
+        await client.next_event("participant-joined")
 
         await node._remove_lost_participants()  # "gone" never held a lease
 
-        left = await next_of(ws, "participant-left")
-        assert left["participant"]["session_id"] == "ghost"
-        assert left.get("reason") == "node-lost"
+        left = await client.next_event("participant-left")
+        assert (left["participant"]["session_id"], left["reason"]) == ("ghost", "node-lost")
         present = node.rooms[ROOM].state.present()
         assert "ghost" not in present
         assert "held-here" in present, "this incarnation's own are not removed by its upkeep"
