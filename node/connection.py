@@ -72,10 +72,12 @@ class TokenBucket:
         self.refused = 0  # requests refused since the bucket was last full
 
     def allow(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
         self.stamp = now
-        if self.tokens >= self.burst:
+        if tokens >= self.burst:
+            tokens = self.burst
             self.refused = 0
+        self.tokens = tokens
         if self.tokens >= 1:
             self.tokens -= 1
             return True

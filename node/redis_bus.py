@@ -31,6 +31,7 @@ the snapshot a room was opened from is missed, even if pub/sub drops messages.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -79,6 +80,15 @@ def shard_of(room: str) -> int:
 
 def _tag(shard: int) -> str:
     return "{rs" + str(shard) + "}"
+
+
+@functools.lru_cache(maxsize=4096)
+def publish_keys(room: str) -> tuple[int, tuple[str, str, str]]:
+    """The room's shard, and the keys of its log, state and channel: what every publish needs
+    (remembered for the 4,096 rooms used last: made anew, about 0.5 µs a publish)."""
+    shard = shard_of(room)
+    tag = _tag(shard)
+    return shard, (f"rs:{tag}:log:{room}", f"rs:{tag}:state:{room}", f"rs:{tag}:ch:{room}")
 
 
 def log_key(room: str) -> str:
@@ -306,9 +316,7 @@ class RedisBus(Bus):
         ops = delta_ops(event.delta) if event.delta is not None else []
         if only_if_at is not None:
             ops += ["c", only_if_at[0], "", _canonical(only_if_at[1])]
-        shard = shard_of(room)
-        tag = _tag(shard)
-        keys = (f"rs:{tag}:log:{room}", f"rs:{tag}:state:{room}", f"rs:{tag}:ch:{room}")
+        shard, keys = publish_keys(room)
         try:
             result = await self._evalsha(
                 shard,

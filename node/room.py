@@ -274,6 +274,8 @@ class Room:
 
     def next_deadline(self) -> int | None:
         """When `poll` next has something to send, if ever."""
+        if not self._user_data_due:  # the common case, checked after every app message
+            return self._session_due
         times = list(self._user_data_due.values())
         if self._session_due is not None:
             times.append(self._session_due)
