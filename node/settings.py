@@ -7,6 +7,7 @@ top (an option given on the command line wins over the environment).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,17 +91,17 @@ class Settings:
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:
+    variable = f"ROOMSTATE_{name.upper()}={raw!r}"
+    if name == "allowed_origins":
+        return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if not isinstance(default, int | float):
+        return raw
     try:
-        if name == "allowed_origins":
-            return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
-        if isinstance(default, bool):
-            return raw.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
+        value = int(raw) if isinstance(default, int) else float(raw)
     except ValueError:
-        raise ValueError(
-            f"ROOMSTATE_{name.upper()}={raw!r} is not a valid {type(default).__name__}"
-        ) from None
-    return raw
+        raise ValueError(f"{variable} is not a valid {type(default).__name__}") from None
+    if not math.isfinite(value):  # "inf" and "nan" are floats, but no setting means them
+        raise ValueError(f"{variable} is not a finite number")
+    return value

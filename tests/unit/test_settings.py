@@ -22,3 +22,17 @@ def test_gc_thresholds_default_override_and_python_default() -> None:
 def test_gc_thresholds_that_are_not_three_positive_integers_are_refused(raw: str) -> None:
     with pytest.raises(ValueError, match=r"ROOMSTATE_GC_THRESHOLDS=.* three positive integers"):
         Settings.from_env({"ROOMSTATE_GC_THRESHOLDS": raw})
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
+def test_a_float_setting_that_is_not_finite_is_refused(raw: str) -> None:
+    # float() takes these, but a rate or a timeout of infinity is a mistake (a rate of
+    # "inf" would make the token bucket's refill NaN and refuse every request)
+    with pytest.raises(ValueError, match=r"ROOMSTATE_RATE_PER_S=.* is not a finite number"):
+        Settings.from_env({"ROOMSTATE_RATE_PER_S": raw})
+
+
+def test_a_float_setting_that_is_not_a_number_is_refused_with_its_name() -> None:
+    with pytest.raises(ValueError, match=r"ROOMSTATE_HEARTBEAT_S='soon' is not a valid float"):
+        Settings.from_env({"ROOMSTATE_HEARTBEAT_S": "soon"})
+    assert Settings.from_env({"ROOMSTATE_HEARTBEAT_S": "2.5"}).heartbeat_s == 2.5
