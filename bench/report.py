@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import paired
+
 
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None:
@@ -199,6 +201,18 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         if results.get(name):
             lines += [f"## {name.capitalize()}", "", "```json",
                       json.dumps(results[name], indent=1), "```", ""]  # fmt: skip
+    if results.get("paired"):
+        pr = results["paired"]
+        lines += [
+            "## CPU ratios measured in turn (`python -m bench.paired`)",
+            "",
+            f"The three deployments up at once, measured one after the other in each round; "
+            f"knees {pr['knee_msgs_per_s']:g} (roomstate) and {pr['peer_knee_msgs_per_s']:g} "
+            f"(the peer) msgs/s, {pr['seconds']:g} s per step.",
+            "",
+            paired.report(pr),
+            "",
+        ]
     if results.get("hops"):
         lines += ["## Light load, hop by hop (`python -m bench.hops`)", "", "```",
                   results["hops"]["report"], "```", ""]  # fmt: skip
