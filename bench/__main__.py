@@ -2,7 +2,8 @@
 
 Progress goes to stderr; results to bench/results/; the last stdout line is the summary JSON.
 `full --only peer,topologies,...` runs a part of the matrix (floors, peer, topologies,
-participants, rooms, payloads, bystander, propagation, memory, hops).
+participants, rooms, payloads, bystander, propagation, memory, hops); the CPU ratios measured in
+turn (`bench.paired`) run when both peer and topologies do.
 """
 
 from __future__ import annotations

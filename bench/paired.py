@@ -15,10 +15,12 @@ nodes + Redis and the python-socketio peer, each 10 rooms x 10; the bare aiohttp
 
 A round gives the four CPU ratios of the targets: node CPU per delivery of roomstate against the
 floor's and against the peer's, at the reference load and at capacity. Printed: every step, then
-per ratio the median over the rounds none of whose steps was disturbed (over all rounds, and
-flagged, if none was quiet) and the range over those rounds. The knees default to those of the
-last full run (bench/results/full.json); `python -m bench full` runs this after its topologies,
-with the knees it has just found. The last stdout line is JSON.
+per ratio the median over the rounds in which neither of its two steps was disturbed (over all
+rounds, and flagged, if none was quiet) and the range over those rounds. The knees default to
+those of bench/results/full.json (the full run of record; a knee past this machine's capacity at
+the moment still gives ratios, with p99 over the limit in its steps); `python -m bench full` runs
+this after its topologies and the peer, with the knees it has just found. The last stdout line is
+JSON.
 """
 
 from __future__ import annotations
@@ -99,14 +101,16 @@ def measure(
                         "cpu_us_per_delivery": step["node_cpu_us_per_delivery"],
                         "p99_ms": dig(step, "latency", "p99_ms"),
                         "lost": step.get("lost"), "disturbed": bool(step.get("disturbed")),
+                        "steal_cpu_pct": step.get("steal_cpu_pct"),
                     }
                 )  # fmt: skip
     return rows
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per ratio: each round's value, and the median, least and most over the quiet rounds (over
-    all of them, with "disturbed": true, if every round had a disturbed step in it)."""
+    """Per ratio: each round's value, and the median, least and most over the rounds in which
+    neither of its two steps was disturbed (over all of them, with "disturbed": true, if there is
+    no such round)."""
     by_key = {(r["round"], r["system"], r["load"]): r for r in rows}
     out: dict[str, dict[str, Any]] = {}
     for name, top, bottom in RATIOS:
@@ -198,7 +202,7 @@ def main() -> None:
     for name, value in (("--knee", knee), ("--peer-knee", peer_knee)):
         if value is None:
             ap.error(f"{name} is needed: bench/results/full.json has no knee to take it from")
-        if not (math.isfinite(value) and value > 0):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             ap.error(f"{name} must be a finite number of msgs/s above 0, not {value}")
     with tempfile.TemporaryDirectory(prefix="paired-") as tmp:
         result = run(Path(tmp), knee, peer_knee, args.rounds, args.seconds, REF_RATE,

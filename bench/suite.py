@@ -246,6 +246,8 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
 
     evalsha = dig(ours_knee, "redis_calls_per_message", "evalsha")
     paired_ratios = dig(results.get("paired"), "ratios")
+    every_step = [s for sc in results["scenarios"] for s in sc["steps"]]
+    every_step += dig(results.get("paired"), "rows") or []  # the steps measured in turn
     summary = {
         "deliveries_per_s": dig(ours_knee, "deliveries_per_s"),
         "peer_deliveries_per_s": dig(peer_knee, "deliveries_per_s"),
@@ -282,13 +284,10 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         # the CPU ratios again, measured in turn in the same minutes (full run; bench.paired)
         **{f"paired_{name}_ratio_{load}": dig(paired_ratios, f"{name}_{load}", "median")
            for name in ("floor", "peer") for load in ("ref", "knee")},
-        "disturbed_steps": sum(
-            1 for sc in results["scenarios"] for s in sc["steps"] if s.get("disturbed")
-        ),
+        "disturbed_steps": sum(1 for s in every_step if s.get("disturbed")),
         # the most the hypervisor took from this machine in any step, % of one core
         "max_steal_cpu_pct": max(
-            (s["steal_cpu_pct"] for sc in results["scenarios"] for s in sc["steps"]
-             if s.get("steal_cpu_pct") is not None),
+            (s["steal_cpu_pct"] for s in every_step if s.get("steal_cpu_pct") is not None),
             default=None,
         ),
     }  # fmt: skip

@@ -102,6 +102,7 @@ def _convert(name: str, raw: str, default: Any) -> Any:
         value = int(raw) if isinstance(default, int) else float(raw)
     except ValueError:
         raise ValueError(f"{variable} is not a valid {type(default).__name__}") from None
-    if not math.isfinite(value):  # "inf" and "nan" are floats, but no setting means them
+    # "inf" and "nan" are floats, but no setting means them
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{variable} is not a finite number")
     return value

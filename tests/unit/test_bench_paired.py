@@ -18,11 +18,11 @@ def row(
 
 def one_round(i: int, ours: tuple[float, float], floor: tuple[float, float],
               peer: tuple[float, float], disturbed: str = "") -> list[dict[str, Any]]:  # fmt: skip
+    """A round's six steps; `disturbed` names one of them ("floor knee", "ours ref", ...)."""
     out = []
     for load, k in (("ref", 0), ("knee", 1)):
-        out += [row(i, "ours", load, ours[k]),
-                row(i, "floor", load, floor[k], disturbed == f"floor {load}"),
-                row(i, "peer", load, peer[k])]  # fmt: skip
+        out += [row(i, system, load, us[k], disturbed == f"{system} {load}")
+                for system, us in (("ours", ours), ("floor", floor), ("peer", peer))]  # fmt: skip
     return out
 
 
@@ -43,6 +43,19 @@ def test_each_round_gives_the_four_ratios_and_the_median_is_of_the_quiet_rounds(
         2.1, 2.0, 2.2,
     )  # fmt: skip
     assert r["peer_knee"]["median"] == 0.12 and "disturbed" not in r["peer_knee"]
+
+
+def test_a_disturbed_step_of_roomstate_leaves_its_round_out_of_both_its_ratios() -> None:
+    rows = [
+        *one_round(1, (30.0, 6.0), (5.0, 3.0), (75.0, 60.0), disturbed="ours ref"),
+        *one_round(2, (33.0, 6.6), (5.5, 3.0), (66.0, 55.0)),
+    ]
+    r = paired.ratios(rows)
+    for name in ("floor_ref", "peer_ref"):
+        assert [x["disturbed"] for x in r[name]["rounds"]] == [True, False]
+        assert r[name]["used"] == 1
+    assert (r["floor_ref"]["median"], r["peer_ref"]["median"]) == (6.0, 0.5)
+    assert r["floor_knee"]["used"] == 2 and r["peer_knee"]["used"] == 2
 
 
 def test_with_every_round_disturbed_the_median_is_of_all_and_flagged() -> None:
@@ -67,8 +80,8 @@ def test_the_plan_puts_the_floor_at_the_deliveries_of_the_step_before_it() -> No
         ("ours", "knee"), ("floor", "knee"), ("peer", "knee"),
     ]  # fmt: skip
     rates = [rate for _, _, rate in steps]
-    assert rates[1] * 99 == rates[0] * 9 and rates[4] * 99 == rates[3] * 9
-    assert rates[5] == 2_775.0
+    assert rates[0] == 1000.0 and rates[3] == 17_415.0 and rates[5] == 2_775.0
+    assert abs(rates[1] - 1000.0 * 9 / 99) < 1e-9 and abs(rates[4] - 17_415.0 * 9 / 99) < 1e-9
 
 
 def full_results(**extra: Any) -> dict[str, Any]:
@@ -90,13 +103,31 @@ def test_the_full_run_reports_them_in_its_summary_targets_and_report() -> None:
     assert r["summary"]["paired_floor_ratio_knee"] == 2.1
     assert r["summary"]["paired_peer_ratio_knee"] == 0.11
     notes = {t["target"]: t.get("note", "") for t in r["targets"]}
-    knee_row = "node CPU/delivery ≤ 2× floor, both at our knee's deliveries/s"
-    assert notes[knee_row] == (
-        "measured in turn, in the same minutes: median 2.1 of 2 rounds (range 2.0–2.2)"
-    )
+    said = "measured in turn, in the same minutes: median"
+    assert notes == {
+        **notes,
+        "node CPU/delivery ≤ 2× floor (at the reference load)":
+            f"{said} 6.0 of 2 rounds (range 6.0–6.0)",
+        "node CPU/delivery ≤ 1/5 of the peer's (reference load)":
+            f"{said} 0.45 of 2 rounds (range 0.4–0.5)",
+        "node CPU/delivery ≤ 2× floor, both at our knee's deliveries/s":
+            f"{said} 2.1 of 2 rounds (range 2.0–2.2)",
+        "node CPU/delivery ≤ 1/5 of the peer's, each at its own knee":
+            f"{said} 0.11 of 2 rounds (range 0.1–0.12)",
+    }  # fmt: skip
+    assert sum(said in n for n in notes.values()) == 4  # and no other row has one
     text = report.markdown(r, {})
     assert "## CPU ratios measured in turn (`python -m bench.paired`)" in text
     assert "| roomstate / floor, both at our knee's deliveries/s | 2.1 | 2.0–2.2 | 2 |" in text
+
+
+def test_the_steps_measured_in_turn_count_in_disturbed_steps_and_steal() -> None:
+    rows = one_round(1, (30.0, 6.0), (5.0, 3.0), (75.0, 60.0), disturbed="peer knee")
+    rows[2]["steal_cpu_pct"] = 4.5
+    pr = {"knee_msgs_per_s": 17415.0, "peer_knee_msgs_per_s": 2775.0, "ref_msgs_per_s": 1000.0,
+          "seconds": 3.0, "rows": rows, "ratios": paired.ratios(rows)}  # fmt: skip
+    summary, _ = summarize(full_results(paired=pr))
+    assert summary["disturbed_steps"] == 1 and summary["max_steal_cpu_pct"] == 4.5
 
 
 def test_a_run_without_them_has_no_such_keys_filled_nor_notes() -> None:

@@ -36,3 +36,19 @@ def test_a_float_setting_that_is_not_a_number_is_refused_with_its_name() -> None
     with pytest.raises(ValueError, match=r"ROOMSTATE_HEARTBEAT_S='soon' is not a valid float"):
         Settings.from_env({"ROOMSTATE_HEARTBEAT_S": "soon"})
     assert Settings.from_env({"ROOMSTATE_HEARTBEAT_S": "2.5"}).heartbeat_s == 2.5
+
+
+def test_each_kind_of_setting_is_read_from_its_variable() -> None:
+    env = {
+        "ROOMSTATE_PORT": "9001",  # int
+        "ROOMSTATE_ROOM_GRACE_S": "1.5",  # float
+        "ROOMSTATE_REDIS": "redis://127.0.0.1:7000/0",  # str, None by default
+        "ROOMSTATE_ALLOWED_ORIGINS": "https://a.example, ,https://b.example",  # a list
+    }
+    s = Settings.from_env(env)
+    assert (s.port, s.room_grace_s, s.redis) == (9001, 1.5, "redis://127.0.0.1:7000/0")
+    assert s.allowed_origins == ("https://a.example", "https://b.example")
+    with pytest.raises(ValueError, match=r"ROOMSTATE_PORT='80.5' is not a valid int"):
+        Settings.from_env({"ROOMSTATE_PORT": "80.5"})
+    huge = "9" * 400  # too big for a float: the finiteness check is for floats only
+    assert Settings.from_env({"ROOMSTATE_MAX_DEPTH": huge}).max_depth == int(huge)
