@@ -70,43 +70,6 @@ def plan(
     ]
 
 
-def measure(
-    tmp: Path,
-    knee: float,
-    peer_knee: float,
-    rounds: int,
-    seconds: float,
-    ref_rate: float,
-    receivers: int,
-) -> list[dict[str, Any]]:
-    """Every step of `rounds` rounds, as rows (the three deployments stay up throughout)."""
-    scenarios = {
-        "ours": Scenario("roomstate 2 nodes + Redis", "2-nodes-redis"),
-        "floor": Scenario("python floor: aiohttp 1 -> 99", "python-floor",
-                          participants=receivers, rooms=1),
-        "peer": Scenario("peer: python-socketio 2 nodes + Redis", "peer"),
-    }  # fmt: skip
-    rows = []
-    with contextlib.ExitStack() as stack:
-        runs = {
-            key: stack.enter_context(ScenarioRun(sc, tmp / key)) for key, sc in scenarios.items()
-        }
-        for i in range(1, rounds + 1):
-            for system, load, rate in plan(knee, peer_knee, ref_rate, receivers):
-                step = runs[system].run_step(rate, duration_s=seconds, tag=f"paired {load}")
-                rows.append(
-                    {
-                        "round": i, "system": system, "load": load, "rate": round(rate, 1),
-                        "deliveries_per_s": step["deliveries_per_s"],
-                        "cpu_us_per_delivery": step["node_cpu_us_per_delivery"],
-                        "p99_ms": dig(step, "latency", "p99_ms"),
-                        "lost": step.get("lost"), "disturbed": bool(step.get("disturbed")),
-                        "steal_cpu_pct": step.get("steal_cpu_pct"),
-                    }
-                )  # fmt: skip
-    return rows
-
-
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per ratio: each round's value, and the median, least and most over the rounds in which
     neither of its two steps was disturbed (over all of them, with "disturbed": true, if there is
@@ -166,8 +129,32 @@ def run(
     ref_rate: float,
     receivers: int,
 ) -> dict[str, Any]:
-    """Measure, and return the rows, the ratios and the rates used."""
-    rows = measure(tmp, knee, peer_knee, rounds, seconds, ref_rate, receivers)
+    """Measure `rounds` rounds (the three deployments stay up throughout); return every step as
+    a row, the ratios, and the rates used."""
+    scenarios = {
+        "ours": Scenario("roomstate 2 nodes + Redis", "2-nodes-redis"),
+        "floor": Scenario("python floor: aiohttp 1 -> 99", "python-floor",
+                          participants=receivers, rooms=1),
+        "peer": Scenario("peer: python-socketio 2 nodes + Redis", "peer"),
+    }  # fmt: skip
+    rows = []
+    with contextlib.ExitStack() as stack:
+        runs = {
+            key: stack.enter_context(ScenarioRun(sc, tmp / key)) for key, sc in scenarios.items()
+        }
+        for i in range(1, rounds + 1):
+            for system, load, rate in plan(knee, peer_knee, ref_rate, receivers):
+                step = runs[system].run_step(rate, duration_s=seconds, tag=f"paired {load}")
+                rows.append(
+                    {
+                        "round": i, "system": system, "load": load, "rate": round(rate, 1),
+                        "deliveries_per_s": step["deliveries_per_s"],
+                        "cpu_us_per_delivery": step["node_cpu_us_per_delivery"],
+                        "p99_ms": dig(step, "latency", "p99_ms"),
+                        "lost": step.get("lost"), "disturbed": bool(step.get("disturbed")),
+                        "steal_cpu_pct": step.get("steal_cpu_pct"),
+                    }
+                )  # fmt: skip
     return {"knee_msgs_per_s": knee, "peer_knee_msgs_per_s": peer_knee,
             "ref_msgs_per_s": ref_rate, "seconds": seconds, "rows": rows,
             "ratios": ratios(rows)}  # fmt: skip

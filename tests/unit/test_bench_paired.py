@@ -6,6 +6,7 @@ from typing import Any
 
 from bench import paired, report
 from bench.suite import summarize
+from tests.unit.test_bench_suite import results as full_results
 
 
 def row(
@@ -82,13 +83,6 @@ def test_the_plan_puts_the_floor_at_the_deliveries_of_the_step_before_it() -> No
     rates = [rate for _, _, rate in steps]
     assert rates[0] == 1000.0 and rates[3] == 17_415.0 and rates[5] == 2_775.0
     assert abs(rates[1] - 1000.0 * 9 / 99) < 1e-9 and abs(rates[4] - 17_415.0 * 9 / 99) < 1e-9
-
-
-def full_results(**extra: Any) -> dict[str, Any]:
-    return {"mode": "full", "started": "2026-11-29T01:00:00+00:00", "duration_s": 10.0,
-            "command": "python -m bench full", "quiet_waited_s": 0.0,
-            "machine": {"cores": 2, "cpu": "x", "python": "3.11.7", "versions": {}},
-            "scenarios": [], **extra}  # fmt: skip
 
 
 def test_the_full_run_reports_them_in_its_summary_targets_and_report() -> None:
