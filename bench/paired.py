@@ -20,7 +20,8 @@ rounds, and flagged, if none was quiet) and the range over those rounds. The kne
 those of bench/results/full.json (the full run of record; a knee past this machine's capacity at
 the moment still gives ratios, with p99 over the limit in its steps); `python -m bench full` runs
 this after its topologies and the peer, with the knees it has just found. The last stdout line is
-JSON.
+JSON. A step that reads no CPU at all (the kernel counts it in 10 ms ticks: a short step at a low
+rate) gives its ratios no value for that round.
 """
 
 from __future__ import annotations
