@@ -227,7 +227,13 @@ class Room:
         if write.merge_strategy == "replace":
             delta = candidate.replace(write.data, stamp)
         else:
-            delta = candidate.shallow_merge(write.data, stamp, write.keys_to_delete)
+            # A tombstone only for a key the room has: deleting a key it does not have changes
+            # nothing, and storing one for every name a client makes up would grow without bound.
+            entries = candidate.entries
+            deleting = tuple(
+                key for key in write.keys_to_delete if key in entries and not entries[key].deleted
+            )
+            delta = candidate.shallow_merge(write.data, stamp, deleting)
         size, limit = compact_size(candidate.value()), self.config.limits.session_data_bytes
         if size > limit:
             raise RequestError(

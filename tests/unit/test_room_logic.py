@@ -356,6 +356,22 @@ def test_shallow_merge_sets_given_keys_and_deletes_keys_to_delete() -> None:
     assert room.session_data() == {"b": 20, "c": 3}
 
 
+def test_deleting_keys_the_room_does_not_have_stores_nothing_for_them() -> None:
+    """A tombstone only for a key that is there: a client naming made-up keys in
+    `keysToDelete` must not grow the room's state (it is stored, and every node holds it)."""
+    room = room_with("s1")
+    room.set_session_data(replace({"a": 1}), 100)
+    made_up = tuple(f"k{n}" for n in range(1000))
+    out = room.set_session_data(shallow_merge({}, ("a", *made_up)), 200)
+    assert room.session_data() == {}
+    assert set(room.state.session_data.entries) == {"a"}  # a's tombstone, nothing else
+    (event,) = out.publish
+    assert event.delta is not None and set(event.delta.session_data.entries) == {"a"}
+    tombstone = room.state.session_data.entries["a"]
+    room.set_session_data(shallow_merge({}, ("a",)), 300)  # deleted already: nothing new
+    assert room.state.session_data.entries == {"a": tombstone}
+
+
 def test_the_first_session_write_goes_to_every_local_including_the_writer() -> None:
     room = room_with("s1", "s2")
     out = room.set_session_data(replace({"a": 1}), 100)
