@@ -72,5 +72,7 @@ def check_api_key(expected: str, authorization: str | None) -> bool:
     """Whether an ``Authorization: Bearer <key>`` header carries `expected` (constant time)."""
     scheme, _, given = (authorization or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), expected.encode()
+        # (surrogateescape: a header's non-ASCII bytes come back as they were, to compare unequal)
+        given.strip().encode("utf-8", "surrogateescape"),
+        expected.encode(),
     )

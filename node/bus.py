@@ -181,6 +181,8 @@ class MemoryBus(Bus):
         return Snapshot(state.copy() if state is not None else RoomState(), str(position))
 
     async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
+        if not after.isdigit():  # not a position of this bus (a Redis stream id): unknown
+            return None
         log, start = self._logs.get(room, deque()), int(after)
         if start < self._positions.get(room, 0) and (not log or log[0][0] > start + 1):
             return None

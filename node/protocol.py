@@ -8,6 +8,7 @@ to each. docs/protocol.md documents every frame with an example.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,12 +31,19 @@ __all__ = [
     "encode_error",
     "encode_state",
     "parse",
+    "parse_session_data_write",
+    "recipients",
     "request_id_of",
 ]
 
 MERGE_STRATEGIES: Final = ("replace", "shallow-merge")
 MAX_ID_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 256
+# An app message names at most this many recipients, each a session id of at most
+# MAX_ID_LENGTH characters: the list is stored with the message, so it is bounded like its data.
+MAX_RECIPIENTS: Final = 256
+# A log position as the node gives it in `seq`: "N" (in-memory bus) or "MS-N" (a Redis stream id).
+POSITION = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 Json = Any
 RequestId = str | int | None
@@ -213,8 +221,17 @@ def _parse_join(
         user_name=_optional_str(message, "userName", MAX_NAME_LENGTH),
         user_data=user_data,
         resume=_optional_str(message, "resume", 1024),
-        resume_after=_optional_str(message, "resumeAfter", 64),
+        resume_after=_resume_after(message),
     )
+
+
+def _resume_after(message: dict[str, Json]) -> str | None:
+    value = message.get("resumeAfter")
+    if value is not None and not (isinstance(value, str) and POSITION.fullmatch(value)):
+        raise RequestError(
+            "bad-request", "'resumeAfter' must be the 'seq' of an app message, as the node gave it"
+        )
+    return value
 
 
 def _parse_send_app_message(
@@ -224,14 +241,32 @@ def _parse_send_app_message(
         raise RequestError("bad-request", "send-app-message needs 'data'")
     data = message["data"]
     _check_size("app message data", data, limits.app_message_bytes, frame_bytes)
-    to = message.get("to", "*")
-    if isinstance(to, list) and all(isinstance(sid, str) for sid in to):
-        return SendAppMessage(request_id, data, tuple(to))
-    if not isinstance(to, str) or not to:
-        raise RequestError(
-            "bad-request", "'to' must be \"*\", a session id or a list of session ids"
-        )
-    return SendAppMessage(request_id, data, to)
+    return SendAppMessage(request_id, data, recipients(message.get("to", "*"), "to"))
+
+
+def recipients(value: Json, field: str) -> str | tuple[str, ...]:
+    """An app message's recipients (`to` of a frame, `recipient` of a REST body): "*", a
+    session id, or a list of at most MAX_RECIPIENTS of them (repeats dropped)."""
+    if isinstance(value, str) and (value == "*" or _is_session_id(value)):
+        return value
+    if isinstance(value, list) and all(_is_session_id(sid) for sid in value):
+        unique = tuple(dict.fromkeys(value))
+        if len(unique) > MAX_RECIPIENTS:
+            raise RequestError(
+                "bad-request",
+                f"{field!r} lists {len(unique)} session ids; the limit is {MAX_RECIPIENTS}"
+                ' (send to "*" to reach everyone)',
+            )
+        return unique
+    raise RequestError(
+        "bad-request",
+        f'{field!r} must be "*", a session id or a list of session ids'
+        f" (each 1-{MAX_ID_LENGTH} characters)",
+    )
+
+
+def _is_session_id(value: Json) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
 def _parse_set_user_data(

@@ -34,10 +34,13 @@ from node.connection import CLOSE_POLICY, Connection, TokenBucket, release_heart
 from node.errors import BusError, RequestError
 from node.node import Node
 from node.protocol import (
+    MAX_NAME_LENGTH,
     WIRE_TYPES,
+    depth,
     encode_error,
     parse,
     parse_session_data_write,
+    recipients,
     request_id_of,
 )
 from node.settings import Settings
@@ -169,12 +172,19 @@ def rest(handler: RestHandler) -> RestHandler:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, held to the nesting limit of client frames."""
+    max_depth = request.app[NODE_KEY].limits.max_depth
+    nesting = f"JSON nesting is deeper than {max_depth} levels"
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc) or "recursion" in str(exc):  # over orjson's own limit
+            raise _rest_error(400, "invalid-request-error", nesting) from None
         raise _rest_error(400, "invalid-request-error", f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _rest_error(400, "invalid-request-error", "the body must be a JSON object")
+    if depth(body) > max_depth:
+        raise _rest_error(400, "invalid-request-error", nesting)
     return body
 
 
@@ -187,12 +197,10 @@ async def rest_send_app_message(request: web.Request) -> web.Response:
     if size > node.limits.app_message_bytes:
         info = f"app message data is {size} bytes; the limit is {node.limits.app_message_bytes}"
         raise _rest_error(400, "invalid-request-error", info)
-    recipient = body.get("recipient", "*")
-    if isinstance(recipient, list) and all(isinstance(r, str) for r in recipient):
-        recipient = tuple(recipient)
-    elif not isinstance(recipient, str) or not recipient:
-        info = "'recipient' must be \"*\", a session id or a list of session ids"
-        raise _rest_error(400, "invalid-request-error", info)
+    try:
+        recipient = recipients(body.get("recipient", "*"), "recipient")
+    except RequestError as exc:
+        raise _rest_error(400, "invalid-request-error", exc.message) from None
     await node.rest_send_app_message(name, body["data"], recipient)
     return _json({"sent": True})
 
@@ -239,6 +247,10 @@ async def rest_meeting_token(request: web.Request) -> web.Response:
         value = props.get(field)
         if value is not None and type(value) is not kind:  # (True is not an int here)
             raise _rest_error(400, "invalid-request-error", f"'{field}' must be {names[kind]}")
+    for field in ("user_name", "user_id"):
+        if len(props.get(field) or "") > MAX_NAME_LENGTH:  # as a join's userName
+            info = f"'{field}' must be at most {MAX_NAME_LENGTH} characters"
+            raise _rest_error(400, "invalid-request-error", info)
     token = make_token(
         node.settings.api_key,
         props["room_name"],

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from node.client import CallClient, RestClient, TooLarge
@@ -356,6 +357,16 @@ async def test_rest_app_messages_presence_and_session_data(
         ("send-app-message", b'{"data":1,"recipient":7}', "'recipient' must be"),
         ("session-data", b'{"data":[1]}', "must be a JSON object"),
         ("session-data", b'{"data":{},"mergeStrategy":"deep"}', "'mergeStrategy' must be"),
+        # nesting: held to the frames' limit (orjson would fail to encode it back at ~255)
+        ("send-app-message", b'{"data":' + b"[" * 300 + b"]" * 300 + b"}", "deeper than 32"),
+        ("session-data", b'{"data":{"x":' + b"[" * 40 + b"]" * 40 + b"}}", "deeper than 32"),
+        ("session-data", b'{"data":' + b"[" * 2000 + b"]" * 2000 + b"}", "deeper than 32"),
+        (
+            "send-app-message",
+            orjson.dumps({"data": 1, "recipient": [f"s{n}" for n in range(257)]}),
+            "'recipient' lists 257 session ids; the limit is 256",
+        ),
+        ("send-app-message", orjson.dumps({"data": 1, "recipient": "s" * 65}), "1-64 characters"),
     ],
 )
 async def test_rest_bad_bodies_get_400_with_a_clear_message(

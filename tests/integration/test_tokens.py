@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -123,3 +124,23 @@ async def test_rest_meeting_token_joins_its_room(
     async with http.post(f"{keyed_node.url}/v1/meeting-tokens", json=bad, headers=auth) as r:
         assert r.status == 400
         assert (await r.json())["info"] == "'exp' must be an integer (Unix seconds)"
+    # a user name a join would refuse is refused here, not put in a token
+    long_name = {"properties": {"room_name": room, "user_name": "x" * 257}}
+    async with http.post(f"{keyed_node.url}/v1/meeting-tokens", json=long_name, headers=auth) as r:
+        assert r.status == 400
+        assert (await r.json())["info"] == "'user_name' must be at most 256 characters"
+
+
+async def test_an_authorization_header_with_non_ascii_bytes_is_401_not_500(
+    keyed_node: NodeProcess, room: str
+) -> None:
+    """A raw socket: HTTP clients refuse to send such a header."""
+    host, port = keyed_node.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /v1/rooms/{room}/presence HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"401", status_line

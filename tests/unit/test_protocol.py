@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from node.errors import RequestError
 from node.protocol import (
     MAX_GROWTH,
+    MAX_RECIPIENTS,
     Join,
     Leave,
     Limits,
@@ -186,6 +187,13 @@ WRONG_TYPED = [
     pytest.param({"type": "join", "userName": "x" * 257}, id="userName-too-long"),
     pytest.param({"type": "join", "token": ["t"]}, id="token-list"),
     pytest.param({"type": "join", "resume": 1}, id="resume-number"),
+    pytest.param({"type": "join", "resumeAfter": 5}, id="resumeAfter-number"),
+    pytest.param({"type": "join", "resumeAfter": "x"}, id="resumeAfter-not-a-position"),
+    pytest.param({"type": "join", "resumeAfter": "1-2-3"}, id="resumeAfter-three-parts"),
+    pytest.param({"type": "join", "resumeAfter": "-1"}, id="resumeAfter-negative"),
+    pytest.param({"type": "join", "resumeAfter": "9" * 21}, id="resumeAfter-too-long"),
+    pytest.param({"type": "send-app-message", "data": 1, "to": "s" * 65}, id="to-id-too-long"),
+    pytest.param({"type": "send-app-message", "data": 1, "to": ["s1", ""]}, id="to-list-empty-id"),
     pytest.param(session_write(data=[1]), id="session-data-list"),
     pytest.param(session_write(data="text"), id="session-data-string"),
     pytest.param(session_write(data=None), id="session-data-null"),
@@ -226,6 +234,34 @@ def test_a_key_both_set_and_deleted_is_named_in_the_error() -> None:
     )
     assert error.code == "bad-request"
     assert error.message.endswith(": b")
+
+
+@pytest.mark.parametrize("position", ["0", "17", "1732840000000-0", "1732840000000-12"])
+def test_resume_after_takes_a_position_of_either_bus(position: str) -> None:
+    request = parse(frame(type="join", resumeAfter=position), LIMITS)
+    assert isinstance(request, Join) and request.resume_after == position
+
+
+def test_resume_after_that_is_no_position_is_refused_naming_the_field() -> None:
+    error = parse_error(frame(type="join", resume="s.x", resumeAfter="x"))
+    assert (error.code, "'resumeAfter'" in error.message) == ("bad-request", True)
+
+
+def test_recipients_repeated_in_to_are_kept_once_in_order() -> None:
+    request = parse(frame(type="send-app-message", data=1, to=["b", "a", "b"]), LIMITS)
+    assert request == SendAppMessage(None, 1, ("b", "a"))
+
+
+def test_to_lists_at_most_the_recipient_limit() -> None:
+    """The list is stored with the message: unbounded, it would let one message outgrow the
+    4 KB data limit many times over."""
+    most = [f"s{n}" for n in range(MAX_RECIPIENTS)]
+    assert parse(frame(type="send-app-message", data=1, to=most), LIMITS).to == tuple(most)
+    error = parse_error(frame(type="send-app-message", data=1, to=[*most, "one-more"]))
+    assert error.code == "bad-request"
+    assert f"'to' lists {MAX_RECIPIENTS + 1} session ids; the limit is {MAX_RECIPIENTS}" in (
+        error.message
+    )
 
 
 def test_the_longest_allowed_id_is_accepted() -> None:
