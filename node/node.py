@@ -26,7 +26,7 @@ from typing import Any
 from crdt import HybridLogicalClock, LWWRegister, Participant, RoomState
 from crdt.hlc import clock_skew_ms
 from node.auth import verify_token
-from node.bus import Bus, MemoryBus
+from node.bus import Bus, MemoryBus, Snapshot
 from node.connection import Connection, WriteBatch, frame_type, ws_frame
 from node.errors import BusError, RequestError
 from node.events import AppMessage, BusEvent
@@ -171,8 +171,12 @@ class Node:
             if claims.user_id is not None:
                 info["user_id"] = claims.user_id
         room = await self._open(room_name)
-        if request.resume is not None and await self._resume(conn, request, room):
-            return
+        try:
+            if request.resume is not None and await self._resume(conn, request, room):
+                return
+        except BaseException:  # (the move could not be stored) no room kept with nobody in it
+            self._close_room_if_unused(room_name)
+            raise
         sid, secret = str(uuid.uuid4()), secrets.token_urlsafe(18)
         info.setdefault("user_id", sid)
         info["resume"] = _digest(secret)
@@ -223,7 +227,10 @@ class Node:
         missed = None
         try:
             if request.resume_after is not None:
-                missed = await self.bus.read_range(room.name, request.resume_after)
+                try:
+                    missed = await self.bus.read_range(room.name, request.resume_after)
+                except BusError as exc:  # the session has moved here: resume, replaying nothing
+                    log.warning("room %s: %s resumes without replay: %s", room.name, sid, exc)
             frame = room.joined_frame(
                 request.id,
                 sid,
@@ -337,7 +344,13 @@ class Node:
         room = self.rooms.get(room_name)
         if room is not None:
             return room
-        snapshot = await self.bus.snapshot(room_name)
+        return self._replica(room_name, await self.bus.snapshot(room_name))
+
+    def _replica(self, room_name: str, snapshot: Snapshot) -> Room:
+        """A room built from a bus snapshot. The clock observes the snapshot's stamps first, so
+        that a write this node stamps for the room is newer than everything stored in it."""
+        for stamp in snapshot.state.stamps():
+            self.hlc.observe(stamp)
         return Room(room_name, snapshot.state, self.hlc, self.origin, self.room_config)
 
     # -- rooms --
@@ -354,9 +367,7 @@ class Node:
         self._opening[room_name] = future
         try:
             snapshot = await self.bus.snapshot(room_name)
-            for stamp in snapshot.state.stamps():
-                self.hlc.observe(stamp)
-            room = Room(room_name, snapshot.state, self.hlc, self.origin, self.room_config)
+            room = self._replica(room_name, snapshot)
             self.rooms[room_name] = room
             self.bus.subscribe(room_name, snapshot.position, self._on_event)
             self.metrics.rooms.set(len(self.rooms))
@@ -390,19 +401,35 @@ class Node:
                 self.metrics.clock_drift.inc()
                 log.warning("room %s: a delivered stamp is %d ms ahead", room_name, ahead)
         self._deliver(room, room.receive(event, now, position))
-        for sid in event.delta.participants if event.delta is not None else ():
-            if sid in self._away and sid not in room.local:
-                participant = room.state.participants.get(sid)
-                here = {"node": self.node_id, "incarnation": self.incarnation}
-                if participant and participant.location and participant.location.value != here:
-                    self._away.pop(sid)[1].cancel()  # it resumed on another node
-                    room.detach(sid)
-                    self._close_room_if_unused(room_name)
-        for sid in event.delta.removed if event.delta is not None else ():
+        if event.delta is None:
+            return
+        let_go = False
+        here = {"node": self.node_id, "incarnation": self.incarnation}
+        for sid in event.delta.participants:
+            if sid not in room.local and sid not in self._away:
+                continue  # not held here
+            participant = room.state.participants.get(sid)
+            location = participant.location if participant is not None else None
+            if location is None or location.value == here or sid in event.delta.removed:
+                continue
+            # It resumed on another node: let go of it here, dropped or still connected.
+            away = self._away.pop(sid, None)
+            if away is not None:
+                away[1].cancel()
+            conn = self.connections.get(sid)
+            if conn is not None and conn.room == room_name:
+                del self.connections[sid]
+                conn.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
+            room.detach(sid)
+            let_go = True
+        for sid in event.delta.removed:
             conn = self.connections.get(sid)
             if conn is not None and conn.room == room_name:  # removed elsewhere: cut it off
                 del self.connections[sid]
                 conn.close_soon(4001, "removed from the room")
+                let_go = True
+        if let_go:
+            self._close_room_if_unused(room_name)
 
     # -- running outputs --
 

@@ -17,6 +17,8 @@ from node.client import CallClient, RestClient, Unavailable
 from node.redis_bus import RedisBus
 from node.settings import Settings
 
+from ..servers import RedisServer
+from .conftest import FAST, NodeProcess, start_node
 from .deployments import Deployment, start_deployment
 
 pytestmark = pytest.mark.integration
@@ -288,3 +290,47 @@ async def test_resume_replays_what_was_missed_even_with_no_message_before_the_dr
     reply = await a.join(three_nodes.nodes[1].room_url(room), resume=token)
     assert (reply["resumed"], reply["replayed"]) == (True, True)
     assert (await a.next_event("app-message"))["data"] == "while you were away"
+
+
+async def test_a_resume_on_another_node_cuts_off_the_old_connection_still_open(
+    three_nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    """A client resumes elsewhere while its old socket still looks open (it switched networks
+    before the old one timed out): the old node closes that socket with 4003, as a resume on the
+    same node does, and the session goes on through the new one."""
+    groups = await spread(three_nodes, room, 1, clients)
+    a, b = groups[0][0], groups[1][0]
+    again = CallClient()
+    clients.append(again)
+    reply = await again.join(three_nodes.nodes[2].room_url(room), resume=a.resume_token)
+    assert (reply["sessionId"], reply["resumed"]) == (a.session_id, True)
+    closed = await a.next_event("left-meeting", timeout=5)
+    assert closed["closeCode"] == 4003, closed
+    await b.send_app_message("after the move")
+    assert (await again.next_event("app-message"))["data"] == "after the move"
+    await asyncio.sleep(0.5)
+    assert b.events("participant-left") == [], "the session stayed in the room"
+    assert a.session_id in b.participants()
+
+
+async def test_a_rest_write_through_a_node_not_hosting_the_room_is_newer_than_the_stored_one(
+    tmp_path: Path, room: str
+) -> None:
+    """A node that answers a REST write for a room it does not host stamps it after everything
+    in the room's snapshot, even with its clock behind the node that wrote last (within the
+    drift bound): the write is not lost to an older-looking stamp."""
+    redis = RedisServer.start(tmp_path)
+    nodes: list[NodeProcess] = []
+    try:
+        for name, offset in (("ahead", "400"), ("behind", "0")):
+            env = {**FAST, "ROOMSTATE_NODE_ID": name, "ROOMSTATE_CLOCK_OFFSET_MS": offset}
+            nodes.append(start_node(tmp_path, env, "--redis", redis.url))
+        ahead, behind = nodes
+        async with RestClient(ahead.url) as first, RestClient(behind.url) as second:
+            await first.set_session_data(room, {"v": 1})
+            assert await second.set_session_data(room, {"v": 2}) == {"data": {"v": 2}}
+            assert await first.get_session_data(room) == {"data": {"v": 2}}
+    finally:
+        for process in nodes:
+            process.stop()
+        redis.stop()
