@@ -44,7 +44,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
 from node.bus import Bus, EventHandler, LeaseState, Snapshot
@@ -68,7 +68,17 @@ CONNECT_TIMEOUT_S = 1.0  # for the hot path's connections
 CATCH_UP_COUNT = 1000  # entries per XRANGE when a room catches up
 CATCH_UP_RETRY_S = 0.5  # longest wait between two attempts of a room to catch up
 REFRESH_INTERVAL_S = 0.5  # the Cluster's slot map is read again at most this often
+# A subscription connection gets nothing but pushes, so a server gone without a word (its host
+# powered off, a black hole) would never be noticed: each one is sent a PING this often, and
+# dropped, its rooms catching up elsewhere, if the answer does not come in COMMAND_TIMEOUT_S.
+SUBSCRIBER_PING_S = 5.0
+# A caller waits at most this long for a refresh of the slot map (it goes on in the background):
+# the seeds' connect timeouts add up when the whole Cluster is out of reach.
+REFRESH_WAIT_S = 0.5
 RESYNC_ORIGIN = "redis/resync"  # origin of the snapshot delta a room gets after a gap
+# What redis-py raises when Redis cannot be reached or refuses: its errors, and, from the Cluster
+# client, RedisClusterException (not a RedisError) when no node of the Cluster answers.
+REDIS_ERRORS = (RedisError, RedisClusterException)
 # Error replies after which a command was not run and may be sent again (after a Cluster
 # failover or resharding: to the new owner of the slot).
 RETRY_AFTER = frozenset({"NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
@@ -166,6 +176,12 @@ class _Script(NamedTuple):
     numkeys: int
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback for a call whose outcome nobody awaits (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _PerServer:
     """One connection per Redis server, opened once however many callers wait for it."""
 
@@ -215,6 +231,7 @@ class RedisBus(Bus):
         self._syncs: dict[str, asyncio.Task[None]] = {}
         self._ready = False
         self._closing = False
+        self._pinger: asyncio.TimerHandle | None = None
         self._epochs: dict[int, str] = {}  # shard -> its epoch key's value when last seen
         self._gaps: set[str] = set()  # rooms whose stream lacked events: reported as lost
         # Lease group -> when the last renewal that found the lease held there was sent.
@@ -245,7 +262,7 @@ class RedisBus(Bus):
             await cast(Awaitable[Any], self.client.ping())
             if isinstance(self.client, RedisCluster):
                 await self.client.initialize()  # the slot map the hot path routes by
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BusError(f"cannot reach Redis: {exc}") from exc
         self._ready = True
 
@@ -253,9 +270,22 @@ class RedisBus(Bus):
         """Deliver events from now on; `origin` marks this node's own events."""
         # Events this node published start with these bytes: they are skipped undecoded.
         self._own_prefix = b'{"o":' + orjson.dumps(origin)
+        self._pinger = asyncio.get_running_loop().call_later(
+            SUBSCRIBER_PING_S, self._ping_subscribers
+        )
+
+    def _ping_subscribers(self) -> None:
+        for conn in list(self._subscribers.conns.values()):
+            if not conn.closed:  # no answer in time: the connection fails, its rooms catch up
+                conn.call("PING", timeout=COMMAND_TIMEOUT_S).add_done_callback(_retrieved)
+        self._pinger = asyncio.get_running_loop().call_later(
+            SUBSCRIBER_PING_S, self._ping_subscribers
+        )
 
     async def close(self) -> None:
         self._closing = True
+        if self._pinger is not None:
+            self._pinger.cancel()
         syncs = list(self._syncs.values())
         for task in syncs:
             task.cancel()
@@ -300,11 +330,18 @@ class RedisBus(Bus):
         if self._refreshing is None:
             self._refreshed_at = now
             self._refreshing = asyncio.ensure_future(self.client.nodes_manager.initialize())
-            self._refreshing.add_done_callback(lambda _: setattr(self, "_refreshing", None))
+            self._refreshing.add_done_callback(self._refreshed)
         try:
-            await asyncio.shield(self._refreshing)
-        except (RedisError, OSError) as exc:
+            await asyncio.wait_for(asyncio.shield(self._refreshing), REFRESH_WAIT_S)
+        except TimeoutError:
+            log.warning("the Cluster's slot map is still being read; going on without it")
+        except (*REDIS_ERRORS, OSError) as exc:
             log.warning("cannot refresh the Cluster's slot map: %s", exc)
+
+    def _refreshed(self, future: asyncio.Future[Any]) -> None:
+        self._refreshing = None
+        if not future.cancelled() and future.exception() is not None:  # (retrieved: no warning)
+            log.debug("a refresh of the Cluster's slot map failed: %s", future.exception())
 
     # -- the Bus interface --
 
@@ -369,7 +406,7 @@ class RedisBus(Bus):
         try:
             keys = [log_key(room), state_key(room), epoch_key(shard_of(room))]
             flat, position, epoch = await self._snapshot(keys=keys, args=[uuid.uuid4().hex])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._ready = False
             raise BusError(f"cannot read the room from Redis: {exc}") from exc
         self._epochs.setdefault(shard_of(room), epoch.decode())  # lost_rooms compares with it
@@ -387,7 +424,7 @@ class RedisBus(Bus):
             # stream was trimmed past it (or is new: Redis lost it), and no partial range is
             # returned. (Two reads could see a trim happen between them.)
             entries: Any = await self.client.xrange(key, "-" if after == "0-0" else after, "+")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BusError(f"cannot read the room's stream: {exc}") from exc
         if after != "0-0":
             if not entries or entries[0][0].decode() != after:
@@ -486,7 +523,7 @@ class RedisBus(Bus):
                 pipe.set(epoch_key(shard), uuid.uuid4().hex, nx=True)
                 pipe.get(epoch_key(shard))
             replies = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BusError(f"cannot check the shard epochs: {exc}") from exc
         for shard, value in zip(shards, replies[1::2], strict=True):
             current = value.decode() if isinstance(value, bytes) else str(value)
@@ -563,13 +600,22 @@ class RedisBus(Bus):
                 try:
                     if room not in self._subscribed:
                         conn = await self._subscriber(shard_of(room))
-                        await conn.call("SSUBSCRIBE", channel(room), timeout=COMMAND_TIMEOUT_S)
+                        try:
+                            await conn.call("SSUBSCRIBE", channel(room), timeout=COMMAND_TIMEOUT_S)
+                        except asyncio.CancelledError:  # the room went: Redis may have
+                            conn.send("SUNSUBSCRIBE", channel(room))  # subscribed it anyway
+                            raise
                         if room not in self._positions:  # unsubscribed meanwhile
                             conn.send("SUNSUBSCRIBE", channel(room))
                             return
+                        if conn.closed:  # lost right after its reply: its rooms went before
+                            continue
                         self._subscribed[room] = conn
                     await self._read_after(room)
-                    break
+                    if room in self._subscribed:
+                        break
+                    # The subscription was lost while the stream was read (its loss found this
+                    # catch-up running, so it started none): subscribe again, read what came.
                 except (BusError, RespError, RespConnectionError) as exc:
                     self._ready = False
                     # Warn once per outage (each hosted room retries), then quietly.

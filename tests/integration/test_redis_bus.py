@@ -5,13 +5,16 @@ resume's range read returns across a trim."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from crdt import RoomState, Stamp
+from node.errors import BusError
 from node.events import AppMessage, BusEvent
 from node.redis_bus import (
     RESYNC_ORIGIN,
@@ -23,7 +26,7 @@ from node.redis_bus import (
 )
 from node.settings import Settings
 
-from ..servers import RedisServer
+from ..servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +85,94 @@ async def test_a_killed_subscription_connection_loses_nothing(
     await received.wait_for(300)
     await asyncio.sleep(0.2)  # and no duplicates come after
     assert received.numbers == list(range(300))
+
+
+async def test_a_subscription_lost_while_its_room_catches_up_is_made_again(
+    buses: list[RedisBus],
+) -> None:
+    """The subscription connection is lost after a room's SSUBSCRIBE, while its catch-up reads
+    the stream: the loss finds the catch-up running and starts none, so that catch-up itself
+    must subscribe again, or the room hears nothing more."""
+    publisher, subscriber = buses
+    room = f"race-{uuid.uuid4().hex[:8]}"
+    received = Received()
+    subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
+    async with asyncio.timeout(5):  # subscribed, its stream read not yet answered
+        while room not in subscriber._subscribed:
+            await asyncio.sleep(0)
+    assert room in subscriber._syncs, "the catch-up is still running"
+    subscriber._subscribed[room].close()  # the connection is lost (a real close)
+    async with asyncio.timeout(5):
+        while room in subscriber._syncs:
+            await asyncio.sleep(0.01)
+    for n in range(3):
+        await publisher.publish(room, message(n))
+    await received.wait_for(3)
+    assert received.numbers == [0, 1, 2]
+
+
+async def test_a_room_closed_while_it_subscribes_leaves_no_subscription_in_redis(
+    redis_server: RedisServer, buses: list[RedisBus]
+) -> None:
+    """`unsubscribe` cancels a catch-up waiting for its SSUBSCRIBE's reply: Redis subscribes
+    the channel anyway, so the catch-up undoes it (or the node would get, and throw away,
+    every event of a room it no longer hosts)."""
+    _, subscriber = buses
+    warm = f"warm-{uuid.uuid4().hex[:8]}"  # opens the subscription connection first
+    subscriber.subscribe(warm, (await subscriber.snapshot(warm)).position, Received())
+    async with asyncio.timeout(5):
+        while warm not in subscriber._subscribed:
+            await asyncio.sleep(0.01)
+    conn = subscriber._subscribed[warm]
+    room = f"brief-{uuid.uuid4().hex[:8]}"
+    handler = Received()
+    subscriber.subscribe(room, "0-0", handler)
+    async with asyncio.timeout(5):  # its SSUBSCRIBE sent, the reply not yet read
+        while not conn._pending:
+            await asyncio.sleep(0)
+    subscriber.unsubscribe(room, handler)
+    await asyncio.sleep(0.3)
+    counts = redis_server.command("PUBSUB", "SHARDNUMSUB", channel(room))
+    assert counts == [channel(room), 0], counts
+
+
+async def test_a_subscription_connection_that_goes_silent_is_replaced(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription connection only receives, so a server gone without a word (a host
+    powered off) would never be noticed: the bus PINGs it, and drops it if no answer comes in
+    time; its rooms subscribe again on a new one. Here Redis is stopped (SIGSTOP) for 3 s."""
+    monkeypatch.setattr("node.redis_bus.SUBSCRIBER_PING_S", 0.5)
+    made = []
+    for n in range(2):
+        bus = RedisBus(Settings(redis=redis_server.url))
+        await bus.start()
+        bus.start_reading(f"node-{n}/{uuid.uuid4().hex[:6]}")
+        made.append(bus)
+    try:
+        publisher, subscriber = made
+        room = f"silent-{uuid.uuid4().hex[:8]}"
+        received = Received()
+        subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
+        async with asyncio.timeout(5):
+            while room not in subscriber._subscribed:
+                await asyncio.sleep(0.01)
+        before = subscriber._subscribed[room]
+        redis_server.pause()
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            redis_server.resume()
+        assert before.closed, "the silent connection was dropped"
+        async with asyncio.timeout(10):
+            while subscriber._subscribed.get(room) in (None, before):
+                await asyncio.sleep(0.05)
+        await publisher.publish(room, message(7))
+        await received.wait_for(1)
+        assert received.numbers == [7]
+    finally:
+        for bus in made:
+            await bus.close()
 
 
 async def test_a_message_missing_from_the_channel_is_read_from_the_stream(
@@ -254,3 +345,27 @@ async def test_app_messages_and_state_events_form_one_chain_of_ids(
     assert [entry_id for entry_id, _ in published] == stored
     assert [previous for _, previous in published] == ["0-0", *stored[:-1]]
     assert redis_server.command("HGET", state_key(room), "l") == stored[-1]
+
+
+async def test_a_cluster_out_of_reach_is_a_bus_error(tmp_path: Path) -> None:
+    """With no node of the Cluster answering, redis-py's Cluster client raises
+    RedisClusterException, which is not a RedisError: the bus reports it as any outage
+    (`BusError`, so the node answers `unavailable` and merges the room back later), and in
+    bounded time."""
+    cluster = RedisCluster.start(tmp_path)
+    bus = RedisBus(Settings(redis_cluster=cluster.seeds))
+    try:
+        await bus.start()
+        bus.start_reading(f"node-0/{uuid.uuid4().hex[:6]}")
+        room = f"gone-{uuid.uuid4().hex[:8]}"
+        await bus.publish(room, message(0))
+        for server in cluster.servers:
+            server.kill()
+        for attempt in (bus.publish(room, message(1)), bus.snapshot(room)):
+            started = time.monotonic()
+            with pytest.raises(BusError):
+                await attempt
+            assert time.monotonic() - started < 4.0
+    finally:
+        await bus.close()
+        cluster.stop()
