@@ -519,9 +519,14 @@ class CallClient:
     def _on_joined(self, frame: dict[str, Json]) -> None:
         sid = frame["sessionId"]
         participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
-        if frame.get("resumed") is not True:  # a new session: replay from where it starts
-            seq = frame.get("seq")
-            self.last_seq = seq if isinstance(seq, str) else None
+        # Replay from the joined frame's position from now on: what came before it is in its
+        # snapshot or replayed right after it. (Kept at an older position, a resume that replayed
+        # nothing would make every later resume ask for a position the log may have dropped.)
+        seq = frame.get("seq")
+        if isinstance(seq, str):
+            self.last_seq = seq
+        elif frame.get("resumed") is not True:
+            self.last_seq = None
         self.session_id, self.resume_token = sid, frame.get("resumeToken")
         mine = participants.pop(sid, None)
         self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}

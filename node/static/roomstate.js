@@ -413,7 +413,11 @@ export class CallObject {
     const resumed = frame.resumed === true;
     const before = { others: this._others, session: this._sessionView, userData: this._local?.userData };
     const askedReplay = this.lastSeq !== null;
-    if (!resumed) this.lastSeq = typeof frame.seq === "string" ? frame.seq : null; // a new session: replay from where it starts
+    // Replay from the joined frame's position from now on: what came before it is in its snapshot or
+    // replayed right after it. (Kept at an older position, a resume that replayed nothing would
+    // make every later resume ask for a position the log may have dropped.)
+    if (typeof frame.seq === "string") this.lastSeq = frame.seq;
+    else if (!resumed) this.lastSeq = null;
     this.sessionId = frame.sessionId;
     this.resumeToken = frame.resumeToken ?? null;
     const participants = { ...frame.participants };

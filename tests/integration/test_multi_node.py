@@ -246,6 +246,14 @@ async def test_a_gap_beyond_the_log_gives_a_snapshot_and_says_nothing_was_replay
         assert reply["meetingSessionState"] == {"data": {"state": "latest"}}
         await asyncio.sleep(0.3)
         assert [e["data"] for e in a.events("app-message")] == ["first"], "no partial replay"
+        # The next drop replays again: the client resumes from that joined's position, not
+        # from its last app message, which the log no longer holds.
+        token = a.resume_token
+        await a.close()
+        await b.send_app_message("after the gap")
+        reply = await a.join(deployment.nodes[1].room_url(room), resume=token)
+        assert (reply["resumed"], reply["replayed"]) == (True, True)
+        assert (await a.next_event("app-message"))["data"] == "after the gap"
     finally:
         deployment.stop()
 
