@@ -148,6 +148,18 @@ class Node:
             out = room.set_user_data(sid, request.data, now)
         elif isinstance(request, SetMeetingSessionData):
             out = room.set_session_data(request, now)
+            # The writer gets its ack before any update that reflects the write (the SDKs fold
+            # an acknowledged write into the last state they got: folded into an update that
+            # already has it, and newer writes of others, it would undo those). Frames to the
+            # writer are held while the write is stored: the update of this write, or a batched
+            # one that falls due meanwhile, follows the ack.
+            conn.hold()
+            try:
+                await self._run(room, out)
+                conn.send_first(encode("ack", id=request.id))
+            finally:
+                conn.release()
+            return
         else:
             assert isinstance(request, Leave)
             await self.disconnect(conn, "left")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from node.client import CallClient, RestClient, Unavailable
@@ -341,4 +342,53 @@ async def test_a_rest_write_through_a_node_not_hosting_the_room_is_newer_than_th
     finally:
         for process in nodes:
             process.stop()
+        redis.stop()
+
+
+async def test_a_writer_gets_its_ack_before_any_session_update_that_has_its_write(
+    tmp_path: Path, room: str
+) -> None:
+    """The SDKs fold an acknowledged session-data write into the state they last got from the
+    node. So no `meeting-session-state-updated` that already reflects the write may reach the
+    writer before its `ack`: folded in after it, the write would undo newer writes of others
+    in the writer's view. Here the batched update falls due while the write waits for Redis
+    (writes paused with `CLIENT PAUSE ... WRITE`)."""
+    redis = RedisServer.start(tmp_path)
+    node = None
+    try:
+        node = start_node(tmp_path, {**FAST, "ROOMSTATE_NODE_ID": "n0"}, "--redis", redis.url)
+        async with aiohttp.ClientSession() as http, http.ws_connect(node.ws_url(room)) as ws:
+
+            async def request(frame: dict[str, Any]) -> None:
+                await ws.send_str(orjson.dumps(frame).decode())
+
+            async def frames_until(kind: str, request_id: int) -> list[dict[str, Any]]:
+                seen = []
+                while not seen or (seen[-1]["type"], seen[-1].get("id")) != (kind, request_id):
+                    seen.append(orjson.loads((await ws.receive(timeout=5)).data))
+                return seen
+
+            await request({"type": "join", "id": 1})
+            await frames_until("joined", 1)
+            await request({"type": "set-meeting-session-data", "id": 2, "data": {"n": 1}})
+            await frames_until("ack", 2)  # the first write's update goes out at once
+            # The next one is batched: its update is due 300 ms after the first
+            # (ROOMSTATE_SESSION_DATA_INTERVAL_MS), while this write waits for Redis.
+            redis.command("CLIENT", "PAUSE", "700", "WRITE")
+            await request({"type": "set-meeting-session-data", "id": 3, "data": {"n": 2}})
+            before_ack = await frames_until("ack", 3)
+            updates = [
+                f["meetingSessionState"]["data"]
+                for f in before_ack
+                if f["type"] == "meeting-session-state-updated"
+            ]
+            assert {"n": 2} not in updates, before_ack
+            later = orjson.loads((await ws.receive(timeout=5)).data)
+            assert later == {
+                "type": "meeting-session-state-updated",
+                "meetingSessionState": {"data": {"n": 2}},
+            }
+    finally:
+        if node is not None:
+            node.stop()
         redis.stop()
