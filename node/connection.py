@@ -169,7 +169,9 @@ class Connection:
         self._replayed: frozenset[str] = frozenset()  # log positions a resume replayed
 
     def hold(self) -> None:
-        """Keep frames from `send` aside (a resume replays missed events first)."""
+        """Keep frames from `send` aside (a resume replays missed events first; a session-data
+        write is acknowledged first). Not nested: a connection's requests run one at a time."""
+        assert self._held is None, "frames are already held"
         self._held = []
 
     def send_first(self, frame: bytes) -> None:

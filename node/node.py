@@ -116,6 +116,7 @@ class Node:
         self._unsynced: set[str] = set()  # rooms with writes the bus may not have stored
         self._lease_checked_at = math.inf  # monotonic time of the last lease round
         self._away: dict[str, tuple[str, asyncio.TimerHandle]] = {}  # dropped sid -> room, timer
+        self._joining: dict[str, int] = {}  # room -> joins under way (it stays open meanwhile)
         # Since when the lease has been held without a break (inf: it is not held now). Lost
         # nodes are judged only after a whole lease period of it: after an outage of the store,
         # the other nodes must be given the time to renew theirs first.
@@ -182,13 +183,24 @@ class Node:
                 info["user_name"] = claims.user_name
             if claims.user_id is not None:
                 info["user_id"] = claims.user_id
-        room = await self._open(room_name)
+        # While this join waits (for the snapshot, for a resume's move to be stored), the room
+        # is not closed for having nobody here; if the join fails, it is closed after it.
+        self._joining[room_name] = self._joining.get(room_name, 0) + 1
         try:
+            room = await self._open(room_name)
             if request.resume is not None and await self._resume(conn, request, room):
                 return
-        except BaseException:  # (the move could not be stored) no room kept with nobody in it
+            await self._join_fresh(conn, request, room, info)
+        finally:
+            left = self._joining.pop(room_name) - 1
+            if left:
+                self._joining[room_name] = left
             self._close_room_if_unused(room_name)
-            raise
+
+    async def _join_fresh(
+        self, conn: Connection, request: Join, room: Room, info: dict[str, Any]
+    ) -> None:
+        room_name = room.name
         sid, secret = str(uuid.uuid4()), secrets.token_urlsafe(18)
         info.setdefault("user_id", sid)
         info["resume"] = _digest(secret)
@@ -312,7 +324,7 @@ class Node:
     def _close_room_if_unused(self, room_name: str) -> None:
         room = self.rooms.get(room_name)
         away = any(name == room_name for name, _ in self._away.values())
-        if room is not None and not room.local and not away:
+        if room is not None and not room.local and not away and room_name not in self._joining:
             self._close_room(room_name)
 
     # -- server-side (REST) requests --

@@ -73,7 +73,8 @@ REFRESH_INTERVAL_S = 0.5  # the Cluster's slot map is read again at most this of
 # dropped, its rooms catching up elsewhere, if the answer does not come in COMMAND_TIMEOUT_S.
 SUBSCRIBER_PING_S = 5.0
 # A caller waits at most this long for a refresh of the slot map (it goes on in the background):
-# the seeds' connect timeouts add up when the whole Cluster is out of reach.
+# the seeds' connect timeouts add up when the whole Cluster is out of reach. A write waits as
+# long as its own deadline allows.
 REFRESH_WAIT_S = 0.5
 RESYNC_ORIGIN = "redis/resync"  # origin of the snapshot delta a room gets after a gap
 # What redis-py raises when Redis cannot be reached or refuses: its errors, and, from the Cluster
@@ -320,8 +321,9 @@ class RedisBus(Bus):
         """The publishing connection to `shard`'s server."""
         return await self._writers.get(self._address(shard if self.cluster else None))
 
-    async def _refresh_topology(self) -> None:
-        """Learn the Cluster's slot map again (after MOVED, a failover, a lost connection)."""
+    async def _refresh_topology(self, wait: float = REFRESH_WAIT_S) -> None:
+        """Learn the Cluster's slot map again (after MOVED, a failover, a lost connection),
+        waiting for it at most `wait` s (it goes on in the background)."""
         if not isinstance(self.client, RedisCluster):
             return
         now = time.monotonic()
@@ -332,7 +334,7 @@ class RedisBus(Bus):
             self._refreshing = asyncio.ensure_future(self.client.nodes_manager.initialize())
             self._refreshing.add_done_callback(self._refreshed)
         try:
-            await asyncio.wait_for(asyncio.shield(self._refreshing), REFRESH_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._refreshing), wait)
         except TimeoutError:
             log.warning("the Cluster's slot map is still being read; going on without it")
         except (*REDIS_ERRORS, OSError) as exc:
@@ -374,8 +376,8 @@ class RedisBus(Bus):
         for attempt in (1, 2):
             try:
                 conn = await self._writer(shard)
-            except BusError:
-                await self._refresh_topology()  # a failed master: its replica may own it now
+            except BusError:  # a failed master: its replica may own it now
+                await self._refresh_topology(max(0.05, deadline - time.monotonic()))
                 raise
             timeout = max(0.05, deadline - time.monotonic())
             try:
@@ -387,12 +389,12 @@ class RedisBus(Bus):
                     raise BusError(f"Redis refused the write: {exc}") from exc
                 if exc.prefix == "NOSCRIPT":
                     await self._load_script(conn, script.source)
-                else:
-                    await self._refresh_topology()
+                else:  # the retry goes where the new slot map says
+                    await self._refresh_topology(max(0.05, deadline - time.monotonic()))
             except RespConnectionError as exc:
                 # Unknown whether it was stored: no retry; the caller reports the failure and
                 # the room is merged back whole once the bus is back.
-                await self._refresh_topology()
+                await self._refresh_topology(max(0.05, deadline - time.monotonic()))
                 raise BusError(f"Redis lost the write: {exc}") from exc
         raise AssertionError("unreachable")
 
