@@ -38,15 +38,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture
-async def buses(redis_server: RedisServer) -> AsyncIterator[list[RedisBus]]:
+async def start_buses(url: str) -> list[RedisBus]:
     """Two started buses (two nodes' views) on one Redis."""
     made = []
     for n in range(2):
-        bus = RedisBus(Settings(redis=redis_server.url))
+        bus = RedisBus(Settings(redis=url))
         await bus.start()
         bus.start_reading(f"node-{n}/{uuid.uuid4().hex[:6]}")
         made.append(bus)
+    return made
+
+
+@pytest.fixture
+async def buses(redis_server: RedisServer) -> AsyncIterator[list[RedisBus]]:
+    made = await start_buses(redis_server.url)
     yield made
     for bus in made:
         await bus.close()
@@ -142,13 +147,8 @@ async def test_a_subscription_connection_that_goes_silent_is_replaced(
     """A subscription connection only receives, so a server gone without a word (a host
     powered off) would never be noticed: the bus PINGs it, and drops it if no answer comes in
     time; its rooms subscribe again on a new one. Here Redis is stopped (SIGSTOP) until then."""
-    monkeypatch.setattr("node.redis_bus.SUBSCRIBER_PING_S", 0.5)
-    made = []
-    for n in range(2):
-        bus = RedisBus(Settings(redis=redis_server.url))
-        await bus.start()
-        bus.start_reading(f"node-{n}/{uuid.uuid4().hex[:6]}")
-        made.append(bus)
+    monkeypatch.setattr("node.redis_bus.SUBSCRIBER_PING_S", 0.5)  # before the buses start
+    made = await start_buses(redis_server.url)
     try:
         publisher, subscriber = made
         room = f"silent-{uuid.uuid4().hex[:8]}"
