@@ -9,8 +9,9 @@
 #                                     slow rows included (ROOMSTATE_FAULTS_FULL=1); docs/reliability.md
 #   ./deploy/dev.sh setup             only set up
 #
-# Needs Python 3.11+. As root on Debian/Ubuntu it installs the system packages it is missing
-# (python3-venv; for the tests: redis-server, haproxy, chromium) with apt-get.
+# Needs Python 3.11+. As root on Debian it installs the system packages it is missing
+# (python3-venv; before the tests: redis-server, haproxy, chromium, a colour emoji font) with
+# apt-get.
 #
 # ROOMSTATE_PYTHON=/path/to/python3 picks the interpreter of .venv, and a .venv made with another
 # one is made anew (without it: $PYTHON, else python3 on PATH, for a new .venv only). Benchmark on
@@ -78,7 +79,22 @@ setup() {
     fi
 }
 
+test_binaries() {
+    # The servers and the browser the tests start, installed before they run (a test would
+    # install what is missing itself, but inside its own time limit). Best effort: without root
+    # the tests name the package that is missing.
+    local missing=() pair
+    for pair in redis-server:redis-server haproxy:haproxy chromium:chromium; do
+        PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null ||
+            missing+=("${pair##*:}")
+    done
+    # a colour emoji font for the demo's screenshot (the tests do not depend on it)
+    [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" || true
+}
+
 run_tests() {
+    test_binaries
     export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
@@ -98,6 +114,6 @@ case "$command" in
     setup) setup ;;
     serve) setup; exec "$VENV/bin/roomstate" serve "$@" ;;
     test) setup; run_tests "$@" ;;
-    faults) setup; ROOMSTATE_FAULTS_FULL=1 exec "$VENV/bin/python" -m pytest -m faults -s tests/faults "$@" ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    faults) setup; test_binaries; ROOMSTATE_FAULTS_FULL=1 exec "$VENV/bin/python" -m pytest -m faults -s tests/faults "$@" ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
