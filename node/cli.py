@@ -23,7 +23,8 @@ Every option can also be set with an environment variable (the option wins):
   timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
   ROOMSTATE_MAX_DRIFT_MS (500),
-  process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own).
+  process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
+  tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
 """
 
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         "--redis-cluster", help="HOST:PORT[,HOST:PORT...] Cluster seeds (ROOMSTATE_REDIS_CLUSTER)"
     )
     serve.add_argument("--node-id", help="this node's id (ROOMSTATE_NODE_ID; random)")
-    serve.add_argument("--log-level", default=os.environ.get("ROOMSTATE_LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("ROOMSTATE_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (ROOMSTATE_LOG_LEVEL; INFO)",
+    )
 
     token = commands.add_parser("token", help="print a meeting token (JWT) for a room")
     token.add_argument("--room", required=True)

@@ -350,7 +350,8 @@ async def serve(settings: Settings, started: Callable[[str], None] | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if started is not None:
-        started(f"http://{settings.host}:{port}")
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address
+        started(f"http://{host}:{port}")
     try:
         await stop.wait()
     finally:

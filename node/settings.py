@@ -56,6 +56,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.gc_threshold_values()  # a bad value stops the node at start, with its name
+        if self.redis is not None and not self.redis.startswith("redis://"):
+            # the node's own connections (node/resp.py) speak neither TLS nor Unix sockets
+            raise ValueError(
+                f"ROOMSTATE_REDIS={self.redis!r}: only redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+                " URLs are supported (no rediss:// or unix://)"
+            )
 
     def gc_threshold_values(self) -> tuple[int, int, int] | None:
         """`gc_thresholds` as the three integers of `gc.set_threshold`; None: Python's own."""
