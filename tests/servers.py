@@ -170,6 +170,36 @@ def stop_all(timeout: float = 5.0) -> None:
 
 atexit.register(stop_all)
 
+_others: list[subprocess.Popen[str]] = []  # started elsewhere (node processes), killed at exit
+
+
+def track(popen: subprocess.Popen[str]) -> None:
+    """Have `stop_all` kill `popen` too if it still runs (its owner normally stops it)."""
+    _others.append(popen)
+
+
+@atexit.register
+def _kill_others() -> None:
+    if os.getpid() != _owner_pid:
+        return
+    for popen in _others:
+        if popen.poll() is None:
+            popen.kill()
+
+
+def _stop_everything_on_sigterm(signum: int, frame: object) -> None:
+    """A run cancelled with SIGTERM (a CI job's timeout) skips atexit: stop what it started
+    (each server runs in its own session, out of reach of a signal to pytest's group)."""
+    _kill_others()
+    stop_all(timeout=2.0)
+    os._exit(128 + signum)
+
+
+if threading.current_thread() is threading.main_thread() and (
+    signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+):
+    signal.signal(signal.SIGTERM, _stop_everything_on_sigterm)
+
 
 @dataclass(eq=False)
 class ManagedProcess:

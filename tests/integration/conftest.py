@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..servers import track
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-api-key-0123456789abcdef0123456789"
 
@@ -58,6 +60,7 @@ def start_node(tmp: Path, env: dict[str, str] | None = None, *args: str) -> Node
         env=full_env,
         cwd=ROOT,
     )
+    track(proc)  # killed at exit, or on SIGTERM, if a test does not stop it
     deadline = time.monotonic() + 20
     assert proc.stdout is not None
     while time.monotonic() < deadline:
