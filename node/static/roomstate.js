@@ -71,7 +71,16 @@ function applyWrite(base, [data, strategy, keysToDelete]) {
   return merged;
 }
 
-const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+/** JSON with object keys sorted, as the node encodes state (so key order does not count). */
+function canonical(value) {
+  return JSON.stringify(value, (_, v) =>
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]]))
+      : v,
+  );
+}
+
+const same = (a, b) => canonical(a) === canonical(b);
 
 function checkEvent(event) {
   if (!EVENTS.includes(event)) throw new TypeError(`unknown event ${event}; the events are ${EVENTS.join(", ")}`);
@@ -151,6 +160,7 @@ export class CallObject {
   /** Write the room's session data ('replace' or 'shallow-merge'); local state at once. */
   async setMeetingSessionData(data, mergeStrategy = "replace", keysToDelete = []) {
     this._checkJoined();
+    keysToDelete = keysToDelete ?? []; // (null: none, as the node takes it)
     const id = ++this._ids;
     this._sessionPending.set(id, [data, mergeStrategy, keysToDelete]);
     this._refreshSession();

@@ -259,6 +259,9 @@ SDK_CHECKS = """async (url) => {
     const session = a.setMeetingSessionData({ topic: "crdts" }, "shallow-merge");
     out.sessionAtOnce = a.meetingSessionState().data;
     await session;
+    // keysToDelete given as null means none (a loop over null once broke every later update)
+    await a.setMeetingSessionData({ round: 2 }, "shallow-merge", null);
+    out.sessionAfterNullKeys = a.meetingSessionState().data;
 
     try { await a.sendAppMessage("x".repeat(5000)); }
     catch (err) {
@@ -297,6 +300,7 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["stateAfterJoin"] == "joined"
     assert out["userDataAtOnce"] == {"n": 1}
     assert out["sessionAtOnce"] == {"topic": "crdts"}
+    assert out["sessionAfterNullKeys"] == {"topic": "crdts", "round": 2}
     assert out["tooLarge"]["isError"] and out["tooLarge"]["fromServer"]
     assert out["tooLarge"]["code"] == "too-large"
     assert "the limit is 4096" in out["tooLarge"]["message"]
