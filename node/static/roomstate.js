@@ -333,12 +333,27 @@ export class CallObject {
   async _request(type, fields, id = ++this._ids) {
     try {
       this._checkJoined();
-      if (!this._connected) await new Promise((resolve, reject) => this._waiting.push({ resolve, reject }));
+      if (!this._connected) await this._untilReconnected();
     } catch (err) {
       this._settle(id, false);
       throw err;
     }
     return this._send(type, fields, id);
+  }
+
+  /** Wait for the session to be back, at most `timeout` ms (then reject with `timeout`). */
+  _untilReconnected() {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._waiting = this._waiting.filter((entry) => entry !== waiter);
+        reject(new RoomstateError("timeout", `not reconnected within ${this.timeout} ms`));
+      }, this.timeout);
+      const waiter = {
+        resolve: () => (clearTimeout(timer), resolve()),
+        reject: (err) => (clearTimeout(timer), reject(err)),
+      };
+      this._waiting.push(waiter);
+    });
   }
 
   /** Send one frame with an id; resolves with the reply, rejects on `error`, close or timeout. */

@@ -281,6 +281,17 @@ SDK_CHECKS = """async (url) => {
     out.leftEvents = leftA;
     try { await a.sendAppMessage("late"); } catch (err) { out.afterLeave = err.code; }
     await b.leave();
+
+    // A request made while reconnecting waits at most `timeout` ms for the session to be back.
+    const c = createCallObject({ timeout: 400, backoff: { baseMs: 60000, capMs: 60000 } });
+    await c.join({ url, userName: "c" });
+    c._ws.close(); // the network drops; the next attempt is a minute away
+    for (let i = 0; i < 100 && c._connected; i++) await new Promise((r) => setTimeout(r, 10));
+    const asked = Date.now();
+    try { await c.setMeetingSessionData({ late: true }); }
+    catch (err) { out.whileAway = { code: err.code, ms: Date.now() - asked }; }
+    out.sessionWhileAway = c.meetingSessionState().data;
+    await c.leave();
     return out;
 }"""
 
@@ -313,6 +324,9 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["stateAfterLeave"] == "left-meeting"
     assert out["leftEvents"] == [{"reason": "left"}]
     assert out["afterLeave"] == "not-joined"
+    assert out["whileAway"]["code"] == "timeout"
+    assert out["whileAway"]["ms"] < 5000, out["whileAway"]  # not until the next attempt (60 s)
+    assert "late" not in out["sessionWhileAway"], "the write never sent is rolled back"
 
 
 def test_reconnect_resumes_the_session(single: Deployment, people: Callable[..., Person]) -> None:
