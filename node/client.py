@@ -230,6 +230,10 @@ class CallClient:
         self._others: dict[str, dict[str, Json]] = {}  # session id -> participant
         self._session_base: dict[str, Json] = {}  # the node's last state + writes acked since
         self._session_pending: dict[int, SessionWrite] = {}  # request id -> write not yet acked
+        # userData as the node has it as far as known (joined, or the last write answered), and
+        # the writes not answered yet
+        self._user_data_base: Json = None
+        self._user_data_pending: dict[int, Json] = {}
         self._session_view: dict[str, Json] = {}  # base with the pending writes applied
         self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()  # running coroutine handlers
@@ -289,13 +293,10 @@ class CallClient:
         """Replace the local participant's userData: locally at once, then on the node."""
         self._check_connected()
         assert self._local is not None, "join() has not finished"
-        previous, self._local["userData"] = self._local["userData"], data
-        try:
-            await self._request(next(self._ids), "set-user-data", data=data)
-        except ServerError:
-            if self._local["userData"] is data:  # refused, and no later write: roll back
-                self._local["userData"] = previous
-            raise
+        rid = next(self._ids)
+        self._user_data_pending[rid] = data
+        self._local["userData"] = data
+        await self._request(rid, "set-user-data", data=data)
 
     async def set_meeting_session_data(
         self,
@@ -443,7 +444,18 @@ class CallClient:
             self._pending.pop(rid, None)
 
     def _settle(self, rid: int, ok: bool) -> None:
-        """Fold an answered session-data write into the base (`ok`), or drop it (refused)."""
+        """A write answered (`ok`: stored, or maybe: no reply) is folded into the base; one
+        refused, or never sent, is dropped."""
+        if rid in self._user_data_pending:
+            # The local userData is the newest write not answered yet, else the last the node
+            # took (a refused write is undone even when an earlier one, refused too, is pending).
+            data = self._user_data_pending.pop(rid)
+            if ok:
+                self._user_data_base = data
+            if self._local is not None:
+                pending = list(self._user_data_pending.values())
+                self._local["userData"] = pending[-1] if pending else self._user_data_base
+            return
         write = self._session_pending.pop(rid, None)
         if write is not None:
             if ok:
@@ -530,6 +542,8 @@ class CallClient:
         self.session_id, self.resume_token = sid, frame.get("resumeToken")
         mine = participants.pop(sid, None)
         self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}
+        self._user_data_base = self._local.get("userData")
+        self._user_data_pending.clear()
         self._others = participants
         self._session_base = dict(frame["meetingSessionState"]["data"])
         self._session_pending.clear()

@@ -109,6 +109,8 @@ export class CallObject {
     this._pinger = null;
     this._lastHeard = 0; // Date.now() of the last frame from the node
     this._local = null;
+    this._userDataBase = null; // the node's userData for us as far as known: joined, or the last write answered
+    this._userDataPending = new Map(); // request id -> userData written, not answered yet
     this._others = new Map(); // session id -> participant
     this._sessionBase = {}; // the node's last state + writes acknowledged since
     this._sessionPending = new Map(); // request id -> [data, mergeStrategy, keysToDelete]
@@ -147,14 +149,10 @@ export class CallObject {
   /** Replace the local participant's userData: locally at once, then on the node. */
   async setUserData(data) {
     this._checkJoined();
-    const previous = this._local.userData;
+    const id = ++this._ids;
+    this._userDataPending.set(id, data);
     this._local.userData = data;
-    try {
-      await this._request("set-user-data", { data });
-    } catch (err) {
-      if (err.fromServer && this._local?.userData === data) this._local.userData = previous;
-      throw err;
-    }
+    await this._request("set-user-data", { data }, id);
   }
 
   /** Write the room's session data ('replace' or 'shallow-merge'); local state at once. */
@@ -375,8 +373,19 @@ export class CallObject {
     });
   }
 
-  /** Fold an answered session-data write into the base (`ok`), or drop it (refused). */
+  /** A write answered (`ok`: stored, or maybe: no reply) is folded into the base; one refused,
+   * or never sent, is dropped. */
   _settle(id, ok) {
+    if (this._userDataPending.has(id)) {
+      // The local userData is the newest write not answered yet, else the last the node took
+      // (a refused write is undone even when an earlier one, refused too, is still pending).
+      const data = this._userDataPending.get(id);
+      this._userDataPending.delete(id);
+      if (ok) this._userDataBase = data;
+      const pending = [...this._userDataPending.values()];
+      if (this._local) this._local.userData = pending.length ? pending[pending.length - 1] : this._userDataBase;
+      return;
+    }
     const write = this._sessionPending.get(id);
     if (write === undefined) return;
     this._sessionPending.delete(id);
@@ -449,6 +458,7 @@ export class CallObject {
     const mine = participants[this.sessionId];
     delete participants[this.sessionId];
     this._local = mine ? { ...mine } : { session_id: this.sessionId, userData: null };
+    this._userDataBase = this._local.userData;
     this._others = new Map(Object.entries(participants));
     this._sessionBase = { ...frame.meetingSessionState.data };
     this._refreshSession(); // keeps the writes queued while reconnecting
@@ -468,7 +478,7 @@ export class CallObject {
         this._emit("nonfatal-error", { type: "resume", code: "messages-lost", message });
       }
       if (resumed && !same(before.userData, this._local.userData)) {
-        this._local.userData = before.userData; // written while away: send it again
+        this._local.userData = this._userDataBase = before.userData; // written while away: send it again
         this._send("set-user-data", { data: before.userData }).catch((err) =>
           this._emit("nonfatal-error", { type: "set-user-data", code: err.code, message: err.message }));
       }

@@ -270,6 +270,10 @@ SDK_CHECKS = """async (url) => {
     }
     try { await a.setUserData("y".repeat(5000)); } catch (err) { out.refusedCode = err.code; }
     out.userDataRolledBack = a.participants().local.userData;
+    // two refused writes in flight at once: back to what the node has, not to the first one
+    const both = await Promise.allSettled(["p", "q"].map((c) => a.setUserData(c.repeat(5000))));
+    out.bothRefused = both.map((r) => r.reason?.code);
+    out.userDataAfterBoth = a.participants().local.userData;
 
     await a.sendAppMessage({ hello: "b" }, b.sessionId);
     for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
@@ -317,6 +321,8 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert "the limit is 4096" in out["tooLarge"]["message"]
     assert out["refusedCode"] == "too-large"
     assert out["userDataRolledBack"] == {"n": 1}
+    assert out["bothRefused"] == ["too-large", "too-large"]
+    assert out["userDataAfterBoth"] == {"n": 1}
     assert len(out["received"]) == 1
     assert set(out["received"][0]) == {"data", "fromId"}  # `seq` is the SDK's, not the app's
     assert out["received"][0]["data"] == {"hello": "b"}

@@ -185,6 +185,18 @@ async def test_user_data_over_4096_bytes_is_too_large_and_changes_nothing(
     assert late.participants()[a.session_id]["userData"] == {"v": 1}
 
 
+async def test_two_refused_user_data_writes_in_a_row_leave_the_value_the_node_has(
+    node: NodeProcess, room: str, clients: Any
+) -> None:
+    """The client shows a write at once and undoes it if refused; with two in flight, both
+    refused, it must come back to what the node has, not to the first refused value."""
+    a = await clients(node, room, user_data={"v": 1})
+    writes = [asyncio.ensure_future(a.set_user_data(c * 5000)) for c in "xy"]
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(o, TooLarge) for o in outcomes), outcomes
+    assert a.participants()["local"]["userData"] == {"v": 1}
+
+
 async def test_no_frame_lets_a_participant_write_another_participants_user_data(
     node: NodeProcess, room: str, clients: Any, http: aiohttp.ClientSession
 ) -> None:
