@@ -37,6 +37,9 @@ export interface CallObjectOptions {
   timeout?: number;
   /** Reconnect delays: attempt n waits between c/2 and c, c = min(capMs, baseMs * 2^n). */
   backoff?: { baseMs?: number; capMs?: number };
+  /** The node's frame limit (ROOMSTATE_FRAME_BYTES, default 131072): a bigger request is
+   * refused here with `too-large`, as the node would close the connection for it. */
+  maxFrameBytes?: number;
 }
 
 /** Wire error codes, plus the client's own `connection-closed` and `timeout`. */
@@ -84,6 +87,7 @@ export class CallObject {
   constructor(options?: CallObjectOptions);
   timeout: number;
   backoff: { baseMs?: number; capMs?: number };
+  maxFrameBytes: number;
   /** Set by the join reply; kept across a resumed reconnect. */
   readonly sessionId: string | null;
   readonly resumeToken: string | null;

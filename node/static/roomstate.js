@@ -89,9 +89,12 @@ function checkEvent(event) {
 
 /** One participant's connection to one room at a time, like daily-js's call object. */
 export class CallObject {
-  /** `timeout`: ms to wait for each reply; `backoff`: reconnect delays in ms. */
-  constructor({ timeout = 10000, backoff = { baseMs: 250, capMs: 5000 } } = {}) {
+  /** `timeout`: ms to wait for each reply; `backoff`: reconnect delays in ms; `maxFrameBytes`:
+   * the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger frame is refused here, as the node
+   * would close the connection for it. */
+  constructor({ timeout = 10000, backoff = { baseMs: 250, capMs: 5000 }, maxFrameBytes = 131072 } = {}) {
     this.timeout = timeout;
+    this.maxFrameBytes = maxFrameBytes;
     this.backoff = backoff;
     this.sessionId = null; // set by the `joined` reply
     this.resumeToken = null; // the `joined` reply's: takes the session up again after a drop
@@ -226,8 +229,9 @@ export class CallObject {
       ws.onopen = () => {
         clearTimeout(opening);
         const { token, userName, userData } = this._joinArgs;
-        // After a drop, the current userData: a resume the node refuses becomes a fresh join.
-        const fields = { token, userName, userData: this._local ? this._local.userData : userData };
+        // After a drop, the userData the node took (or may have): a resume the node refuses
+        // becomes a fresh join. Writes still waiting are sent after it, each on its own.
+        const fields = { token, userName, userData: this._local ? this._userDataBase : userData };
         if (resume) Object.assign(fields, { resume: this.resumeToken, resumeAfter: this.lastSeq });
         for (const key of Object.keys(fields)) if (fields[key] == null) delete fields[key];
         this._send("join", fields).then(resolve, reject);
@@ -363,13 +367,20 @@ export class CallObject {
         reject(new RoomstateError("connection-closed", "not connected", { closeCode: null }));
         return;
       }
+      const frame = JSON.stringify({ type, id, ...fields });
+      const bytes = new TextEncoder().encode(frame).length;
+      if (bytes > this.maxFrameBytes) { // the node would close the connection (1009): not sent
+        this._settle(id, false);
+        reject(new RoomstateError("too-large", `the ${type} frame is ${bytes} bytes; the frame limit is ${this.maxFrameBytes}`));
+        return;
+      }
       const timer = setTimeout(() => {
         this._pending.delete(id);
         this._settle(id, true); // maybe applied: keep it until the node says otherwise
         reject(new RoomstateError("timeout", `no reply to ${type} within ${this.timeout} ms`));
       }, this.timeout);
       this._pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ type, id, ...fields }));
+      ws.send(frame);
     });
   }
 
@@ -445,7 +456,7 @@ export class CallObject {
   _onJoined(frame) {
     const first = this._state === "joining";
     const resumed = frame.resumed === true;
-    const before = { others: this._others, session: this._sessionView, userData: this._local?.userData };
+    const before = { others: this._others, session: this._sessionView, userData: this._userDataBase };
     const askedReplay = this.lastSeq !== null;
     // Replay from the joined frame's position from now on: what came before it is in its snapshot or
     // replayed right after it. (Kept at an older position, a resume that replayed nothing would
@@ -459,6 +470,8 @@ export class CallObject {
     delete participants[this.sessionId];
     this._local = mine ? { ...mine } : { session_id: this.sessionId, userData: null };
     this._userDataBase = this._local.userData;
+    const waitingWrites = [...this._userDataPending.values()]; // shown at once, sent after this
+    if (waitingWrites.length) this._local.userData = waitingWrites[waitingWrites.length - 1];
     this._others = new Map(Object.entries(participants));
     this._sessionBase = { ...frame.meetingSessionState.data };
     this._refreshSession(); // keeps the writes queued while reconnecting
@@ -477,8 +490,10 @@ export class CallObject {
         const message = "app messages sent while disconnected could not be replayed";
         this._emit("nonfatal-error", { type: "resume", code: "messages-lost", message });
       }
-      if (resumed && !same(before.userData, this._local.userData)) {
-        this._local.userData = this._userDataBase = before.userData; // written while away: send it again
+      if (resumed && !same(before.userData, this._userDataBase)) {
+        // a write the node may have missed (no reply came before the drop): send it again
+        this._userDataBase = before.userData;
+        if (!waitingWrites.length) this._local.userData = before.userData;
         this._send("set-user-data", { data: before.userData }).catch((err) =>
           this._emit("nonfatal-error", { type: "set-user-data", code: err.code, message: err.message }));
       }

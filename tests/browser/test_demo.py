@@ -274,6 +274,11 @@ SDK_CHECKS = """async (url) => {
     const both = await Promise.allSettled(["p", "q"].map((c) => a.setUserData(c.repeat(5000))));
     out.bothRefused = both.map((r) => r.reason?.code);
     out.userDataAfterBoth = a.participants().local.userData;
+    // over the node's frame limit: refused here, the connection kept (the node would close it)
+    try { await a.setUserData("z".repeat(140000)); }
+    catch (err) { out.overFrame = { code: err.code, fromServer: err.fromServer ?? false }; }
+    out.userDataAfterOverFrame = a.participants().local.userData;
+    out.connectedAfterOverFrame = a._connected;
 
     await a.sendAppMessage({ hello: "b" }, b.sessionId);
     for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
@@ -323,6 +328,9 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["userDataRolledBack"] == {"n": 1}
     assert out["bothRefused"] == ["too-large", "too-large"]
     assert out["userDataAfterBoth"] == {"n": 1}
+    assert out["overFrame"] == {"code": "too-large", "fromServer": False}
+    assert out["userDataAfterOverFrame"] == {"n": 1}
+    assert out["connectedAfterOverFrame"] is True
     assert len(out["received"]) == 1
     assert set(out["received"][0]) == {"data", "fromId"}  # `seq` is the SDK's, not the app's
     assert out["received"][0]["data"] == {"hello": "b"}
