@@ -34,6 +34,7 @@ __all__ = [
     "parse_session_data_write",
     "recipients",
     "request_id_of",
+    "too_deep",
 ]
 
 MERGE_STRATEGIES: Final = ("replace", "shallow-merge")
@@ -130,12 +131,17 @@ def depth(value: Json) -> int:
 MAX_GROWTH = 5
 
 
+def too_deep(exc: orjson.JSONDecodeError) -> bool:
+    """Whether orjson refused a document for its nesting (over its own limit, 1024)."""
+    return "depth" in str(exc) or "recursion" in str(exc)
+
+
 def parse(frame: bytes | str, limits: Limits) -> Request:
     """Parse and validate one client frame."""
     try:
         message = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
-        if "depth" in str(exc) or "recursion" in str(exc):
+        if too_deep(exc):
             raise RequestError(
                 "bad-request", f"JSON nesting is deeper than {limits.max_depth} levels"
             ) from None

@@ -271,6 +271,9 @@ class RedisBus(Bus):
         """Deliver events from now on; `origin` marks this node's own events."""
         # Events this node published start with these bytes: they are skipped undecoded.
         self._own_prefix = b'{"o":' + orjson.dumps(origin)
+        self._schedule_ping()
+
+    def _schedule_ping(self) -> None:
         self._pinger = asyncio.get_running_loop().call_later(
             SUBSCRIBER_PING_S, self._ping_subscribers
         )
@@ -279,9 +282,7 @@ class RedisBus(Bus):
         for conn in list(self._subscribers.conns.values()):
             if not conn.closed:  # no answer in time: the connection fails, its rooms catch up
                 conn.call("PING", timeout=COMMAND_TIMEOUT_S).add_done_callback(_retrieved)
-        self._pinger = asyncio.get_running_loop().call_later(
-            SUBSCRIBER_PING_S, self._ping_subscribers
-        )
+        self._schedule_ping()
 
     async def close(self) -> None:
         self._closing = True
@@ -373,13 +374,17 @@ class RedisBus(Bus):
         # time.monotonic, not the loop's clock: asyncio.get_running_loop costs a getpid system
         # call, once per message here
         deadline = time.monotonic() + WRITE_TIMEOUT_S
+
+        def left() -> float:  # of the write's time: for the call, or a slot-map refresh
+            return max(0.05, deadline - time.monotonic())
+
         for attempt in (1, 2):
             try:
                 conn = await self._writer(shard)
             except BusError:  # a failed master: its replica may own it now
-                await self._refresh_topology(max(0.05, deadline - time.monotonic()))
+                await self._refresh_topology(left())
                 raise
-            timeout = max(0.05, deadline - time.monotonic())
+            timeout = left()
             try:
                 return await conn.call(
                     "EVALSHA", script.sha, script.numkeys, *args, timeout=timeout
@@ -390,11 +395,11 @@ class RedisBus(Bus):
                 if exc.prefix == "NOSCRIPT":
                     await self._load_script(conn, script.source)
                 else:  # the retry goes where the new slot map says
-                    await self._refresh_topology(max(0.05, deadline - time.monotonic()))
+                    await self._refresh_topology(left())
             except RespConnectionError as exc:
                 # Unknown whether it was stored: no retry; the caller reports the failure and
                 # the room is merged back whole once the bus is back.
-                await self._refresh_topology(max(0.05, deadline - time.monotonic()))
+                await self._refresh_topology(left())
                 raise BusError(f"Redis lost the write: {exc}") from exc
         raise AssertionError("unreachable")
 

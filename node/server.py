@@ -42,6 +42,7 @@ from node.protocol import (
     parse_session_data_write,
     recipients,
     request_id_of,
+    too_deep,
 )
 from node.settings import Settings
 
@@ -178,7 +179,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
-        if "depth" in str(exc) or "recursion" in str(exc):  # over orjson's own limit
+        if too_deep(exc):
             raise _rest_error(400, "invalid-request-error", nesting) from None
         raise _rest_error(400, "invalid-request-error", f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):

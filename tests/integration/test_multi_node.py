@@ -59,6 +59,17 @@ async def wait_for_leaves(watchers: list[CallClient], sids: set[str], timeout: f
             await asyncio.sleep(0.05)
 
 
+async def resume_after_a_drop(
+    client: CallClient, sender: CallClient, url: str, missed: Any
+) -> dict[str, Any]:
+    """`client` drops, `sender` sends `missed` meanwhile, `client` resumes through `url` (a
+    room URL): the `joined` reply."""
+    token = client.resume_token
+    await client.close()
+    await sender.send_app_message(missed)
+    return await client.join(url, resume=token)
+
+
 async def test_a_killed_nodes_participants_leave_within_8_s_and_no_one_else(
     three_nodes: Deployment, room: str, clients: list[CallClient]
 ) -> None:
@@ -249,10 +260,7 @@ async def test_a_gap_beyond_the_log_gives_a_snapshot_and_says_nothing_was_replay
         assert [e["data"] for e in a.events("app-message")] == ["first"], "no partial replay"
         # The next drop replays again: the client resumes from that joined's position, not
         # from its last app message, which the log no longer holds.
-        token = a.resume_token
-        await a.close()
-        await b.send_app_message("after the gap")
-        reply = await a.join(deployment.nodes[1].room_url(room), resume=token)
+        reply = await resume_after_a_drop(a, b, deployment.nodes[1].room_url(room), "after the gap")
         assert (reply["resumed"], reply["replayed"]) == (True, True)
         assert (await a.next_event("app-message"))["data"] == "after the gap"
     finally:
@@ -293,10 +301,8 @@ async def test_resume_replays_what_was_missed_even_with_no_message_before_the_dr
     groups = await spread(three_nodes, room, 1, clients)
     a, b = groups[0][0], groups[1][0]
     assert a.last_seq is not None
-    token = a.resume_token
-    await a.close()
-    await b.send_app_message("while you were away")
-    reply = await a.join(three_nodes.nodes[1].room_url(room), resume=token)
+    url = three_nodes.nodes[1].room_url(room)
+    reply = await resume_after_a_drop(a, b, url, "while you were away")
     assert (reply["resumed"], reply["replayed"]) == (True, True)
     assert (await a.next_event("app-message"))["data"] == "while you were away"
 
@@ -353,11 +359,12 @@ async def test_a_writer_gets_its_ack_before_any_session_update_that_has_its_writ
     writer before its `ack`: folded in after it, the write would undo newer writes of others
     in the writer's view. Here the batched update falls due while the write waits for Redis
     (writes paused with `CLIENT PAUSE ... WRITE`)."""
-    redis = RedisServer.start(tmp_path)
-    node = None
+    deployment = start_deployment("redis", tmp_path)  # FAST: updates batched at 300 ms
+    redis = deployment.stop_list[0]
+    assert isinstance(redis, RedisServer)
     try:
-        node = start_node(tmp_path, {**FAST, "ROOMSTATE_NODE_ID": "n0"}, "--redis", redis.url)
-        async with aiohttp.ClientSession() as http, http.ws_connect(node.ws_url(room)) as ws:
+        ws_url = deployment.nodes[0].ws_url(room)
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
 
             async def request(frame: dict[str, Any]) -> None:
                 await ws.send_str(orjson.dumps(frame).decode())
@@ -389,6 +396,4 @@ async def test_a_writer_gets_its_ack_before_any_session_update_that_has_its_writ
                 "meetingSessionState": {"data": {"n": 2}},
             }
     finally:
-        if node is not None:
-            node.stop()
-        redis.stop()
+        deployment.stop()
