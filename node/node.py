@@ -208,9 +208,9 @@ class Node:
         out = room.join(sid, info, location, request.user_data, self.now_ms())
         conn.session_id, conn.room = sid, room_name
         self.connections[sid] = conn
-        extra = {"resumed": False} if request.resume is not None else {}
+        resumed = False if request.resume is not None else None  # a refused resume says so
         seq = self.bus.position(room_name)
-        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", seq, **extra))
+        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", seq, resumed=resumed))
         await self._run(room, out)
 
     async def _resume(self, conn: Connection, request: Join, room: Room) -> bool:
@@ -246,7 +246,10 @@ class Node:
         room.attach(sid)
         # Live events wait until the missed ones are replayed. The log is read after the
         # participant is attached, so nothing falls between the two; what both have is sent once.
+        # The snapshot stands where the hold starts: a change made while the log is read
+        # reaches the client once, as a held event after the snapshot, not in both.
         conn.hold()
+        snapshot, seq = room.snapshot(), self.bus.position(room.name)
         replayed: set[str] = set()
         missed = None
         try:
@@ -259,7 +262,8 @@ class Node:
                 request.id,
                 sid,
                 request.resume,
-                self.bus.position(room.name),
+                seq,
+                snapshot=snapshot,
                 resumed=True,
                 replayed=missed is not None,
             )

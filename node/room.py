@@ -19,14 +19,14 @@ Joins and leaves are never delayed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from crdt import HybridLogicalClock, RoomState
 from node.errors import RequestError
 from node.events import AppMessage, BusEvent
 from node.protocol import Limits, SetMeetingSessionData, compact_size, encode, encode_state
 
-__all__ = ["Output", "Room", "RoomConfig"]
+__all__ = ["Output", "Room", "RoomConfig", "Snapshot"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class Output:
     def send(self, recipients: list[str], frame: bytes) -> None:
         if recipients:
             self.sends.append((recipients, frame))
+
+
+class Snapshot(NamedTuple):
+    """A room's state as a `joined` frame shows it, taken at one moment."""
+
+    participants: dict[str, dict[str, Any]]
+    session_data: dict[str, Any]
 
 
 class Room:
@@ -94,26 +101,35 @@ class Room:
     def session_data(self) -> dict[str, Any]:
         return self.state.session_data.value()
 
+    def snapshot(self) -> Snapshot:
+        """The participants and the session data as they are now."""
+        return Snapshot(self.participants(), self.session_data())
+
     def joined_frame(
         self,
         request_id: str | int | None,
         session_id: str,
         resume_token: str | None = None,
         seq: str | None = None,
-        **flags: bool,
+        *,
+        snapshot: Snapshot | None = None,
+        resumed: bool | None = None,
+        replayed: bool | None = None,
     ) -> bytes:
-        """The reply to a join. `seq` is the room's log position the snapshot stands at (what
-        a client quotes as `resumeAfter` if no app message came since); `flags` are `resumed`
-        and `replayed` for a resume attempt."""
+        """The reply to a join, with `snapshot` (default: the state now). `seq` is the room's
+        log position the snapshot stands at (what a client quotes as `resumeAfter` if no app
+        message came since); `resumed` and `replayed` answer a resume attempt (None: left out)."""
+        participants, data = snapshot if snapshot is not None else self.snapshot()
+        flags = {"resumed": resumed, "replayed": replayed}
         return encode_state(
             "joined",
             id=request_id,
             sessionId=session_id,
-            participants=self.participants(),
-            meetingSessionState={"data": self.session_data()},
+            participants=participants,
+            meetingSessionState={"data": data},
             resumeToken=resume_token,
             seq=seq,
-            **flags,
+            **{name: value for name, value in flags.items() if value is not None},
         )
 
     # -- local requests --

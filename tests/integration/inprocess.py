@@ -25,8 +25,11 @@ class InProcessNode:
 
 
 @contextlib.asynccontextmanager
-async def node_in_process(settings: Settings, room: str) -> AsyncIterator[InProcessNode]:
-    bus = MemoryBus(room_grace_s=settings.room_grace_s)
+async def node_in_process(
+    settings: Settings, room: str, bus: MemoryBus | None = None
+) -> AsyncIterator[InProcessNode]:
+    """`bus`: an in-memory bus of the test's own (one that can be made to wait, say)."""
+    bus = bus if bus is not None else MemoryBus(room_grace_s=settings.room_grace_s)
     await bus.start()
     node = Node(settings, bus)
     await node.start()

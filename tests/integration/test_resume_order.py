@@ -1,0 +1,93 @@
+"""What a resuming client is told about changes made while the node reads back what it missed.
+
+A resume holds the client's live frames while the node reads the room's log (the missed app
+messages are replayed first). The `joined` snapshot stands at the moment the frames are held:
+a change made during the read reaches the client once, as the event that follows the snapshot,
+never both inside the snapshot and again as an event (a second participant-joined for someone
+already listed, or an older state applied over a newer one until the next update).
+
+The node runs in this process, on the in-memory bus, so that the test can make the log read
+wait; the clients are real WebSocket clients on its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from node.bus import MemoryBus
+from node.client import CallClient
+from node.events import BusEvent
+from node.settings import Settings
+
+from .inprocess import node_in_process
+
+pytestmark = pytest.mark.integration
+
+ROOM = "resume-order"
+
+
+class SlowLogBus(MemoryBus):
+    """The in-memory bus, whose log reads wait until the test lets them go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()  # a read has started
+        self.go_on = asyncio.Event()
+
+    async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
+        self.reading.set()
+        await self.go_on.wait()
+        return await super().read_range(room, after)
+
+
+async def frames_until_quiet(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        try:
+            message = await ws.receive(timeout=0.5)
+        except TimeoutError:
+            return frames
+        frames.append(orjson.loads(message.data))
+
+
+async def test_a_participant_joining_during_a_resume_is_announced_once() -> None:
+    bus = SlowLogBus()
+    async with (
+        node_in_process(Settings(), ROOM, bus) as it,
+        aiohttp.ClientSession() as http,
+        CallClient() as other,
+    ):
+        ws = await http.ws_connect(it.url)
+        await ws.send_str(orjson.dumps({"type": "join", "id": 1, "userName": "ada"}).decode())
+        joined = orjson.loads((await ws.receive(timeout=5)).data)
+        await ws.close()  # dropped without a leave: the session waits to be resumed
+
+        ws = await http.ws_connect(it.url)
+        resume = {"resume": joined["resumeToken"], "resumeAfter": joined["seq"]}
+        await ws.send_str(orjson.dumps({"type": "join", "id": 2, **resume}).decode())
+        await asyncio.wait_for(bus.reading.wait(), 5)
+        await other.join(it.url, user_name="bo")  # while the node reads the log back
+        await other.set_user_data({"hand": True})
+        bus.go_on.set()
+
+        frames = await frames_until_quiet(ws)
+        await ws.close()
+
+    assert frames[0]["type"] == "joined" and frames[0]["resumed"] is True, frames[0]
+    bo = other.session_id
+    listed = bo in frames[0]["participants"]
+    announced = [f["type"] for f in frames[1:] if f.get("participant", {}).get("session_id") == bo]
+    assert not (listed and "participant-joined" in announced), (
+        f"bo is in the snapshot and announced again: {announced}"
+    )
+    assert listed or announced[:1] == ["participant-joined"], (listed, announced)
+    seen = frames[0]["participants"].get(bo, {}).get("userData")
+    for frame in frames[1:]:
+        if frame.get("participant", {}).get("session_id") == bo:
+            seen = frame["participant"]["userData"]
+    assert seen == {"hand": True}, "the last word on bo is its last userData"
