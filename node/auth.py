@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 
 from node.errors import RequestError
+from node.protocol import MAX_NAME_LENGTH, ROOM_NAME
 
 __all__ = ["TokenClaims", "check_api_key", "make_token", "verify_token"]
 
@@ -38,7 +39,13 @@ def make_token(
     exp: int | None = None,
     nbf: int | None = None,
 ) -> str:
-    """A meeting token for `room`; `exp` and `nbf` are Unix times in seconds."""
+    """A meeting token for `room`; `exp` and `nbf` are Unix times in seconds. ValueError
+    for a room name or a user name or id that a join would refuse."""
+    if not ROOM_NAME.match(room):
+        raise ValueError("room_name is 1-64 characters of A-Z a-z 0-9 . _ -")
+    for field, value in (("user_name", user_name), ("user_id", user_id)):
+        if value is not None and len(value) > MAX_NAME_LENGTH:  # as a join's userName
+            raise ValueError(f"'{field}' must be at most {MAX_NAME_LENGTH} characters")
     claims: dict[str, Any] = {"r": room, "o": owner}
     optional = {"u": user_name, "ud": user_id, "exp": exp, "nbf": nbf}
     claims.update({name: value for name, value in optional.items() if value is not None})
@@ -54,12 +61,17 @@ def verify_token(api_key: str, token: str, room: str) -> TokenClaims:
     except jwt.ExpiredSignatureError:
         raise RequestError("unauthorized", "the meeting token has expired (exp)") from None
     except jwt.ImmatureSignatureError:
-        raise RequestError("unauthorized", "the meeting token is not valid yet (nbf)") from None
-    except jwt.InvalidTokenError as exc:
+        info = "the meeting token is not valid yet (nbf or iat is in the future)"
+        raise RequestError("unauthorized", info) from None
+    except jwt.PyJWTError as exc:
         raise RequestError("unauthorized", f"invalid meeting token: {exc}") from None
     if claims["r"] != room:
         raise RequestError("forbidden", f"the meeting token is for another room, not {room!r}")
     user_name, user_id = claims.get("u"), claims.get("ud")
+    for claim, value in (("u", user_name), ("ud", user_id)):
+        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:  # (signed elsewhere)
+            info = f"the meeting token's {claim!r} is longer than {MAX_NAME_LENGTH} characters"
+            raise RequestError("unauthorized", info)
     return TokenClaims(
         room=room,
         user_name=user_name if isinstance(user_name, str) else None,

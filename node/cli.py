@@ -12,6 +12,8 @@ import time
 
 from node.settings import Settings
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 SERVE_HELP = """\
 Every option can also be set with an environment variable (the option wins):
   ROOMSTATE_HOST, ROOMSTATE_PORT, ROOMSTATE_API_KEY, ROOMSTATE_REDIS, ROOMSTATE_REDIS_CLUSTER,
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--log-level",
         default=os.environ.get("ROOMSTATE_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (ROOMSTATE_LOG_LEVEL; INFO)",
+        help=f"{', '.join(LOG_LEVELS)} (ROOMSTATE_LOG_LEVEL; INFO)",
     )
 
     token = commands.add_parser("token", help="print a meeting token (JWT) for a room")
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         if not key:
             parser.error("token needs --api-key or ROOMSTATE_API_KEY")
         exp = int(time.time()) + args.ttl
-        print(
-            make_token(
+        try:
+            signed = make_token(
                 key,
                 args.room,
                 user_name=args.user_name,
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
                 owner=args.owner,
                 exp=exp,
             )
-        )
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(signed)
     else:
         from node.demo import main as demo
 
@@ -96,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from node.server import serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = args.log_level.upper()
+    if level not in LOG_LEVELS:
+        levels = ", ".join(LOG_LEVELS)
+        sys.exit(f"roomstate: ROOMSTATE_LOG_LEVEL={args.log_level!r} is not one of {levels}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(
             os.environ,

@@ -40,6 +40,7 @@ __all__ = [
 MERGE_STRATEGIES: Final = ("replace", "shallow-merge")
 MAX_ID_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 256
+ROOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 # An app message names at most this many recipients, each a session id of at most
 # MAX_ID_LENGTH characters: the list is stored with the message, so it is bounded like its data.
 MAX_RECIPIENTS: Final = 256

@@ -55,7 +55,25 @@ class Settings:
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
 
     def __post_init__(self) -> None:
-        self.gc_threshold_values()  # a bad value stops the node at start, with its name
+        # A bad value stops the node at start, with its name and the rule it breaks.
+        self.gc_threshold_values()
+        for name, (low, high, low_excluded) in _RANGES.items():
+            value = getattr(self, name)
+            if value < low or (low_excluded and value == low):
+                rule = f"more than {low}" if low_excluded else f"at least {low}"
+            elif high is not None and value > high:
+                rule = f"at most {high}"
+            else:
+                continue
+            shown = f"{value:g}" if isinstance(value, float) else value
+            raise ValueError(f"ROOMSTATE_{name.upper()}={shown} is out of range: must be {rule}")
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            # "" is no key, but it is not development mode either: REST would take an empty
+            # bearer, and tokens cannot be signed with it
+            raise ValueError(
+                "ROOMSTATE_API_KEY / --api-key: an API key must not be empty or start or end"
+                " with a space (leave it unset for development mode)"
+            )
         if self.redis is not None and not self.redis.startswith("redis://"):
             # the node's own connections (node/resp.py) speak neither TLS nor Unix sockets
             raise ValueError(
@@ -94,6 +112,37 @@ class Settings:
                 values[f.name] = _convert(f.name, raw, f.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# The range of each numeric setting: (lowest, highest or None, whether the lowest is excluded).
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "port": (0, 65535, False),  # 0: the system picks a free one
+    **dict.fromkeys(
+        (
+            "app_message_bytes",
+            "user_data_bytes",
+            "session_data_bytes",
+            "frame_bytes",  # (aiohttp takes a limit of 0 as none)
+            "max_depth",
+            "send_queue_bytes",
+            "rate_burst",
+            "max_headers",
+        ),
+        (1, None, False),
+    ),
+    **dict.fromkeys(("rate_per_s", "heartbeat_s", "handshake_timeout_s"), (0, None, True)),
+    # 0: no batching, no resume, an empty room's state dropped at once
+    **dict.fromkeys(
+        (
+            "user_data_interval_ms",
+            "session_data_interval_ms",
+            "room_grace_s",
+            "resume_grace_s",
+            "max_drift_ms",
+        ),
+        (0, None, False),
+    ),
+}
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

@@ -61,3 +61,61 @@ def test_a_redis_url_the_node_cannot_use_stops_it_with_its_name(url: str) -> Non
     with pytest.raises(ValueError, match=r"ROOMSTATE_REDIS=.* only redis://"):
         Settings.from_env({"ROOMSTATE_REDIS": url})
     assert Settings.from_env({"ROOMSTATE_REDIS": "redis://:pw@r:6379/2"}).redis is not None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "rule"),
+    [
+        # aiohttp reads a frame or body limit of 0 as "no limit": both limits would be gone
+        ("FRAME_BYTES", "0", "at least 1"),
+        ("FRAME_BYTES", "-1", "at least 1"),
+        ("APP_MESSAGE_BYTES", "-5", "at least 1"),
+        ("USER_DATA_BYTES", "0", "at least 1"),
+        ("SESSION_DATA_BYTES", "0", "at least 1"),
+        ("MAX_DEPTH", "0", "at least 1"),
+        ("SEND_QUEUE_BYTES", "0", "at least 1"),
+        ("RATE_BURST", "0", "at least 1"),
+        ("MAX_HEADERS", "0", "at least 1"),
+        ("RATE_PER_S", "0", "more than 0"),
+        ("RATE_PER_S", "-1", "more than 0"),
+        ("HEARTBEAT_S", "0", "more than 0"),
+        ("HANDSHAKE_TIMEOUT_S", "-2", "more than 0"),
+        ("ROOM_GRACE_S", "-10", "at least 0"),
+        ("RESUME_GRACE_S", "-1", "at least 0"),
+        ("USER_DATA_INTERVAL_MS", "-1", "at least 0"),
+        ("SESSION_DATA_INTERVAL_MS", "-1", "at least 0"),
+        ("MAX_DRIFT_MS", "-1", "at least 0"),
+        # a port past 65535 was taken modulo 65536: the node listened on another port
+        ("PORT", "70000", "at most 65535"),
+        ("PORT", "-1", "at least 0"),
+    ],
+)
+def test_a_setting_out_of_its_range_stops_the_node_with_its_name(
+    variable: str, raw: str, rule: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"ROOMSTATE_{variable}={raw} .*must be {rule}"):
+        Settings.from_env({f"ROOMSTATE_{variable}": raw})
+
+
+def test_the_ends_of_each_range_are_taken() -> None:
+    # 0 turns batching and the resume grace off, and lets the system pick the port
+    env = {
+        "ROOMSTATE_PORT": "0",
+        "ROOMSTATE_USER_DATA_INTERVAL_MS": "0",
+        "ROOMSTATE_SESSION_DATA_INTERVAL_MS": "0",
+        "ROOMSTATE_RESUME_GRACE_S": "0",
+        "ROOMSTATE_FRAME_BYTES": "1",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.port, settings.resume_grace_s, settings.frame_bytes) == (0, 0.0, 1)
+    assert Settings(port=65535).port == 65535
+
+
+@pytest.mark.parametrize("key", ["", " ", "key "])
+def test_an_empty_api_key_is_refused_not_taken_as_a_key(key: str) -> None:
+    # "" was a key: REST took an empty bearer, the loopback-only rule of development mode was
+    # skipped, and signing a token failed (HMAC keys must not be empty) with a 500
+    with pytest.raises(ValueError, match="API key must not be empty or start or end with a space"):
+        Settings.from_env({}, api_key=key)
+    with pytest.raises(ValueError, match="API key"):
+        Settings(api_key=key)
