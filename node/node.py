@@ -336,6 +336,7 @@ class Node:
     async def rest_send_app_message(
         self, room_name: str, data: Any, to: str | tuple[str, ...]
     ) -> None:
+        self._admit(room_name, stamped=False)  # as from a client (a paused node stores nothing)
         room = self.rooms.get(room_name)
         if room is not None:
             await self._send_app_message(room, "API", data, to)

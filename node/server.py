@@ -200,7 +200,10 @@ async def rest_send_app_message(request: web.Request) -> web.Response:
         recipient = recipients(body.get("recipient", "*"), "recipient")
     except RequestError as exc:
         raise _rest_error(400, "invalid-request-error", exc.message) from None
-    await node.rest_send_app_message(name, body["data"], recipient)
+    try:
+        await node.rest_send_app_message(name, body["data"], recipient)
+    except RequestError as exc:
+        raise _refused(exc) from None
     return _json({"sent": True})
 
 
@@ -222,10 +225,15 @@ async def rest_set_session_data(request: web.Request) -> web.Response:
         write = parse_session_data_write(body, None, node.limits)
         data = await node.rest_set_session_data(name, write)
     except RequestError as exc:
-        status = 503 if exc.code == "unavailable" else 400  # refused by the node: retry later
-        error = "unavailable" if status == 503 else "invalid-request-error"
-        raise _rest_error(status, error, exc.message) from None
+        raise _refused(exc) from None
     return _json({"data": data})
+
+
+def _refused(exc: RequestError) -> web.HTTPException:
+    """A write the node refused: 503 if it may not store now (retry later), else 400."""
+    if exc.code == "unavailable":
+        return _rest_error(503, "unavailable", exc.message)
+    return _rest_error(400, "invalid-request-error", exc.message)
 
 
 @rest

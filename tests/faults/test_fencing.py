@@ -107,8 +107,11 @@ async def test_r3_writes_sent_to_a_paused_node_are_not_accepted_under_its_old_in
         ]
         for frame in writes:
             await p.send_str(orjson.dumps(frame).decode())
-        # A new client whose handshake and join wait through the pause too.
+        # A new client whose handshake and join wait through the pause too, and a backend's
+        # REST app message.
         late_task = asyncio.create_task(try_join(http, paused_node.ws_url(room), "late"))
+        rest_url = f"{paused_node.url}/v1/rooms/{room}/send-app-message"
+        rest_task = asyncio.create_task(http.post(rest_url, json={"data": "stale"}))
         try:
             await asyncio.sleep(PAUSE_S)
         finally:
@@ -129,6 +132,9 @@ async def test_r3_writes_sent_to_a_paused_node_are_not_accepted_under_its_old_in
                         replies[frame["id"]] = frame.get("code") or frame["type"]
         fenced_after = time.monotonic() - resumed_at
         late_ws, late_reply = await asyncio.wait_for(late_task, 10)
+        rest_reply = await asyncio.wait_for(rest_task, 10)
+        rest_status = rest_reply.status
+        rest_reply.release()
         late_sid: str | None = late_reply.get("sessionId")
         await asyncio.sleep(3.0)  # two lease rounds: a ghost would have come and gone
 
@@ -156,13 +162,15 @@ async def test_r3_writes_sent_to_a_paused_node_are_not_accepted_under_its_old_in
         print(
             f"\nR3: paused {PAUSE_S:.0f} s; p closed with {close_code} {fenced_after:.2f} s after "
             f"SIGCONT; replies to its writes: {replies}; late join: "
-            f"{late_reply.get('type')} {late_reply.get('message', late_sid)!r}\n"
+            f"{late_reply.get('type')} {late_reply.get('message', late_sid)!r}; REST app "
+            f"message: {rest_status}\n"
             f"R3: events stored under the old incarnation after the pause: "
             f"{[(i, {k: v for k, v in e.items() if k != 'o'}) for i, e in stale_events]}\n"
             f"R3: seen by the others: {seen}"
         )
         assert close_code in (4001, 4002), close_code  # removed or fenced: cut off either way
         assert "ack" not in replies.values(), f"a write acknowledged after the pause: {replies}"
+        assert rest_status == 503, f"a REST app message taken after the pause: {rest_status}"
         assert stale_events == [], "events stored under the old incarnation"
         assert not any("stale" in value for value in state.values()), state
         for watcher in (a, c):
