@@ -173,6 +173,8 @@ class Node:
     async def _join(self, conn: Connection, request: Join, room_name: str) -> None:
         if conn.session_id is not None:
             raise RequestError("already-joined", f"this connection already joined {conn.room!r}")
+        if self.draining:  # shutdown has closed the others: this one would be left open
+            raise RequestError("unavailable", "this node is shutting down; join again")
         info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
         if not self.settings.development:
             if request.token is None:

@@ -1,13 +1,12 @@
-"""What a resuming client is told about changes made while the node reads back what it missed.
+"""Joins at the edges of a node's life, on a node in this process (its aiohttp app on a real
+socket, the in-memory bus: the test can make the log read wait, or mark the node as shutting
+down); the clients are real WebSocket clients on its socket.
 
 A resume holds the client's live frames while the node reads the room's log (the missed app
 messages are replayed first). The `joined` snapshot stands at the moment the frames are held:
 a change made during the read reaches the client once, as the event that follows the snapshot,
 never both inside the snapshot and again as an event (a second participant-joined for someone
 already listed, or an older state applied over a newer one until the next update).
-
-The node runs in this process, on the in-memory bus, so that the test can make the log read
-wait; the clients are real WebSocket clients on its socket.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from .inprocess import node_in_process
 
 pytestmark = pytest.mark.integration
 
-ROOM = "resume-order"
+ROOM = "join-edges"
 
 
 class SlowLogBus(MemoryBus):
@@ -91,3 +90,17 @@ async def test_a_participant_joining_during_a_resume_is_announced_once() -> None
         if frame.get("participant", {}).get("session_id") == bo:
             seen = frame["participant"]["userData"]
     assert seen == {"hand": True}, "the last word on bo is its last userData"
+
+
+async def test_a_join_reaching_a_node_that_is_shutting_down_is_refused() -> None:
+    # (it used to be taken after shutdown had closed the others: never sent 1012, it stayed
+    # until the process ended and then left as `node-lost` on the other nodes)
+    async with node_in_process(Settings(), ROOM) as it, aiohttp.ClientSession() as http:
+        it.node.draining = True  # what `shutdown` sets first
+        ws = await http.ws_connect(it.url)
+        await ws.send_str(orjson.dumps({"type": "join", "id": 1, "userName": "late"}).decode())
+        reply = orjson.loads((await ws.receive(timeout=5)).data)
+        await ws.close()
+    assert (reply["type"], reply["code"]) == ("error", "unavailable"), reply
+    assert "shutting down" in reply["message"]
+    assert it.node.connections == {}
