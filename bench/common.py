@@ -18,6 +18,7 @@ so a receiver finds it with one ``bytes.find`` whatever wraps it (a roomstate ``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psutil
@@ -104,7 +105,26 @@ def cdf(h: HdrHistogram) -> list[tuple[float, float]]:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a process (psutil; 0 if it is gone)."""
+    """CPU seconds a process has run, to the nanosecond: the sum over its threads of the run
+    time the scheduler keeps (/proc/PID/task/TID/schedstat). The user and system times of
+    /proc/PID/stat count 10 ms ticks: a floor that runs 120 ms in a 3 s step would be read to
+    ±8 %. psutil's user + system where schedstat is missing; 0 if the process is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0
+    except OSError:
+        threads = []
+    ns, read = 0, False
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                ns += int(f.read().split()[0])
+            read = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile (its time is lost: threads here live long)
+    if read:
+        return ns / 1e9
     try:
         times = psutil.Process(pid).cpu_times()
     except (psutil.NoSuchProcess, psutil.AccessDenied):

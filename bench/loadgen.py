@@ -60,6 +60,8 @@ class Participant:
     expected: int = 0
     got: int = 0
     final_seen: bool = False
+    writer: int = -1  # userdata / session: the global rank of the room's writer
+    last_seq: int = -1  # userdata / session: the newest value seen
 
 
 class Step:
@@ -78,6 +80,7 @@ class Step:
         self.in_window = 0  # deliveries received during [warm_end, end)
         self.dups = 0
         self.stale = 0  # frames of another step
+        self.misrouted = 0  # app messages from a sender of another room
         self.unique = 0
         self.acks = 0
         self.errors = 0
@@ -101,9 +104,11 @@ class Generator:
             room: list(ranks) for room, ranks in config["room_senders"].items()
         }
         self.slot: dict[int, int] = {}  # sender rank -> index among its room's senders
-        for ranks in self.room_senders.values():
+        self.rank_room: dict[int, str] = {}  # sender rank -> its room
+        for room, ranks in self.room_senders.items():
             for i, rank in enumerate(ranks):
                 self.slot[rank] = i
+                self.rank_room[rank] = room
         self.step: Step | None = None
         self.cap = 1  # bitmap slots per sender in this step
         self.closed = 0
@@ -215,12 +220,16 @@ class Generator:
         if int(k[28:30]) != step.index:
             step.stale += 1
             return
+        same_node = k[43] - 48 == p.node
         if self.kind == "app":
             if not p.recv:
                 return
             rank = int(k[30:36])
             if rank == p.rank:
                 return  # never expected (to "*" excludes the sender); not counted
+            if self.rank_room.get(rank) != p.room:
+                step.misrouted += 1  # another room's message: a failure, never a delivery
+                return
             index = self.slot[rank] * self.cap + int(k[36:43])
             if p.seen[index]:
                 step.dups += 1
@@ -238,17 +247,34 @@ class Generator:
             step.unique += 1
             if seq == p.expected:  # expected: the last seq of the room's writer
                 p.final_seen = True
-        sched = int(k[:20])
-        if sched < step.warm_end:
-            return
-        if now < step.end:
+            if seq > p.last_seq:
+                # The writes this value supersedes, never sent on their own (batching keeps
+                # the newest): the receiver has them (a newer value) from now, so their
+                # latency ends now too. Left out, the latency would count only the writes
+                # that happened to be the last of a batch, which wait the least.
+                for skipped in range(p.last_seq + 1, seq):
+                    self._record(step, now, self._sched(step, skipped, p.writer), same_node)
+                p.last_seq = seq
+        if step.warm_end <= now < step.end:
             step.in_window += 1
+        sched = int(k[:20])
+        lat = self._record(step, now, sched, same_node)
+        if lat is not None:
+            step.send_us.append(lat - int(k[20:28]))
+
+    def _sched(self, step: Step, seq: int, rank: int) -> int:
+        """When the sender of global rank `rank` was to send its message `seq` of the step."""
+        return step.t0 + int((seq * self.total_senders + rank) * (1e9 / step.rate))
+
+    @staticmethod
+    def _record(step: Step, now: int, sched: int, same_node: bool) -> int | None:
+        """The latency of a message scheduled at `sched` and received `now`, in µs, recorded
+        unless it was scheduled in the warm-up (None then)."""
+        if sched < step.warm_end:
+            return None
         lat = (now - sched) // 1000
-        if k[43] - 48 == p.node:
-            step.same_us.append(lat)
-        else:
-            step.cross_us.append(lat)
-        step.send_us.append(lat - int(k[20:28]))
+        (step.same_us if same_node else step.cross_us).append(lat)
+        return lat
 
     # -- a step --
 
@@ -271,9 +297,11 @@ class Generator:
                 expected_total += p.expected
             else:
                 p.seen = bytearray(self.cap)
+                p.last_seq = -1
                 ranks = [r for r in self.room_senders.get(p.room, []) if r != p.rank]
                 if self.kind == "session":
                     ranks = self.room_senders.get(p.room, [])  # the writer gets it too
+                p.writer = ranks[0] if ranks else -1
                 p.expected = counts[ranks[0]] - 1 if ranks and counts[ranks[0]] else -1
                 if p.expected >= 0:
                     expected_total += 1  # convergence: the last value, once per receiver
@@ -294,7 +322,7 @@ class Generator:
         mine = sorted(self.by_rank.values(), key=lambda p: p.rank or 0)
         if not mine:
             return
-        big_j, period = self.total_senders, 1e9 / step.rate
+        big_j = self.total_senders
         seqs = dict.fromkeys((p.rank for p in mine), 0)
         rounds = math.ceil(step.total / big_j)
         late_sends = 0
@@ -306,7 +334,7 @@ class Generator:
                 m = base + rank
                 if m >= step.total:
                     break
-                sched = step.t0 + int(m * period)
+                sched = self._sched(step, i, rank)
                 now = mono()
                 delay = sched - now
                 if delay > 0:
@@ -368,6 +396,7 @@ class Generator:
             "unique": step.unique if self.kind == "app" else converged,
             "updates_received": step.unique,
             "dups": step.dups,
+            "misrouted": step.misrouted,
             "stale": step.stale,
             "in_window": step.in_window,
             "closed": self.closed - closed_before,

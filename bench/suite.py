@@ -44,6 +44,7 @@ TOPOLOGY_LABELS = {
     "3-nodes-cluster": "roomstate 3 nodes + Redis Cluster",
 }
 PEER_LABEL = "peer: python-socketio 2 nodes + Redis"
+PEER_KNEE_TAG = "peer knee load"  # ours at the peer's knee rate
 FLOOR_LABEL = "python floor: aiohttp 1 -> 99"
 # The same shape as ours (10 rooms x 10, every member sends to its room's 9 others) on one bare
 # aiohttp process: what a WebSocket server pays per message at a fan-out of 9, with no protocol,
@@ -132,9 +133,10 @@ def _light_and_ramp(
     max_steps: int,
     duration: float,
     light: bool = True,
+    after: tuple[tuple[float, str], ...] = (),
 ) -> dict[str, Any]:
-    """A light-load step (precise timing), a step at the reference load `ref` (msgs/s), then a
-    ramp from half of it."""
+    """A light-load step (precise timing), a step at the reference load `ref` (msgs/s), a
+    ramp from half of it, then a step at each (rate, tag) of `after`."""
     fanout = sc.participants - 1
     ref = ref or REF_RATE * 9 / fanout  # the same deliveries/s as 10 x 10 at REF_RATE
     with ScenarioRun(sc, tmp) as run:
@@ -151,7 +153,23 @@ def _light_and_ramp(
             run.run_step(round(ref), duration_s=duration, tag="ref")
         run.settle()
         knee = run.ramp(round(ref / 2), factor, max_steps, refine=1, duration_s=duration)
+        for rate, tag in after:
+            run.settle()
+            s = run.run_step(rate, duration_s=duration, tag=tag)
+            if s["disturbed"]:
+                s["tag"] = f"{tag} (disturbed)"
+                run.settle()
+                run.run_step(rate, duration_s=duration, tag=tag)
         return _scenario_record(run, knee, ramped=True)
+
+
+def _at_peer_knee(results: dict[str, Any]) -> tuple[tuple[float, str], ...]:
+    """A step for ours at the peer's knee rate, if the peer was measured: CPU per delivery
+    falls with load, so "each at its own knee" compares loads several times apart; this is
+    the same ratio at the same load."""
+    peer = next((sc for sc in results["scenarios"] if sc["label"] == PEER_LABEL), None)
+    rate = dig(peer, "knee", "rate")
+    return ((rate, PEER_KNEE_TAG),) if rate else ()
 
 
 def _fixed(
@@ -239,6 +257,7 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
     rooms_floor = by_label.get(ROOMS_FLOOR_LABEL)
     rooms_floor_ref, rooms_floor_light = _step(rooms_floor, "ref"), _step(rooms_floor, "light")
     light = _step(ours, "light")
+    ours_at_peer_knee = _step(ours, PEER_KNEE_TAG)
     ours_knee = ours["knee"] if ours else None
     peer_knee = peer["knee"] if peer else None
     rf = results.get("redis_floor") or {}
@@ -273,6 +292,15 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
             rooms_floor_knee, "node_cpu_us_per_delivery"
         ),
         "ref_deliveries_per_s": dig(ours_ref, "deliveries_per_s"),
+        # ours at the peer's knee rate: the peer ratio at one load
+        "node_cpu_us_per_delivery_at_peer_knee_load": dig(
+            ours_at_peer_knee, "node_cpu_us_per_delivery"
+        ),
+        # Redis's CPU per delivery (ours does more per message than the peer's one PUBLISH)
+        "redis_cpu_us_per_delivery": dig(ours_ref, "store_cpu_us_per_delivery"),
+        "peer_redis_cpu_us_per_delivery": dig(peer_ref, "store_cpu_us_per_delivery"),
+        "redis_cpu_us_per_delivery_at_knee": dig(ours_knee, "store_cpu_us_per_delivery"),
+        "peer_redis_cpu_us_per_delivery_at_knee": dig(peer_knee, "store_cpu_us_per_delivery"),
         "evalsha_per_message": evalsha,
         "knee_cores_saturated": dig(ours_knee, "saturated"),
         "peer_knee_cores_saturated": dig(peer_knee, "saturated"),
@@ -307,6 +335,10 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
          "measured": _ratio(s["node_cpu_us_per_delivery_at_knee"],
                             s["peer_node_cpu_us_per_delivery_at_knee"]),
          "limit": 0.2, **_paired_note(paired_ratios, "peer_knee")},
+        {"target": "node CPU/delivery ≤ 1/5 of the peer's, both at the peer's knee load",
+         "measured": _ratio(s["node_cpu_us_per_delivery_at_peer_knee_load"],
+                            s["peer_node_cpu_us_per_delivery_at_knee"]),
+         "limit": 0.2},
         _throughput_target(s),
         {"target": "cross-node p50 at light load ≤ 1 ms",
          "measured": s["cross_node_p50_ms"], "limit": 1.0},
@@ -390,9 +422,10 @@ def quick(tmp: Path) -> dict[str, Any]:
     log("== roomstate")
     results["scenarios"].append(
         _light_and_ramp(
-            Scenario(TOPOLOGY_LABELS[BASE], BASE), tmp / "ours", REF_RATE, 1.3, RAMP_STEPS, 2.0
+            Scenario(TOPOLOGY_LABELS[BASE], BASE), tmp / "ours", REF_RATE, 1.3, RAMP_STEPS, 2.0,
+            after=_at_peer_knee(results),
         )
-    )
+    )  # fmt: skip
     _floors_at_knee(results, tmp, 2.0)
     return _finish(results, started, "quick")
 
@@ -444,8 +477,11 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
     if want("topologies"):
         for topo, label in TOPOLOGY_LABELS.items():
             log(f"== {label}")
+            after = _at_peer_knee(results) if topo == BASE else ()
             results["scenarios"].append(
-                _light_and_ramp(Scenario(label, topo), tmp / topo, REF_RATE, 1.3, RAMP_STEPS, d)
+                _light_and_ramp(
+                    Scenario(label, topo), tmp / topo, REF_RATE, 1.3, RAMP_STEPS, d, after=after
+                )
             )
         _floors_at_knee(results, tmp, d)
         if want("peer"):
