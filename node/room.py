@@ -250,11 +250,18 @@ class Room:
                 key for key in write.keys_to_delete if key in entries and not entries[key].deleted
             )
             delta = candidate.shallow_merge(write.data, stamp, deleting)
-        size, limit = compact_size(candidate.value()), self.config.limits.session_data_bytes
+        # Deleted keys count as keys of null: each is kept as a tombstone until the next
+        # replace, in every replica and in the store.
+        stored = {key: None if e.deleted else e.value for key, e in candidate.entries.items()}
+        size, limit = compact_size(stored), self.config.limits.session_data_bytes
         if size > limit:
+            deleted = sum(1 for e in candidate.entries.values() if e.deleted)
+            counted = (
+                f", with {deleted} deleted keys, kept until the next replace," if deleted else ""
+            )
             raise RequestError(
                 "too-large",
-                f"meeting session data would be {size} bytes; the limit is {limit}",
+                f"meeting session data would be {size} bytes{counted}; the limit is {limit}",
             )
         self.state.session_data.merge(delta)
         out = self._publish(RoomState(session_data=delta), now_ms)

@@ -372,6 +372,25 @@ def test_deleting_keys_the_room_does_not_have_stores_nothing_for_them() -> None:
     assert room.state.session_data.entries == {"a": tombstone}
 
 
+def test_deleted_keys_count_toward_the_size_limit_until_a_replace() -> None:
+    """Each deleted key stays as a tombstone (until the next `replace`), in every replica and in
+    Redis: writing then deleting ever new keys grew the state without bound while its value
+    stayed empty (40 rounds of 90 KB keys: 3.6 MB). They count as keys of null."""
+    room = room_with("s1")
+    big = "x" * 30_000
+    for n in range(3):  # 3 x 30 KB of deleted key names: within 100 KB
+        room.set_session_data(shallow_merge({f"{big}{n}": 1}), 100 + 2 * n)
+        room.set_session_data(shallow_merge({}, (f"{big}{n}",)), 101 + 2 * n)
+    assert room.session_data() == {}
+    with pytest.raises(RequestError, match="3 deleted keys, kept until the next replace") as e:
+        room.set_session_data(shallow_merge({f"{big}3": 1}), 200)
+    assert e.value.code == "too-large"
+    assert len(room.state.session_data.entries) == 3
+    room.set_session_data(replace({"fresh": 1}), 300)  # a replace drops the tombstones
+    assert set(room.state.session_data.entries) == {"fresh"}
+    room.set_session_data(shallow_merge({f"{big}3": 1}), 400)
+
+
 def test_the_first_session_write_goes_to_every_local_including_the_writer() -> None:
     room = room_with("s1", "s2")
     out = room.set_session_data(replace({"a": 1}), 100)
