@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import strategies as st
 
-from crdt import LWWMap, LWWRegister, RoomState, Stamp
+from crdt import LWWMap, LWWRegister, RoomState, Stamp, to_obj
 
 NODES = ("a", "b", "c")
 KEYS = ("k1", "k2", "k3", "k4", "k5")
@@ -24,6 +25,9 @@ few_stamps = st.builds(Stamp, st.integers(0, 2), st.just(0), st.sampled_from(NOD
 json_scalars = (
     st.none()
     | st.booleans()
+    # equal in Python (1 == 1.0 == True, 0 == -0.0 == False), different on the wire: a merge
+    # that kept either of two such values would pass an == check and diverge
+    | st.sampled_from([0, 0.0, -0.0, 1, 1.0, True, False])
     | st.integers(-3, 3)
     | st.floats(allow_nan=False, allow_infinity=False, width=32)
     | st.text(max_size=3)
@@ -36,18 +40,31 @@ json_values = st.recursive(
     max_leaves=6,
 )
 objects = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4)
+tie_values = st.sampled_from([0, 0.0, -0.0, 1, 1.0, True, False, {"a": 1}, {"a": 1.0}, {"a": True}])
+"""Values that Python's == takes for one another: with `few_stamps`, where tie-breaks decide."""
 
 registers = st.builds(LWWRegister, json_values, stamps)
 
 
+def canonical(state: LWWRegister | LWWMap | RoomState) -> bytes:
+    """A state as canonical JSON bytes (keys sorted): two states are the same if these are.
+    Python's == is not enough: it takes 1, 1.0 and True for one value, which the wire does not."""
+    return orjson.dumps(to_obj(state), option=orjson.OPT_SORT_KEYS)
+
+
 @st.composite
-def map_ops(draw: st.DrawFn, stamp: st.SearchStrategy[Stamp] = stamps) -> tuple[Any, ...]:
+def map_ops(
+    draw: st.DrawFn,
+    stamp: st.SearchStrategy[Stamp] = stamps,
+    values: st.SearchStrategy[Any] = json_values,
+) -> tuple[Any, ...]:
     kind = draw(st.sampled_from(["replace", "merge", "delete"]))
+    data = st.dictionaries(st.sampled_from(KEYS), values, max_size=4)
     if kind == "replace":
-        return ("replace", draw(objects), draw(stamp))
+        return ("replace", draw(data), draw(stamp))
     if kind == "merge":
         deletes = draw(st.lists(st.sampled_from(KEYS), max_size=2, unique=True))
-        return ("merge", draw(objects), tuple(deletes), draw(stamp))
+        return ("merge", draw(data), tuple(deletes), draw(stamp))
     return (
         "delete",
         tuple(draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))),
@@ -65,23 +82,31 @@ def apply_map_op(state: LWWMap, op: tuple[Any, ...]) -> LWWMap:
 
 
 @st.composite
-def maps(draw: st.DrawFn) -> LWWMap:
+def maps(
+    draw: st.DrawFn,
+    stamp: st.SearchStrategy[Stamp] = stamps,
+    values: st.SearchStrategy[Any] = json_values,
+) -> LWWMap:
     state = LWWMap()
-    for op in draw(st.lists(map_ops(), max_size=6)):
+    for op in draw(st.lists(map_ops(stamp, values), max_size=6)):
         apply_map_op(state, op)
     return state
 
 
 @st.composite
-def room_ops(draw: st.DrawFn, stamp: st.SearchStrategy[Stamp] = stamps) -> tuple[Any, ...]:
+def room_ops(
+    draw: st.DrawFn,
+    stamp: st.SearchStrategy[Stamp] = stamps,
+    values: st.SearchStrategy[Any] = json_values,
+) -> tuple[Any, ...]:
     kind = draw(st.sampled_from(["join", "user-data", "move", "remove", "session"]))
     sid = draw(st.sampled_from(SESSIONS))
     if kind == "join":
         info = {"user_name": draw(st.text(max_size=3)), "owner": draw(st.booleans())}
         location = {"node": draw(st.sampled_from(NODES)), "incarnation": "1"}
-        return ("join", sid, info, location, draw(json_values), draw(stamp))
+        return ("join", sid, info, location, draw(values), draw(stamp))
     if kind == "user-data":
-        return ("user-data", sid, draw(json_values), draw(stamp))
+        return ("user-data", sid, draw(values), draw(stamp))
     if kind == "move":
         return (
             "move",
@@ -91,7 +116,7 @@ def room_ops(draw: st.DrawFn, stamp: st.SearchStrategy[Stamp] = stamps) -> tuple
         )
     if kind == "remove":
         return ("remove", sid)
-    return ("session", draw(map_ops(stamp)))
+    return ("session", draw(map_ops(stamp, values)))
 
 
 def apply_room_op(state: RoomState, op: tuple[Any, ...]) -> RoomState:
@@ -114,8 +139,12 @@ def apply_room_op(state: RoomState, op: tuple[Any, ...]) -> RoomState:
 
 
 @st.composite
-def rooms(draw: st.DrawFn) -> RoomState:
+def rooms(
+    draw: st.DrawFn,
+    stamp: st.SearchStrategy[Stamp] = stamps,
+    values: st.SearchStrategy[Any] = json_values,
+) -> RoomState:
     state = RoomState()
-    for op in draw(st.lists(room_ops(), max_size=8)):
+    for op in draw(st.lists(room_ops(stamp, values), max_size=8)):
         apply_room_op(state, op)
     return state
