@@ -326,7 +326,7 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
          "limit": 2.0, **_paired_note(paired_ratios, "floor_ref")},
         {"target": "node CPU/delivery ≤ 1/5 of the peer's (reference load)",
          "measured": _ratio(s["node_cpu_us_per_delivery"], s["peer_node_cpu_us_per_delivery"]),
-         "limit": 0.2, **_paired_note(paired_ratios, "peer_ref")},
+         "limit": 0.2, **_paired_note(paired_ratios, "peer_ref"), **_past_capacity(peer_ref)},
         {"target": "node CPU/delivery ≤ 2× floor, both at our knee's deliveries/s",
          "measured": _ratio(s["node_cpu_us_per_delivery_at_knee"],
                             s["floor_cpu_us_per_delivery_at_knee_load"]),
@@ -358,6 +358,15 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
         else:
             t["met"] = m <= t["limit"]
     return summary, [*targets, *extra]
+
+
+def _past_capacity(step: dict[str, Any] | None) -> dict[str, str]:
+    """A note making a ratio inconclusive when the peer's step failed (p99 over 50 ms, loss):
+    a server past its capacity spends its CPU on a backlog, not on the load asked."""
+    if step is None or step.get("ok", True):
+        return {}
+    p99 = dig(step, "latency", "p99_ms")
+    return {"note": f"inconclusive: the peer was past its capacity at this load (p99 {p99} ms)"}
 
 
 def _paired_note(ratios: dict[str, Any] | None, name: str) -> dict[str, str]:
