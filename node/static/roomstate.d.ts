@@ -33,20 +33,23 @@ export interface JoinOptions {
 }
 
 export interface CallObjectOptions {
-  /** Milliseconds to wait for the reply to each request (default 10000). */
+  /** Milliseconds to wait for the reply to each request (default 10000); for join, connecting
+   * and the reply together. */
   timeout?: number;
-  /** Reconnect delays: attempt n waits between c/2 and c, c = min(capMs, baseMs * 2^n). */
-  backoff?: { baseMs?: number; capMs?: number };
+  /** Reconnect delays: attempt n waits between c/2 and c, c = min(capMs, baseMs * 2^n); after
+   * maxAttempts failed attempts in a row (default: no limit) the call object gives up. */
+  backoff?: { baseMs?: number; capMs?: number; maxAttempts?: number };
   /** The node's frame limit (ROOMSTATE_FRAME_BYTES, default 131072): a bigger request is
    * refused here with `too-large`, as the node would close the connection for it. */
   maxFrameBytes?: number;
 }
 
-/** Wire error codes, plus the client's own `connection-closed` and `timeout`. */
+/** Wire error codes, plus the client's own `connection-closed`, `timeout` and (in the `error`
+ * event) `reconnect-failed`. */
 export type ErrorCode =
   | "bad-json" | "bad-request" | "unknown-type" | "not-joined" | "already-joined" | "too-large"
   | "unauthorized" | "forbidden" | "rate-limited" | "unavailable" | "internal"
-  | "connection-closed" | "timeout";
+  | "connection-closed" | "timeout" | "reconnect-failed";
 
 export class RoomstateError extends Error {
   constructor(code: string, message: string, extra?: object);
@@ -86,7 +89,7 @@ export type EventName = keyof EventMap;
 export class CallObject {
   constructor(options?: CallObjectOptions);
   timeout: number;
-  backoff: { baseMs?: number; capMs?: number };
+  backoff: { baseMs?: number; capMs?: number; maxAttempts?: number };
   maxFrameBytes: number;
   /** Set by the join reply; kept across a resumed reconnect. */
   readonly sessionId: string | null;

@@ -89,9 +89,10 @@ function checkEvent(event) {
 
 /** One participant's connection to one room at a time, like daily-js's call object. */
 export class CallObject {
-  /** `timeout`: ms to wait for each reply; `backoff`: reconnect delays in ms; `maxFrameBytes`:
-   * the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger frame is refused here, as the node
-   * would close the connection for it. */
+  /** `timeout`: ms to wait for each reply (for join: connecting and the reply together);
+   * `backoff`: reconnect delays in ms, and `maxAttempts` reconnects in a row before giving up
+   * (default: no limit); `maxFrameBytes`: the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger
+   * frame is refused here, as the node would close the connection for it. */
   constructor({ timeout = 10000, backoff = { baseMs: 250, capMs: 5000 }, maxFrameBytes = 131072 } = {}) {
     this.timeout = timeout;
     this.maxFrameBytes = maxFrameBytes;
@@ -132,7 +133,7 @@ export class CallObject {
     this._joinArgs = { token, userName, userData };
     Object.assign(this, { sessionId: null, resumeToken: null, lastSeq: null, _local: null, _attempt: 0 });
     this._others.clear();
-    this._sessionPending.clear();
+    this._forgetSession();
     this._state = "joining";
     try {
       await this._connect(false);
@@ -178,6 +179,7 @@ export class CallObject {
     clearTimeout(this._retryTimer);
     if (connected) await this._send("leave").catch(() => {}); // best effort: we go either way
     this._teardown();
+    this._forgetSession(); // meetingSessionState() is the room's only while in it
     this._state = "left-meeting";
     this._emit("left-meeting", { reason: "left" });
   }
@@ -225,7 +227,8 @@ export class CallObject {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this._wsUrl);
       this._ws = ws;
-      const opening = setTimeout(() => ws.close(), this.timeout); // the join's own timeout follows
+      const deadline = Date.now() + this.timeout; // connecting and the join's reply, together
+      const opening = setTimeout(() => ws.close(), this.timeout);
       ws.onopen = () => {
         clearTimeout(opening);
         const { token, userName, userData } = this._joinArgs;
@@ -234,7 +237,7 @@ export class CallObject {
         const fields = { token, userName, userData: this._local ? this._userDataBase : userData };
         if (resume) Object.assign(fields, { resume: this.resumeToken, resumeAfter: this.lastSeq });
         for (const key of Object.keys(fields)) if (fields[key] == null) delete fields[key];
-        this._send("join", fields).then(resolve, reject);
+        this._send("join", fields, ++this._ids, Math.max(0, deadline - Date.now())).then(resolve, reject);
       };
       ws.onmessage = (message) => this._onFrame(message.data);
       ws.onclose = ({ code }) => {
@@ -271,7 +274,11 @@ export class CallObject {
 
   /** Reconnect after a delay: exponential backoff with "equal jitter" (half fixed, half random). */
   _retry() {
-    const { baseMs = 250, capMs = 5000 } = this.backoff;
+    const { baseMs = 250, capMs = 5000, maxAttempts = Infinity } = this.backoff;
+    if (this._attempt >= maxAttempts) {
+      this._fail(`could not reconnect to the room in ${maxAttempts} attempts`, undefined, "reconnect-failed");
+      return;
+    }
     const ceiling = Math.min(capMs, baseMs * 2 ** this._attempt++);
     this._retryTimer = setTimeout(async () => {
       if (this._state !== "joined") return;
@@ -358,8 +365,9 @@ export class CallObject {
     });
   }
 
-  /** Send one frame with an id; resolves with the reply, rejects on `error`, close or timeout. */
-  _send(type, fields = {}, id = ++this._ids) {
+  /** Send one frame with an id; resolves with the reply, rejects on `error`, close or after
+   * `timeoutMs`. */
+  _send(type, fields = {}, id = ++this._ids, timeoutMs = this.timeout) {
     return new Promise((resolve, reject) => {
       const ws = this._ws;
       if (!ws || ws.readyState !== WebSocket.OPEN) {
@@ -377,8 +385,8 @@ export class CallObject {
       const timer = setTimeout(() => {
         this._pending.delete(id);
         this._settle(id, true); // maybe applied: keep it until the node says otherwise
-        reject(new RoomstateError("timeout", `no reply to ${type} within ${this.timeout} ms`));
-      }, this.timeout);
+        reject(new RoomstateError("timeout", `no reply to ${type} within ${timeoutMs} ms`));
+      }, timeoutMs);
       this._pending.set(id, { resolve, reject, timer });
       ws.send(frame);
     });
@@ -401,6 +409,14 @@ export class CallObject {
     if (write === undefined) return;
     this._sessionPending.delete(id);
     if (ok) this._sessionBase = applyWrite(this._sessionBase, write);
+    this._refreshSession();
+  }
+
+  /** Drop the room's session data and the writes still waiting (leaving, or joining anew). */
+  _forgetSession() {
+    this._sessionBase = {};
+    this._sessionPending.clear();
+    this._userDataPending.clear();
     this._refreshSession();
   }
 

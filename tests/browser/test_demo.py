@@ -7,8 +7,14 @@ drop a socket under a node that stays up, and kill the node under a person behin
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import os
 import re
+import socket
+import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -240,7 +246,47 @@ def test_join_without_a_token_is_refused_with_a_hint(
         node.stop()
 
 
-SDK_CHECKS = """async (url) => {
+@contextlib.contextmanager
+def slow_websocket_server(handshake_s: float) -> Iterator[str]:
+    """A WebSocket endpoint that answers the opening handshake after `handshake_s` and then
+    nothing: a join there gets no reply. Yields its ws:// URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop, held = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I)
+            assert key is not None
+            guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            accept = base64.b64encode(hashlib.sha1(key.group(1) + guid).digest())
+            time.sleep(handshake_s)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/rooms/slow/ws"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+SDK_CHECKS = """async ({ url, slowUrl }) => {
     const { createCallObject, RoomstateError } = await import("/sdk/roomstate.js");
     const a = createCallObject(), b = createCallObject();
     const got = [], leftA = [];
@@ -287,6 +333,7 @@ SDK_CHECKS = """async (url) => {
 
     await a.leave();
     out.stateAfterLeave = a.meetingState();
+    out.sessionAfterLeave = a.meetingSessionState().data;  // the room's, only while in it
     out.leftEvents = leftA;
     try { await a.sendAppMessage("late"); } catch (err) { out.afterLeave = err.code; }
     await b.leave();
@@ -301,6 +348,24 @@ SDK_CHECKS = """async (url) => {
     catch (err) { out.whileAway = { code: err.code, ms: Date.now() - asked }; }
     out.sessionWhileAway = c.meetingSessionState().data;
     await c.leave();
+
+    // Reconnects that keep failing give up after backoff.maxAttempts, with `error`.
+    const e = createCallObject({ backoff: { baseMs: 10, capMs: 20, maxAttempts: 2 } });
+    const errors = [];
+    e.on("error", (ev) => errors.push(ev));
+    await e.join({ url, userName: "e" });
+    e._wsUrl = "ws://127.0.0.1:9/v1/rooms/gone/ws";  // nothing listens there any more
+    e._ws.close();
+    for (let i = 0; i < 300 && e.meetingState() !== "error"; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+    }
+    out.gaveUp = { state: e.meetingState(), code: errors[0]?.code };
+
+    // join's timeout covers connecting and the reply together (the join's own came on top)
+    const d = createCallObject({ timeout: 600 });
+    const started = Date.now();
+    try { await d.join({ url: slowUrl }); }
+    catch (err) { out.slowJoin = { code: err.code, ms: Date.now() - started }; }
     return out;
 }"""
 
@@ -312,7 +377,8 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
         page = context.new_page()
         room_url = f"{single.url}/rooms/{new_room()}"
         page.goto(room_url)
-        out = page.evaluate(SDK_CHECKS, room_url)
+        with slow_websocket_server(handshake_s=0.5) as slow_url:
+            out = page.evaluate(SDK_CHECKS, {"url": room_url, "slowUrl": slow_url})
     finally:
         context.close()
     assert out["unknownEvent"] == "TypeError"
@@ -341,6 +407,11 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["whileAway"]["code"] == "timeout"
     assert out["whileAway"]["ms"] < 5000, out["whileAway"]  # not until the next attempt (60 s)
     assert "late" not in out["sessionWhileAway"], "the write never sent is rolled back"
+    assert out["sessionAfterLeave"] == {}
+    assert out["gaveUp"] == {"state": "error", "code": "reconnect-failed"}
+    # connected after 0.5 s, then no reply: the join gives up at its 0.6 s, not 0.5 + 0.6
+    assert out["slowJoin"]["code"] == "timeout", out["slowJoin"]
+    assert out["slowJoin"]["ms"] < 950, out["slowJoin"]
 
 
 def test_reconnect_resumes_the_session(single: Deployment, people: Callable[..., Person]) -> None:
