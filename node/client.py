@@ -32,6 +32,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -272,16 +273,28 @@ class CallClient:
         fields = {"token": token, "userName": user_name, "userData": user_data, "resume": resume}
         if resume is not None:
             fields["resumeAfter"] = self.last_seq  # replay the app messages after this one
+        else:
+            self._forget_session()
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            self._ws = await self._http.ws_connect(ws_url)
-            self._reader = asyncio.create_task(self._read(self._ws), name=f"roomstate {ws_url}")
-            rid = next(self._ids)
-            joined = await self._request(
-                rid, "join", **{key: value for key, value in fields.items() if value is not None}
-            )
+            try:
+                async with asyncio.timeout_at(deadline):  # connecting and the reply, together
+                    self._ws = await self._http.ws_connect(ws_url)
+                    self._reader = asyncio.create_task(
+                        self._read(self._ws), name=f"roomstate {ws_url}"
+                    )
+                    present = {key: value for key, value in fields.items() if value is not None}
+                    joined = await self._request(next(self._ids), "join", **present)
+            except TimeoutError as exc:
+                if isinstance(exc, RequestTimeout):
+                    raise
+                raise RequestTimeout(
+                    "timeout", f"could not join at {ws_url} within {self.timeout} s"
+                ) from None
         except BaseException:
             self._left = True
-            await self._shutdown()
+            # A node that did not answer in time is not waited for again to close.
+            await self._shutdown(close_wait=max(0.0, deadline - asyncio.get_running_loop().time()))
             raise
         return {key: value for key, value in joined.items() if key not in ("type", "id")}
 
@@ -340,6 +353,7 @@ class CallClient:
         finally:
             await self._shutdown()
             self._others.clear()
+            self._forget_session()  # meeting_session_state() is the room's only while in it
         self._emit_left({"reason": "left"})
 
     async def close(self) -> None:
@@ -461,6 +475,13 @@ class CallClient:
             if ok:
                 self._session_base = _apply_write(self._session_base, write)
             self._refresh_session()
+
+    def _forget_session(self) -> None:
+        """Drop the room's session data and the writes still waiting (leaving, joining anew)."""
+        self._session_base = {}
+        self._session_pending.clear()
+        self._user_data_pending.clear()
+        self._refresh_session()
 
     def _refresh_session(self) -> None:
         view = self._session_base
@@ -586,13 +607,16 @@ class CallClient:
             self._left = True
             self._emit("left-meeting", payload)
 
-    async def _shutdown(self) -> None:
-        """Close the socket, stop the reader and close the HTTP session."""
+    async def _shutdown(self, close_wait: float | None = None) -> None:
+        """Close the socket, stop the reader and close the HTTP session. `close_wait`: seconds
+        to wait for the node's answer to the close (None: aiohttp's 10 s), then drop it."""
         self._leaving = True
         ws, reader, http = self._ws, self._reader, self._http
         self._ws, self._reader, self._http = None, None, None
         if ws is not None:
-            await ws.close()
+            with contextlib.suppress(TimeoutError):  # (aiohttp drops the connection then)
+                async with asyncio.timeout(close_wait):
+                    await ws.close()
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

@@ -7,14 +7,8 @@ drop a socket under a node that stays up, and kill the node under a person behin
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
 import os
 import re
-import socket
-import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +20,7 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from ..integration.conftest import API_KEY, FAST, start_node
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import Haproxy
+from ..servers import Haproxy, slow_websocket_server
 from .conftest import NODE_ENV, Site
 
 pytestmark = pytest.mark.browser
@@ -244,46 +238,6 @@ def test_join_without_a_token_is_refused_with_a_hint(
     finally:
         context.close()
         node.stop()
-
-
-@contextlib.contextmanager
-def slow_websocket_server(handshake_s: float) -> Iterator[str]:
-    """A WebSocket endpoint that answers the opening handshake after `handshake_s` and then
-    nothing: a join there gets no reply. Yields its ws:// URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop, held = threading.Event(), []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
-            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I)
-            assert key is not None
-            guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-            accept = base64.b64encode(hashlib.sha1(key.group(1) + guid).digest())
-            time.sleep(handshake_s)
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/rooms/slow/ws"
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 SDK_CHECKS = """async ({ url, slowUrl }) => {

@@ -12,6 +12,7 @@ already listed, or an older state applied over a newer one until the next update
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -19,10 +20,11 @@ import orjson
 import pytest
 
 from node.bus import MemoryBus
-from node.client import CallClient
+from node.client import CallClient, RequestTimeout
 from node.events import BusEvent
 from node.settings import Settings
 
+from ..servers import slow_websocket_server
 from .inprocess import node_in_process
 
 pytestmark = pytest.mark.integration
@@ -104,3 +106,26 @@ async def test_a_join_reaching_a_node_that_is_shutting_down_is_refused() -> None
     assert (reply["type"], reply["code"]) == ("error", "unavailable"), reply
     assert "shutting down" in reply["message"]
     assert it.node.connections == {}
+
+
+async def test_a_join_without_a_reply_gives_up_at_the_timeout_connecting_included() -> None:
+    # the handshake took 0.5 s and the join's own 0.6 s came after it: 1.1 s (and a node that
+    # never finished the handshake held the client for aiohttp's 5 minutes)
+    client = CallClient(timeout=0.6)
+    with slow_websocket_server(handshake_s=0.5) as url:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout):
+            await client.join(url)
+        took = time.monotonic() - started
+    assert took < 0.95, took
+    await client.leave()
+
+
+async def test_after_leave_the_client_shows_no_session_data() -> None:
+    async with node_in_process(Settings(), ROOM) as it:
+        client = CallClient()
+        await client.join(it.url)
+        await client.set_meeting_session_data({"topic": "crdts"})
+        assert client.meeting_session_state()["data"] == {"topic": "crdts"}
+        await client.leave()
+    assert client.meeting_session_state()["data"] == {}, "the room's, only while in it"
