@@ -166,6 +166,7 @@ class Connection:
         self._closing = False
         self._close_requested = False  # close_soon was called: one close is under way
         self._held: list[bytes] | None = None  # frames kept aside while a resume replays
+        self._held_bytes = 0  # bytes in _held: they count toward send_queue_bytes too
         self._replayed: frozenset[str] = frozenset()  # log positions a resume replayed
 
     def hold(self) -> None:
@@ -173,6 +174,7 @@ class Connection:
         write is acknowledged first). Not nested: a connection's requests run one at a time."""
         assert self._held is None, "frames are already held"
         self._held = []
+        self._held_bytes = 0
 
     def send_first(self, frame: bytes) -> None:
         """Queue a frame ahead of those held back."""
@@ -210,6 +212,10 @@ class Connection:
             return
         if self._held is not None:
             self._held.append(frame)
+            self._held_bytes += len(frame)
+            if self._held_bytes > self.send_queue_bytes and not self._close_requested:
+                self._cut_off_slow(self._held_bytes)
+                self._held.clear()  # never sent now
             return
         if self._replayed and self._was_replayed(frame):
             return
@@ -242,12 +248,15 @@ class Connection:
         self._queue.append(frame)
         self._queued += len(frame)
         if self._queued > self.send_queue_bytes:
-            self.metrics.slow_consumers.inc()
-            log.warning("closing a slow consumer: %d bytes unsent", self._queued)
-            self.close_soon(CLOSE_POLICY, f"send queue over {self.send_queue_bytes} bytes")
+            self._cut_off_slow(self._queued)
             return
         if self._writer is None or self._writer.done():  # (done: an eager task factory)
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _cut_off_slow(self, unsent: int) -> None:
+        self.metrics.slow_consumers.inc()
+        log.warning("closing a slow consumer: %d bytes unsent", unsent)
+        self.close_soon(CLOSE_POLICY, f"send queue over {self.send_queue_bytes} bytes")
 
     def write_batched(self) -> None:
         """Write the frames batched in this loop iteration, in one `write` (none once the socket

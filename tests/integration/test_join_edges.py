@@ -129,3 +129,34 @@ async def test_after_leave_the_client_shows_no_session_data() -> None:
         assert client.meeting_session_state()["data"] == {"topic": "crdts"}
         await client.leave()
     assert client.meeting_session_state()["data"] == {}, "the room's, only while in it"
+
+
+async def test_frames_held_during_a_resume_count_toward_the_send_queue_limit() -> None:
+    # They were held without a bound while the log was read: a busy room could pile up more
+    # for one client than the limit that cuts off a client that does not read.
+    bus = SlowLogBus()
+    settings = Settings(send_queue_bytes=20_000, rate_per_s=10_000, rate_burst=10_000)
+    async with (
+        node_in_process(settings, ROOM, bus) as it,
+        aiohttp.ClientSession() as http,
+        CallClient() as other,
+    ):
+        ws = await http.ws_connect(it.url)
+        await ws.send_str(orjson.dumps({"type": "join", "id": 1, "userName": "ada"}).decode())
+        joined = orjson.loads((await ws.receive(timeout=5)).data)
+        await ws.close()
+
+        ws = await http.ws_connect(it.url)
+        resume = {"resume": joined["resumeToken"], "resumeAfter": joined["seq"]}
+        await ws.send_str(orjson.dumps({"type": "join", "id": 2, **resume}).decode())
+        await asyncio.wait_for(bus.reading.wait(), 5)
+        await other.join(it.url, user_name="bo")
+        try:
+            for _ in range(30):  # 30 KB for ada while her frames are held
+                await other.send_app_message("x" * 1000)
+            closed = await ws.receive(timeout=5)
+        finally:
+            bus.go_on.set()
+        await ws.close()
+    assert (closed.type, ws.close_code) == (aiohttp.WSMsgType.CLOSE, 1008), (closed, ws.close_code)
+    assert "send queue over 20000 bytes" in closed.extra
