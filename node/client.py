@@ -194,6 +194,11 @@ def room_ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+def _canonical(value: Json) -> bytes:
+    """JSON with object keys sorted, as the node encodes state (key order does not count)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 def _apply_write(base: dict[str, Json], write: SessionWrite) -> dict[str, Json]:
     """A session-data write applied to a local copy, as the node applies it to the replica."""
     data, strategy, keys_to_delete = write
@@ -214,8 +219,13 @@ class CallClient:
     sends many messages (a benchmark) turns it off to keep memory flat.
     """
 
-    def __init__(self, timeout: float = 10.0, record_events: bool = True) -> None:
+    def __init__(
+        self, timeout: float = 10.0, record_events: bool = True, max_frame_bytes: int = 131072
+    ) -> None:
         self.timeout = timeout  # seconds to wait for the reply to each request
+        # the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger request is refused here with
+        # TooLarge, as the node would close the connection for it
+        self.max_frame_bytes = max_frame_bytes
         self.record_events = record_events
         self.session_id: str | None = None  # set by the `joined` reply
         self.resume_token: str | None = None  # the `joined` reply's, if the node sent one
@@ -269,11 +279,13 @@ class CallClient:
             raise AlreadyJoined("already-joined", "this client is connected; call leave() first")
         ws_url = room_ws_url(url)
         self._http = aiohttp.ClientSession()
-        self._leaving, self._left, self.session_id = False, False, None
+        # (`left-meeting` and a lost connection's `error` only once joined: `_on_joined`)
+        self._leaving, self._left, self.session_id = False, True, None
         fields = {"token": token, "userName": user_name, "userData": user_data, "resume": resume}
         if resume is not None:
             fields["resumeAfter"] = self.last_seq  # replay the app messages after this one
-        else:
+        else:  # (a resume keeps the last state known: what changed meanwhile becomes events)
+            self._others.clear()
             self._forget_session()
         deadline = asyncio.get_running_loop().time() + self.timeout
         try:
@@ -305,7 +317,8 @@ class CallClient:
     async def set_user_data(self, data: Json) -> None:
         """Replace the local participant's userData: locally at once, then on the node."""
         self._check_connected()
-        assert self._local is not None, "join() has not finished"
+        if self._local is None:
+            raise NotJoined("not-joined", "join() has not finished")
         rid = next(self._ids)
         self._user_data_pending[rid] = data
         self._local["userData"] = data
@@ -318,6 +331,10 @@ class CallClient:
         keys_to_delete: list[str] | None = None,
     ) -> None:
         """Write the room's session data (`replace` or `shallow-merge`); local state at once."""
+        if not isinstance(data, dict):
+            raise TypeError(f"meeting session data must be a dict, not {type(data).__name__}")
+        if isinstance(keys_to_delete, str | bytes):
+            raise TypeError("keys_to_delete must be a list of keys, not one string")
         rid = next(self._ids)
         self._check_connected()
         keys = list(keys_to_delete or [])
@@ -358,9 +375,9 @@ class CallClient:
 
     async def close(self) -> None:
         """Drop the connection without leaving: the others see ``participant-left`` with reason
-        ``disconnected``, as if the network had gone. Safe to call after `leave`."""
+        ``disconnected``, as if the network had gone. Safe to call after `leave`. The last
+        state known is kept: a `join(url, resume=...)` then emits what changed meanwhile."""
         await self._shutdown()
-        self._others.clear()
         self._emit_left({"reason": "closed"})
 
     # -- local state --
@@ -431,18 +448,30 @@ class CallClient:
             raise ConnectionClosed(self._ws.close_code)
 
     async def _request(self, rid: int, frame_type: str, **fields: Json) -> dict[str, Json]:
-        """Send one request and wait for the reply with its id."""
+        """Send one request and wait for the reply with its id. A write that was not sent
+        (not JSON, over the frame limit, no socket) is rolled back; one sent but not answered
+        (timed out, or the caller cancelled) is kept until the node's next state says otherwise."""
         try:
             self._check_connected()
             assert self._ws is not None
+            frame = orjson.dumps({"type": frame_type, "id": rid, **fields})  # TypeError: not JSON
+            if len(frame) > self.max_frame_bytes:  # the node would close the connection (1009)
+                raise TooLarge(
+                    "too-large",
+                    f"the {frame_type} frame is {len(frame)} bytes; the frame limit is "
+                    f"{self.max_frame_bytes}",
+                )
             future: asyncio.Future[dict[str, Json]] = asyncio.get_running_loop().create_future()
             self._pending[rid] = future
             try:
-                frame = {"type": frame_type, "id": rid, **fields}
-                await self._ws.send_str(orjson.dumps(frame).decode())
+                await self._ws.send_str(frame.decode())
             except (ConnectionError, aiohttp.ClientError):
                 raise ConnectionClosed(self._ws.close_code) from None
-        except ClientError:
+        except asyncio.CancelledError:  # while sending: maybe sent
+            self._settle(rid, ok=True)
+            self._pending.pop(rid, None)
+            raise
+        except BaseException:
             self._settle(rid, ok=False)  # never sent: roll the local write back
             self._pending.pop(rid, None)
             raise
@@ -454,6 +483,9 @@ class CallClient:
             raise RequestTimeout(
                 "timeout", f"no reply to {frame_type} within {self.timeout} s"
             ) from None
+        except asyncio.CancelledError:
+            self._settle(rid, ok=True)  # the caller stopped waiting: as after a timeout
+            raise
         finally:
             self._pending.pop(rid, None)
 
@@ -507,7 +539,7 @@ class CallClient:
                 self._settle(rid, ok=True)
                 if not future.done():
                     future.set_exception(closed)
-        if not self._leaving:
+        if not self._leaving and not self._left:  # (a join that failed raises instead)
             logger.warning("connection lost (close code %s)", ws.close_code)
             self._emit("error", {"errorMsg": closed.message, "closeCode": ws.close_code})
             self._emit_left({"reason": "connection-closed", "closeCode": ws.close_code})
@@ -550,6 +582,11 @@ class CallClient:
             logger.debug("ignoring a frame of type %r", kind)
 
     def _on_joined(self, frame: dict[str, Json]) -> None:
+        """A `joined` reply: a first join, a resumed session, or a fresh join after a refused
+        resume. After a resume attempt, what changed while away is emitted as events."""
+        resume = "resumed" in frame  # the node answers a resume attempt with `resumed`
+        before_others, before_session = dict(self._others), dict(self._session_view)
+        asked_replay = self.last_seq is not None
         sid = frame["sessionId"]
         participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
         # Replay from the joined frame's position from now on: what came before it is in its
@@ -569,7 +606,38 @@ class CallClient:
         self._session_base = dict(frame["meetingSessionState"]["data"])
         self._session_pending.clear()
         self._refresh_session()
+        self._left = False
         self._emit("joined-meeting", {"participants": self.participants()})
+        if resume:
+            self._emit_changes(before_others, before_session)
+            if frame.get("resumed") is not True:
+                message = "the session could not be resumed; joined again as a new session"
+                self._emit(
+                    "nonfatal-error", {"type": "resume", "code": "session-lost", "message": message}
+                )
+            elif frame.get("replayed") is False and asked_replay:
+                message = "app messages sent while disconnected could not be replayed"
+                self._emit(
+                    "nonfatal-error",
+                    {"type": "resume", "code": "messages-lost", "message": message},
+                )
+
+    def _emit_changes(
+        self, before_others: dict[str, dict[str, Json]], before_session: dict[str, Json]
+    ) -> None:
+        """After a resume: the participant and session-data events missed while away."""
+        for sid, participant in self._others.items():
+            old = before_others.get(sid)
+            if old is None:
+                self._emit("participant-joined", {"participant": participant})
+            elif _canonical(old) != _canonical(participant):
+                self._emit("participant-updated", {"participant": participant})
+        for sid, participant in before_others.items():
+            if sid not in self._others:
+                self._emit("participant-left", {"participant": participant})
+        if _canonical(before_session) != _canonical(self._session_view):
+            state = {"data": dict(self._session_view)}
+            self._emit("meeting-session-state-updated", {"meetingSessionState": state})
 
     def _on_participant(self, kind: str, participant: dict[str, Json]) -> None:
         sid = participant["session_id"]
@@ -652,7 +720,9 @@ class RestClient:
             await self._http.close()
             self._http = None
 
-    async def send_app_message(self, room: str, data: Json, recipient: str = "*") -> Json:
+    async def send_app_message(
+        self, room: str, data: Json, recipient: str | list[str] = "*"
+    ) -> Json:
         """Send an app message from ``"API"`` to the room's participants (or one of them)."""
         body = {"data": data, "recipient": recipient}
         return await self._call("POST", f"/v1/rooms/{_room(room)}/send-app-message", body)
