@@ -113,7 +113,9 @@ class Node:
         self._lease_task: asyncio.Task[None] | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self.draining = False  # shutting down: /readyz says no
-        self._unsynced: set[str] = set()  # rooms with writes the bus may not have stored
+        # rooms with writes the bus may not have stored, by name: merged back whole by the
+        # upkeep (the replica is kept here if the room is closed meanwhile, say by a leave)
+        self._unsynced: dict[str, Room] = {}
         self._lease_checked_at = math.inf  # monotonic time of the last lease round
         self._away: dict[str, tuple[str, asyncio.TimerHandle]] = {}  # dropped sid -> room, timer
         self._joining: dict[str, int] = {}  # room -> joins under way (it stays open meanwhile)
@@ -203,6 +205,7 @@ class Node:
         self, conn: Connection, request: Join, room: Room, info: dict[str, Any]
     ) -> None:
         room_name = room.name
+        self._admit(room_name, stamped=True)  # again: the snapshot may have waited out a pause
         sid, secret = str(uuid.uuid4()), secrets.token_urlsafe(18)
         info.setdefault("user_id", sid)
         info["resume"] = _digest(secret)
@@ -233,16 +236,32 @@ class Node:
         delta = RoomState(participants={sid: moved})
         event = BusEvent(self.origin, self.now_ms(), delta=delta)
         condition = (sid, before) if before is not None else None
-        if await self.bus.publish(room.name, event, only_if_at=condition) is None:
-            log.info("room %s: %s cannot resume: removed or moved meanwhile", room.name, sid)
-            return False
-        room.state.merge(delta)
-        if sid in self.connections:  # the old connection is still open here: replace it
-            old = self.connections.pop(sid)
-            old.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
+        self._admit(room.name, stamped=True)  # again: the snapshot may have waited out a pause
+        # The grace is claimed before the move is stored: its timer must not remove the
+        # participant meanwhile (the removal's condition, "still here", would hold).
         away = self._away.pop(sid, None)
         if away is not None:
             away[1].cancel()
+        try:
+            stored = await self.bus.publish(room.name, event, only_if_at=condition)
+        except BaseException:
+            if away is not None and sid not in self.connections:  # the grace goes on
+                left = away[1].when() - asyncio.get_running_loop().time()
+                self._wait_for_resume(away[0], sid, max(0.0, left))
+            raise
+        if stored is None:
+            log.info("room %s: %s cannot resume: removed or moved meanwhile", room.name, sid)
+            return False
+        if self.rooms.get(room.name) is not room:  # fenced while the move was stored
+            conn.close_soon(CLOSE_FENCED, "node lost its lease; reconnect")
+            return True
+        room.state.merge(delta)
+        if sid not in room.state.present():  # it left meanwhile (its old connection's leave)
+            log.info("room %s: %s cannot resume: it left meanwhile", room.name, sid)
+            return False
+        if sid in self.connections:  # the old connection is still open here: replace it
+            old = self.connections.pop(sid)
+            old.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
         conn.session_id, conn.room = sid, room.name
         self.connections[sid] = conn
         room.attach(sid)
@@ -295,10 +314,7 @@ class Node:
         grace = self.settings.resume_grace_s
         if reason == "disconnected" and grace > 0:
             room.detach(sid)
-            handle = asyncio.get_running_loop().call_later(
-                grace, lambda: asyncio.ensure_future(self._grace_over(room_name, sid))
-            )
-            self._away[sid] = (room_name, handle)
+            self._wait_for_resume(room_name, sid, grace)
             return
         out = room.leave(sid, reason, self.now_ms())
         self._close_room_if_unused(room_name)
@@ -321,11 +337,22 @@ class Node:
         try:
             stored = await self.bus.publish(room_name, event, only_if_at=(sid, where))
         except BusError as exc:
-            log.warning("could not publish the leave of %s: %s", sid, exc)
-            stored = None
+            # Tried again shortly (the participant is still away, its room open): the removal
+            # is conditional (only if still here), so no replica merge can stand in for it.
+            log.warning("could not publish the leave of %s, retrying: %s", sid, exc)
+            if sid not in self.connections:
+                self._wait_for_resume(room_name, sid, LEASE_RENEW_S)
+            return
         if stored is not None:
             self._deliver(room, room.remove_lost(sid, "disconnected"))
         self._close_room_if_unused(room_name)
+
+    def _wait_for_resume(self, room_name: str, sid: str, seconds: float) -> None:
+        """Keep a dropped participant for `seconds`, then `_grace_over`."""
+        handle = asyncio.get_running_loop().call_later(
+            seconds, lambda: asyncio.ensure_future(self._grace_over(room_name, sid))
+        )
+        self._away[sid] = (room_name, handle)
 
     def _close_room_if_unused(self, room_name: str) -> None:
         room = self.rooms.get(room_name)
@@ -342,8 +369,9 @@ class Node:
         room = self.rooms.get(room_name)
         if room is not None:
             await self._send_app_message(room, "API", data, to)
-        else:
-            event = BusEvent(self.origin, self.now_ms(), message=AppMessage(data, "API", to))
+        else:  # (an origin of its own, as for `_view`'s replica)
+            message = AppMessage(data, "API", to)
+            event = BusEvent(f"{self.origin}/api", self.now_ms(), message=message)
             await self.bus.publish(room_name, event)
 
     async def _send_app_message(
@@ -367,6 +395,7 @@ class Node:
     ) -> dict[str, Any]:
         self._admit(room_name, stamped=True)
         room = await self._view(room_name)
+        self._admit(room_name, stamped=True)  # again: the snapshot may have waited out a pause
         await self._run(room, room.set_session_data(write, self.now_ms()))
         return room.session_data()
 
@@ -375,14 +404,17 @@ class Node:
         room = self.rooms.get(room_name)
         if room is not None:
             return room
-        return self._replica(room_name, await self.bus.snapshot(room_name))
+        # Its events carry an origin of their own: if this node comes to host the room while
+        # the write is stored, the hosted replica takes it from the bus (its own it would skip).
+        snapshot = await self.bus.snapshot(room_name)
+        return self._replica(room_name, snapshot, f"{self.origin}/api")
 
-    def _replica(self, room_name: str, snapshot: Snapshot) -> Room:
+    def _replica(self, room_name: str, snapshot: Snapshot, origin: str | None = None) -> Room:
         """A room built from a bus snapshot. The clock observes the snapshot's stamps first, so
         that a write this node stamps for the room is newer than everything stored in it."""
         for stamp in snapshot.state.stamps():
             self.hlc.observe(stamp)
-        return Room(room_name, snapshot.state, self.hlc, self.origin, self.room_config)
+        return Room(room_name, snapshot.state, self.hlc, origin or self.origin, self.room_config)
 
     # -- rooms --
 
@@ -472,7 +504,7 @@ class Node:
             for event in out.publish:
                 await self.bus.publish(room.name, event)
         except BusError:
-            self._unsynced.add(room.name)
+            self._unsynced[room.name] = room
             raise
 
     def _deliver(self, room: Room, out: Output) -> None:
@@ -492,6 +524,8 @@ class Node:
         self._schedule(room)
 
     def _schedule(self, room: Room) -> None:
+        if self.rooms.get(room.name) is not room:
+            return  # a throwaway replica, or a room closed since: the timers are the hosted one's
         deadline = room.next_deadline()
         current = self._timers.get(room.name)
         if current is not None and current[0] == deadline:
@@ -499,7 +533,7 @@ class Node:
         if current is not None:
             current[1].cancel()
             del self._timers[room.name]
-        if deadline is None or room.name not in self.rooms:
+        if deadline is None:
             return
         delay = max(0.0, (deadline - self.now_ms()) / 1000)
         handle = asyncio.get_running_loop().call_later(delay, self._on_timer, room.name)
@@ -587,16 +621,16 @@ class Node:
         """Anti-entropy: merge this node's replica back into the store for each room the store
         lost, and each room with a write the store may not have taken."""
         lost = set(await self.bus.lost_rooms(list(self.rooms)))
-        for name in sorted(lost | self._unsynced):
-            room = self.rooms.get(name)
-            self._unsynced.discard(name)
-            if room is not None:
+        for name in sorted(lost | self._unsynced.keys()):
+            # the hosted replica, and the one whose write failed if that room was closed since
+            replicas = [self.rooms.get(name), self._unsynced.pop(name, None)]
+            for room in {id(r): r for r in replicas if r is not None}.values():
                 log.warning("room %s: merging this node's replica back into the store", name)
                 event = BusEvent(self.origin, self.now_ms(), delta=room.state.copy())
                 try:
                     await self.bus.publish(name, event)
                 except BusError:
-                    self._unsynced.add(name)
+                    self._unsynced[name] = room
                     raise
 
     async def _remove_lost_participants(self) -> None:
@@ -652,6 +686,7 @@ class Node:
         self._away.clear()
         for name in list(self.rooms):
             self._close_room(name)
+        self._unsynced.clear()  # this incarnation's: never stored under the next one
         for conn in conns:
             conn.close_soon(CLOSE_FENCED, "node lost its lease; reconnect")
         self.incarnation = uuid.uuid4().hex[:12]
