@@ -194,6 +194,17 @@ def room_ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+def _after(a: str, b: str) -> bool:
+    """Whether log position `a` ("N", or a Redis stream id "MS-N") comes after `b`. A node can
+    deliver two app messages out of log order (its own after another node's), and a resume
+    replays what follows the position quoted."""
+
+    def key(position: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in position.split("-") if part.isdigit())
+
+    return key(a) > key(b)
+
+
 def _canonical(value: Json) -> bytes:
     """JSON with object keys sorted, as the node encodes state (key order does not count)."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -573,8 +584,8 @@ class CallClient:
             self._emit(kind, content)
         elif kind == "app-message":
             seq = content.pop("seq", None)
-            if isinstance(seq, str):
-                self.last_seq = seq
+            if isinstance(seq, str) and (self.last_seq is None or _after(seq, self.last_seq)):
+                self.last_seq = seq  # the latest: two can come out of log order
             self._emit(kind, content)
         elif kind == "nonfatal-error":
             self._emit(kind, content)

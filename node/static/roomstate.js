@@ -82,6 +82,19 @@ function canonical(value) {
 
 const same = (a, b) => canonical(a) === canonical(b);
 
+/** Whether log position `a` ("N" or a Redis stream id "MS-N") comes after `b`. A node can
+ * deliver two app messages out of log order (its own after another node's), and the resume
+ * replay starts after the one the client quotes. */
+function seqAfter(a, b) {
+  const x = a.split("-"), y = b.split("-");
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    const p = x[i] ?? "0", q = y[i] ?? "0";
+    if (p.length !== q.length) return p.length > q.length; // digits, no leading zeros
+    if (p !== q) return p > q;
+  }
+  return false;
+}
+
 function checkEvent(event) {
   if (!EVENTS.includes(event)) throw new TypeError(`unknown event ${event}; the events are ${EVENTS.join(", ")}`);
   return event;
@@ -463,7 +476,7 @@ export class CallObject {
       this._emit(type, content);
     } else if (type === "app-message") {
       const { seq, ...event } = content;
-      if (typeof seq === "string") this.lastSeq = seq;
+      if (typeof seq === "string" && (this.lastSeq === null || seqAfter(seq, this.lastSeq))) this.lastSeq = seq;
       this._emit(type, event);
     }
   }

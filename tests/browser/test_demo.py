@@ -285,6 +285,13 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
     out.received = got;
     out.bSeesA = b.participants()[a.sessionId]?.user_name;
 
+    // the resume position is the latest app message, not the last to arrive (a node can
+    // deliver its own client's message after a later one of another node)
+    for (const seq of ["1795935294642-3", "1795935294642-10", "1795935294641-99"]) {
+        a._onFrame(JSON.stringify({ type: "app-message", data: 1, fromId: "x", seq }));
+    }
+    out.latestSeq = a.lastSeq;
+
     await a.leave();
     out.stateAfterLeave = a.meetingState();
     out.sessionAfterLeave = a.meetingSessionState().data;  // the room's, only while in it
@@ -362,6 +369,7 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["whileAway"]["ms"] < 5000, out["whileAway"]  # not until the next attempt (60 s)
     assert "late" not in out["sessionWhileAway"], "the write never sent is rolled back"
     assert out["sessionAfterLeave"] == {}
+    assert out["latestSeq"] == "1795935294642-10"
     assert out["gaveUp"] == {"state": "error", "code": "reconnect-failed"}
     # connected after 0.5 s, then no reply: the join gives up at its 0.6 s, not 0.5 + 0.6
     assert out["slowJoin"]["code"] == "timeout", out["slowJoin"]
