@@ -6,13 +6,14 @@ removed participant with an open connection (found in review)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from node.bus import MemoryBus, Snapshot
-from node.client import CallClient
+from node.client import CallClient, Unavailable
 from node.errors import BusError
 from node.events import BusEvent
 from node.protocol import SetMeetingSessionData
@@ -144,3 +145,33 @@ async def test_a_rest_write_stored_while_the_room_opens_here_reaches_its_clients
                 predicate=lambda e: e["meetingSessionState"]["data"] == {"from": "rest"},
                 timeout=5,
             )
+
+
+class PausingBus(FaultyBus):
+    """A bus whose lease confirmation the test sets: a snapshot that waits while the lease
+    goes unconfirmed models a node stopped (SIGSTOP) during a join."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirmed_at = time.monotonic()
+
+    def lease_confirmed_at(self, room: str) -> float:
+        return self.confirmed_at
+
+
+async def test_a_join_whose_snapshot_waited_out_the_lease_is_refused() -> None:
+    # The lease was checked once, before the snapshot: a node paused during it stored the join
+    # under an incarnation the others had buried meanwhile.
+    bus = PausingBus()
+    async with node_in_process(Settings(), ROOM, bus) as it:
+        it.node._shared_store = True  # others could fence it (a shared store)
+        bus.hold_snapshot = True
+        client = CallClient()
+        joining = asyncio.ensure_future(client.join(it.url))
+        await asyncio.wait_for(bus.holding.wait(), 5)
+        bus.confirmed_at = time.monotonic() - 6  # the node was stopped for 6 s meanwhile
+        bus.go_on.set()
+        with pytest.raises(Unavailable, match="has not renewed its lease"):
+            await joining
+        assert (await bus.snapshot(ROOM)).state.present() == {}, "nothing stored"
+        await client.leave()
