@@ -787,8 +787,11 @@ class RestClient:
             status = response.status
         try:
             answer = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            answer = {"error": "bad-response", "info": raw[:200].decode(errors="replace")}
+        except orjson.JSONDecodeError:  # aiohttp's own answers (404, 405, 413) are plain text
+            text = raw[:200].decode(errors="replace")
+            raise RestError(
+                status, f"http-{status}" if status >= 400 else "bad-response", text
+            ) from None
         if status >= 400:
             error = answer if isinstance(answer, dict) else {}
             raise RestError(status, str(error.get("error", f"http-{status}")), error.get("info"))

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from node.client import CallClient, ConnectionClosed, TooLarge
+from node.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
 from node.settings import Settings
 
 from .inprocess import node_in_process
@@ -108,3 +108,16 @@ async def test_the_resume_position_is_the_latest_app_message_not_the_last_to_arr
         frame = {"type": "app-message", "data": 1, "fromId": "x", "seq": seq}
         client._dispatch(frame)
     assert client.last_seq == "1795935294642-10"
+
+
+async def test_a_plain_text_rest_error_keeps_its_status_as_code() -> None:
+    # aiohttp answers an over-long body with a plain-text 413: it came out as "bad-response"
+    async with node_in_process(Settings(), ROOM) as it:
+        base = it.url.split("/v1/")[0].replace("ws://", "http://")
+        rest = RestClient(base)
+        try:
+            with pytest.raises(RestError) as refused:
+                await rest.send_app_message(ROOM, "x" * 400_000)
+        finally:
+            await rest.close()
+    assert (refused.value.status, refused.value.code) == (413, "http-413")
