@@ -104,6 +104,11 @@ def cdf(h: HdrHistogram) -> list[tuple[float, float]]:
     return [(p, round(h.get_value_at_percentile(p) / 1000, 4)) for p in CDF_POINTS]
 
 
+# A step whose CPU was first read this late (ms) into its measured window (a slow /metrics
+# scrape before it) is disturbed: the CPU's window would be shorter than the deliveries'.
+CPU_LATE_MS = 20.0
+
+
 def proc_cpu_s(pid: int) -> float:
     """CPU seconds a process has run, to the nanosecond: the sum over its threads of the run
     time the scheduler keeps (/proc/PID/task/TID/schedstat). The user and system times of

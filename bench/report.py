@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import paired
+from bench.common import CPU_LATE_MS
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -40,6 +41,8 @@ def _step_row(s: dict[str, Any]) -> list[Any]:
         flags.append("busy: " + ",".join(s["saturated_procs"]))
     if s.get("generator_stalled"):
         flags.append(f"disturbed (a generator sent {s['max_late_ms']:.0f} ms late)")
+    elif (s.get("cpu_window_late_ms") or 0) > CPU_LATE_MS:
+        flags.append(f"disturbed (CPU read {s['cpu_window_late_ms']:.0f} ms into the window)")
     elif s.get("disturbed"):
         steal = s.get("steal_cpu_pct")  # absent in steps recorded before it was
         stolen = f", {steal:.0f}% stolen by the hypervisor" if steal and steal >= 0.5 else ""

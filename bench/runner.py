@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CPU_LATE_MS,
     cdf,
     cpu_stall_s,
     decode_hist,
@@ -384,6 +385,7 @@ class ScenarioRun:
         _sleep_until(tm0)
         cpu0 = {pid: proc_cpu_s(pid) for pids in groups.values() for pid in pids}
         m0, s0, w0 = machine_cpu(), cpu_stall_s(), time.monotonic_ns()
+        cpu_late_ms = (w0 - tm0) / 1e6  # a slow scrape before it would shorten the CPU's window
         steal0 = machine_steal_s()
         me0 = proc_cpu_s(os.getpid())
         _sleep_until(tm1)
@@ -497,8 +499,10 @@ class ScenarioRun:
             "saturated": busy >= SATURATED_PCT,
             # an external deployment on this machine shows up as "others": only a late
             # generator tells a disturbed step then
-            "disturbed": disturbed(other_pct, steal_pct, external, gen_stalled),
+            "disturbed": disturbed(other_pct, steal_pct, external, gen_stalled)
+            or cpu_late_ms > CPU_LATE_MS,
             "generator_stalled": gen_stalled,
+            "cpu_window_late_ms": round(cpu_late_ms, 1),
             "other_cpu_pct_before": round(quiet_before, 1),
             "saturated_procs": saturated_procs,
             "node_rss_mb": [round(proc_rss_bytes(p) / 2**20, 1) for p in groups["nodes"]],

@@ -213,8 +213,9 @@ class Connection:
         if self._held is not None:
             self._held.append(frame)
             self._held_bytes += len(frame)
-            if self._held_bytes > self.send_queue_bytes and not self._close_requested:
-                self._cut_off_slow(self._held_bytes)
+            unsent = self._held_bytes + self._queued
+            if unsent > self.send_queue_bytes and not self._close_requested:
+                self._cut_off_slow(unsent)
                 self._held.clear()  # never sent now
             return
         if self._replayed and self._was_replayed(frame):

@@ -115,7 +115,7 @@ class Node:
         self.draining = False  # shutting down: /readyz says no
         # rooms with writes the bus may not have stored, by name: merged back whole by the
         # upkeep (the replica is kept here if the room is closed meanwhile, say by a leave)
-        self._unsynced: dict[str, Room] = {}
+        self._unsynced: dict[str, list[Room]] = {}
         self._lease_checked_at = math.inf  # monotonic time of the last lease round
         self._away: dict[str, tuple[str, asyncio.TimerHandle]] = {}  # dropped sid -> room, timer
         self._joining: dict[str, int] = {}  # room -> joins under way (it stays open meanwhile)
@@ -175,8 +175,7 @@ class Node:
     async def _join(self, conn: Connection, request: Join, room_name: str) -> None:
         if conn.session_id is not None:
             raise RequestError("already-joined", f"this connection already joined {conn.room!r}")
-        if self.draining:  # shutdown has closed the others: this one would be left open
-            raise RequestError("unavailable", "this node is shutting down; join again")
+        self._refuse_if_draining()
         info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
         if not self.settings.development:
             if request.token is None:
@@ -201,11 +200,23 @@ class Node:
                 self._joining[room_name] = left
             self._close_room_if_unused(room_name)
 
+    @property
+    def unhosted_origin(self) -> str:
+        """The origin of events this node stores for a room from outside its hosted replica (a
+        REST write to a room it does not host, a closed room's replica merged back): if it
+        hosts the room by the time they are read, its replica takes them (its own it skips)."""
+        return f"{self.origin}/unhosted"
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:  # shutdown has closed the others: this one would be left open
+            raise RequestError("unavailable", "this node is shutting down; join again")
+
     async def _join_fresh(
         self, conn: Connection, request: Join, room: Room, info: dict[str, Any]
     ) -> None:
         room_name = room.name
         self._admit(room_name, stamped=True)  # again: the snapshot may have waited out a pause
+        self._refuse_if_draining()
         sid, secret = str(uuid.uuid4()), secrets.token_urlsafe(18)
         info.setdefault("user_id", sid)
         info["resume"] = _digest(secret)
@@ -237,6 +248,7 @@ class Node:
         event = BusEvent(self.origin, self.now_ms(), delta=delta)
         condition = (sid, before) if before is not None else None
         self._admit(room.name, stamped=True)  # again: the snapshot may have waited out a pause
+        self._refuse_if_draining()
         # The grace is claimed before the move is stored: its timer must not remove the
         # participant meanwhile (the removal's condition, "still here", would hold).
         away = self._away.pop(sid, None)
@@ -252,6 +264,9 @@ class Node:
         if stored is None:
             log.info("room %s: %s cannot resume: removed or moved meanwhile", room.name, sid)
             return False
+        again = self._away.pop(sid, None)  # a grace re-armed meanwhile (a failed removal's)
+        if again is not None:
+            again[1].cancel()
         if self.rooms.get(room.name) is not room:  # fenced while the move was stored
             conn.close_soon(CLOSE_FENCED, "node lost its lease; reconnect")
             return True
@@ -325,25 +340,24 @@ class Node:
 
     async def _grace_over(self, room_name: str, sid: str) -> None:
         """A dropped participant did not resume in time: it leaves, unless it moved on."""
-        if self._away.pop(sid, None) is None:
-            return
-        room = self.rooms.get(room_name)
-        if room is None:
+        if self._away.pop(sid, None) is None or sid in self.connections:
             return
         where = {"node": self.node_id, "incarnation": self.incarnation}
         event = BusEvent(
             self.origin, self.now_ms(), delta=RoomState(removed={sid}), reason="disconnected"
         )
         try:
+            # (stored even if the room closed meanwhile: its record names this live node)
             stored = await self.bus.publish(room_name, event, only_if_at=(sid, where))
         except BusError as exc:
-            # Tried again shortly (the participant is still away, its room open): the removal
-            # is conditional (only if still here), so no replica merge can stand in for it.
+            # Tried again shortly: the removal is conditional (only if still here), so no
+            # replica merge can stand in for it.
             log.warning("could not publish the leave of %s, retrying: %s", sid, exc)
-            if sid not in self.connections:
+            if sid not in self.connections and not self.draining:
                 self._wait_for_resume(room_name, sid, LEASE_RENEW_S)
             return
-        if stored is not None:
+        room = self.rooms.get(room_name)
+        if stored is not None and room is not None:
             self._deliver(room, room.remove_lost(sid, "disconnected"))
         self._close_room_if_unused(room_name)
 
@@ -371,7 +385,7 @@ class Node:
             await self._send_app_message(room, "API", data, to)
         else:  # (an origin of its own, as for `_view`'s replica)
             message = AppMessage(data, "API", to)
-            event = BusEvent(f"{self.origin}/api", self.now_ms(), message=message)
+            event = BusEvent(self.unhosted_origin, self.now_ms(), message=message)
             await self.bus.publish(room_name, event)
 
     async def _send_app_message(
@@ -407,7 +421,7 @@ class Node:
         # Its events carry an origin of their own: if this node comes to host the room while
         # the write is stored, the hosted replica takes it from the bus (its own it would skip).
         snapshot = await self.bus.snapshot(room_name)
-        return self._replica(room_name, snapshot, f"{self.origin}/api")
+        return self._replica(room_name, snapshot, self.unhosted_origin)
 
     def _replica(self, room_name: str, snapshot: Snapshot, origin: str | None = None) -> Room:
         """A room built from a bus snapshot. The clock observes the snapshot's stamps first, so
@@ -504,7 +518,9 @@ class Node:
             for event in out.publish:
                 await self.bus.publish(room.name, event)
         except BusError:
-            self._unsynced[room.name] = room
+            pending = self._unsynced.setdefault(room.name, [])
+            if all(r is not room for r in pending):
+                pending.append(room)
             raise
 
     def _deliver(self, room: Room, out: Output) -> None:
@@ -622,15 +638,20 @@ class Node:
         lost, and each room with a write the store may not have taken."""
         lost = set(await self.bus.lost_rooms(list(self.rooms)))
         for name in sorted(lost | self._unsynced.keys()):
-            # the hosted replica, and the one whose write failed if that room was closed since
-            replicas = [self.rooms.get(name), self._unsynced.pop(name, None)]
-            for room in {id(r): r for r in replicas if r is not None}.values():
+            # the hosted replica, and those whose write failed in a room closed since
+            hosted = self.rooms.get(name)
+            pending = self._unsynced.pop(name, [])
+            replicas = [r for r in [hosted, *pending] if r is not None]
+            replicas = [r for i, r in enumerate(replicas) if all(r is not q for q in replicas[:i])]
+            for done, room in enumerate(replicas):
                 log.warning("room %s: merging this node's replica back into the store", name)
-                event = BusEvent(self.origin, self.now_ms(), delta=room.state.copy())
+                # (another replica's events carry another origin: the hosted one takes them)
+                origin = self.origin if room is hosted else self.unhosted_origin
+                event = BusEvent(origin, self.now_ms(), delta=room.state.copy())
                 try:
                     await self.bus.publish(name, event)
                 except BusError:
-                    self._unsynced[name] = room
+                    self._unsynced[name] = replicas[done:]
                     raise
 
     async def _remove_lost_participants(self) -> None:
