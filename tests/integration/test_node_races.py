@@ -19,7 +19,7 @@ from node.events import BusEvent
 from node.protocol import SetMeetingSessionData
 from node.settings import Settings
 
-from .inprocess import node_in_process
+from .inprocess import InProcessNode, node_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -69,11 +69,17 @@ class FaultyBus(MemoryBus):
         return await super().snapshot(room)
 
 
-async def away(node: Any, sid: str) -> None:
-    """Until the node has noticed the drop of `sid` (it waits for its resume)."""
+async def join_and_drop(it: InProcessNode) -> tuple[CallClient, str]:
+    """A participant who joined, then dropped: once this returns the node waits for her
+    resume. Returns her client and session id."""
+    ada = CallClient()
+    await ada.join(it.url)
+    sid = ada.session_id
+    assert sid is not None
+    await ada.close()
     for _ in range(200):
-        if sid in node._away:
-            return
+        if sid in it.node._away:
+            return ada, sid
         await asyncio.sleep(0.01)
     raise AssertionError(f"{sid} is not waited for")
 
@@ -127,11 +133,7 @@ async def test_a_grace_ending_while_a_resume_is_stored_does_not_remove_the_parti
         CallClient() as stay,
     ):
         await stay.join(it.url)
-        ada = CallClient()
-        await ada.join(it.url)
-        sid = ada.session_id
-        await ada.close()
-        await away(it.node, sid)
+        ada, sid = await join_and_drop(it)
         go = asyncio.Event()
         bus.add(moves, hold=go)
         resuming = asyncio.ensure_future(ada.join(it.url, resume=ada.resume_token))
@@ -206,11 +208,7 @@ async def test_a_grace_end_retried_while_a_resume_is_stored_does_not_remove_it_l
         CallClient() as stay,
     ):
         await stay.join(it.url)
-        ada = CallClient()
-        await ada.join(it.url)
-        sid = ada.session_id
-        await ada.close()
-        await away(it.node, sid)
+        ada, sid = await join_and_drop(it)
         removal_fails, move_goes = asyncio.Event(), asyncio.Event()
         bus.add(removes, hold=removal_fails, fail=True)
         bus.add(moves, hold=move_goes)
@@ -233,12 +231,9 @@ async def test_a_grace_end_retried_after_its_room_closed_is_still_stored() -> No
     # found no hosted room and gave up: the participant stayed in the store for good.
     bus = FaultyBus()
     async with node_in_process(Settings(resume_grace_s=30), ROOM, bus) as it:
-        ada, bo = CallClient(), CallClient()
-        await ada.join(it.url)
+        bo = CallClient()
         await bo.join(it.url)
-        sid = ada.session_id
-        await ada.close()
-        await away(it.node, sid)
+        _, sid = await join_and_drop(it)
         removal_fails = asyncio.Event()
         bus.add(removes, hold=removal_fails, fail=True)
         grace = asyncio.ensure_future(it.node._grace_over(ROOM, sid))
