@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from node.bus import MemoryBus, Snapshot
-from node.client import CallClient, Unavailable
+from node.client import CallClient, ConnectionClosed, Unavailable
 from node.errors import BusError
 from node.events import BusEvent
 from node.protocol import SetMeetingSessionData
@@ -267,3 +267,43 @@ async def test_a_replica_merged_back_after_its_room_reopened_reaches_the_new_one
             left = await bo.next_event("participant-left", timeout=5)
             assert left["participant"]["session_id"] == ada.session_id
             assert ada.session_id not in bo.participants()
+
+
+async def test_a_fence_while_a_resume_is_stored_closes_its_connection() -> None:
+    # The move was stored under the old incarnation and the resume answered `resumed`, on a
+    # room this node no longer hosted: every later request got not-joined, the socket stayed.
+    bus = FaultyBus()
+    async with node_in_process(Settings(resume_grace_s=30), ROOM, bus) as it:
+        ada, _ = await join_and_drop(it)
+        go = asyncio.Event()
+        bus.add(moves, hold=go)
+        resuming = asyncio.ensure_future(ada.join(it.url, resume=ada.resume_token))
+        await asyncio.wait_for(bus.reached[moves].wait(), 5)
+        await it.node._fence()  # the lease was lost meanwhile
+        go.set()
+        with pytest.raises(ConnectionClosed) as closed:
+            await resuming
+        assert closed.value.close_code == 4002
+
+
+async def test_a_leave_of_the_old_connection_while_a_resume_is_stored_makes_it_fresh() -> None:
+    # The old connection, still open, left while the new one's move was stored: the resume
+    # answered `resumed` for a participant the others had seen leave.
+    bus = FaultyBus()
+    async with node_in_process(Settings(), ROOM, bus) as it, CallClient() as again:
+        old = CallClient()
+        await old.join(it.url)
+        sid = old.session_id
+        move_goes, removal_goes = asyncio.Event(), asyncio.Event()
+        bus.add(moves, hold=move_goes)
+        bus.add(removes, hold=removal_goes)
+        resuming = asyncio.ensure_future(again.join(it.url, resume=old.resume_token))
+        await asyncio.wait_for(bus.reached[moves].wait(), 5)
+        leaving = asyncio.ensure_future(old.leave())  # applied here at once, stored after
+        await asyncio.wait_for(bus.reached[removes].wait(), 5)
+        move_goes.set()
+        joined = await resuming
+        removal_goes.set()
+        await leaving
+        assert joined["resumed"] is False and joined["sessionId"] != sid, joined
+        assert sid not in it.node.rooms[ROOM].state.present()
