@@ -95,7 +95,9 @@ def _map_obj(state: LWWMap) -> dict[str, Any]:
 def _map_from(obj: dict[str, Any]) -> LWWMap:
     entries = {key: Entry(Stamp.decode(s), value) for key, (s, value) in obj["k"].items()}
     entries.update((key, Entry(Stamp.decode(s), deleted=True)) for key, s in obj["d"].items())
-    return LWWMap(None if obj["e"] is None else Stamp.decode(obj["e"]), entries)
+    epoch = None if obj["e"] is None else Stamp.decode(obj["e"])
+    # what merging it into an empty map keeps: nothing older than the epoch
+    return LWWMap(epoch, {k: e for k, e in entries.items() if epoch is None or e.stamp >= epoch})
 
 
 def _room_obj(state: RoomState) -> dict[str, Any]:
@@ -111,6 +113,8 @@ def _room_obj(state: RoomState) -> dict[str, Any]:
 
 
 def _room_from(obj: dict[str, Any]) -> RoomState:
+    if not isinstance(obj["r"], list) or not all(isinstance(sid, str) for sid in obj["r"]):
+        raise CodecError(f"'r' must be a list of session ids, not {obj['r']!r:.80}")
     removed = set(obj["r"])
     participants = {}
     for sid, fields in obj["p"].items():
