@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--node-id", help="this node's id (ROOMSTATE_NODE_ID; random)")
     serve.add_argument(
         "--log-level",
-        default=os.environ.get("ROOMSTATE_LOG_LEVEL", "INFO"),
+        default=os.environ.get("ROOMSTATE_LOG_LEVEL") or "INFO",  # (empty: unset, as for all)
         help=f"{', '.join(LOG_LEVELS)} (ROOMSTATE_LOG_LEVEL; INFO)",
     )
 

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crdt import CrdtError
+from crdt.hlc import check_node_id
+
 __all__ = ["Settings"]
 
 
@@ -67,6 +70,11 @@ class Settings:
                 continue
             shown = f"{value:g}" if isinstance(value, float) else value
             raise ValueError(f"ROOMSTATE_{name.upper()}={shown} is out of range: must be {rule}")
+        if self.node_id is not None:
+            try:
+                check_node_id(self.node_id)
+            except CrdtError as exc:
+                raise ValueError(f"ROOMSTATE_NODE_ID / --node-id: {exc}") from None
         if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
             # "" is no key, but it is not development mode either: REST would take an empty
             # bearer, and tokens cannot be signed with it

@@ -119,3 +119,10 @@ def test_an_empty_api_key_is_refused_not_taken_as_a_key(key: str) -> None:
         Settings.from_env({}, api_key=key)
     with pytest.raises(ValueError, match="API key"):
         Settings(api_key=key)
+
+
+@pytest.mark.parametrize("node_id", ["a b", "n" * 65, ""])
+def test_a_node_id_a_stamp_cannot_carry_stops_the_node_with_its_name(node_id: str) -> None:
+    # it stopped with a traceback from the clock, after connecting to Redis
+    with pytest.raises(ValueError, match="ROOMSTATE_NODE_ID / --node-id: node id must be 1-64"):
+        Settings(node_id=node_id)
