@@ -100,6 +100,7 @@ run_tests() {
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
     local status=0
+    unset PYTEST_ADDOPTS  # (--collect-only there would pass without running a test)
     "$VENV/bin/python" -m pytest "$@" || status=$?
     if [ "$status" -eq 5 ]; then
         echo "pytest ran no test: that is a failure" >&2

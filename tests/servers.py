@@ -954,3 +954,23 @@ def slow_websocket_server(handshake_s: float) -> Iterator[str]:
         for conn in held:
             conn.close()
         listener.close()
+
+
+def run_command(argv: Sequence[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run` with the output captured, except that a command that overruns `timeout`
+    gets SIGTERM first (a bench stops the servers it started on it: they run in their own
+    sessions, out of reach of a kill of the bench alone), SIGKILL 10 s later."""
+    with subprocess.Popen(
+        list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(list(argv), timeout, out, err) from None
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
+import pytest
+
 from tests.integration.conftest import ROOT
+
+from ..servers import run_command
+
+pytestmark = pytest.mark.integration
 
 
 def test_each_bare_server_delivers_every_frame_once() -> None:
     argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "1", "--seconds", "0.5"]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    done = run_command(argv, ROOT, 240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     servers = {(r["server"], r["load"]) for r in result["rows"]}
@@ -30,8 +35,8 @@ def test_each_bare_server_delivers_every_frame_once() -> None:
 
 def test_bad_arguments_are_refused_with_the_rule() -> None:
     argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "0"]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_command(argv, ROOT, 60)
     assert done.returncode == 2 and "--rounds must be at least 1" in done.stderr
     argv = [sys.executable, "-m", "bench.floor_libs", "--seconds", "nan"]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_command(argv, ROOT, 60)
     assert done.returncode == 2 and "--seconds must be a finite number above 0" in done.stderr

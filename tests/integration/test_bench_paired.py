@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
+import pytest
+
 from tests.integration.conftest import ROOT
+
+from ..servers import run_command
+
+pytestmark = pytest.mark.integration
 
 
 def test_one_round_measures_the_six_steps_and_gives_the_four_ratios() -> None:
@@ -14,7 +19,7 @@ def test_one_round_measures_the_six_steps_and_gives_the_four_ratios() -> None:
     # 0.5 s step of the floor at 27 msgs/s read 0.0 µs per delivery once.
     argv = [sys.executable, "-m", "bench.paired", "--rounds", "1", "--seconds", "1",
             "--knee", "2000", "--peer-knee", "300"]  # fmt: skip
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    done = run_command(argv, ROOT, 240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     steps = [(r["system"], r["load"], r["rate"]) for r in result["rows"]]
@@ -41,5 +46,5 @@ def test_bad_arguments_are_refused_with_the_rule() -> None:
         (["--knee", "0", "--peer-knee", "100"], "--knee must be a finite number of msgs/s above 0"),
     ):
         argv = [sys.executable, "-m", "bench.paired", *args]
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = run_command(argv, ROOT, 60)
         assert done.returncode == 2 and rule in done.stderr, (args, done.stderr)

@@ -7,13 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import API_KEY, ROOT, NodeProcess
+
+from ..servers import run_command
+
+pytestmark = pytest.mark.integration
 
 
 def run_target(url: str, key: str, out: Path) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "bench.target", url, "--api-key", key, "--out", str(out),
             "--rooms", "2", "--participants", "3", "--rates", "40", "--seconds", "1"]  # fmt: skip
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return run_command(argv, ROOT, 120)
 
 
 def test_target_measures_a_keyed_deployment(keyed_node: NodeProcess, tmp_path: Path) -> None:

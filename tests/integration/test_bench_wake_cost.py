@@ -6,12 +6,18 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.integration.conftest import ROOT
+
+from ..servers import run_command
+
+pytestmark = pytest.mark.integration
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "bench.wake_cost", *args]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return run_command(argv, ROOT, 60)
 
 
 def test_every_rate_and_socket_kind_is_measured() -> None:

@@ -8,6 +8,7 @@ stores (merged by Lua) is exactly the state Python's CRDT merge computes, tie-br
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -183,6 +184,7 @@ async def test_an_empty_room_is_dropped_after_the_grace_period(make_bus: Any) ->
 async def test_leases_register_renew_expire_and_fence(make_bus: Any) -> None:
     bus = await make_bus()
     node = f"lease-{uuid.uuid4().hex[:6]}"
+    sent = time.monotonic()
     assert await bus.renew_lease(node, "inc-1", 5000, register=True) == "held"
     assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "held"
     assert await bus.live_incarnations([node, "never-seen"]) == {
@@ -190,7 +192,11 @@ async def test_leases_register_renew_expire_and_fence(make_bus: Any) -> None:
         "never-seen": set(),
     }
     for room in ("room-a", "room-b", "room-c", "room-d"):  # every lease group was renewed
-        assert time.monotonic() - bus.lease_confirmed_at(room) < 5
+        confirmed = bus.lease_confirmed_at(room)
+        if isinstance(bus, MemoryBus):  # one process: nobody else can judge it lost
+            assert confirmed == math.inf
+        else:  # when the last renewal that found it held was sent: during this test
+            assert sent <= confirmed <= time.monotonic(), (room, confirmed, sent)
     assert await bus.renew_lease(node, "inc-2", 5000, register=True) == "held"
     assert await bus.renew_lease(node, "inc-1", 5000, register=False) == "taken", "fenced"
 

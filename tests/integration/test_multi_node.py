@@ -323,7 +323,7 @@ async def test_a_resume_on_another_node_cuts_off_the_old_connection_still_open(
     assert closed["closeCode"] == 4003, closed
     await b.send_app_message("after the move")
     assert (await again.next_event("app-message"))["data"] == "after the move"
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(3.5)  # past the resume grace: a wrong "disconnected" leave comes then
     assert b.events("participant-left") == [], "the session stayed in the room"
     assert a.session_id in b.participants()
 

@@ -16,6 +16,7 @@ from node.bus import MemoryBus, Snapshot
 from node.client import CallClient, ConnectionClosed, Unavailable
 from node.errors import BusError
 from node.events import BusEvent
+from node.node import LEASE_RENEW_S
 from node.protocol import SetMeetingSessionData
 from node.settings import Settings
 
@@ -220,7 +221,7 @@ async def test_a_grace_end_retried_while_a_resume_is_stored_does_not_remove_it_l
         await grace
         move_goes.set()
         assert (await resuming)["resumed"] is True
-        await asyncio.sleep(1.3)  # a retry would have run by now
+        await asyncio.sleep(LEASE_RENEW_S + 0.3)  # a retry would have run by now
         assert sid in (await bus.snapshot(ROOM)).state.present()
         assert stay.events("participant-left") == []
         await ada.leave()
@@ -241,7 +242,7 @@ async def test_a_grace_end_retried_after_its_room_closed_is_still_stored() -> No
         await bo.leave()  # the room closes: nobody here, nobody waited for
         removal_fails.set()
         await grace
-        await asyncio.sleep(1.3)  # the retry
+        await asyncio.sleep(LEASE_RENEW_S + 0.3)  # the retry
         assert sid not in (await bus.snapshot(ROOM)).state.present(), "a ghost"
 
 

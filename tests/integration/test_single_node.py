@@ -203,14 +203,19 @@ async def test_no_frame_lets_a_participant_write_another_participants_user_data(
     victim = await clients(node, room, user_data={"mine": True})
     attacker = await http.ws_connect(node.ws_url(room))
     await attacker.send_str('{"type":"join","id":1}')
-    await attacker.receive(timeout=5)
+    joined = orjson.loads((await attacker.receive(timeout=5)).data)
+    assert joined["type"] == "joined", joined
     forged = (
         '{"type":"set-user-data","id":2,"data":{"pwned":1},'
         f'"session_id":"{victim.session_id}","sessionId":"{victim.session_id}",'
         f'"participant":"{victim.session_id}"}}'
     )
     await attacker.send_str(forged)
-    await quiet()
+    while True:  # its reply: the write is done (it set the attacker's own userData)
+        reply = orjson.loads((await attacker.receive(timeout=5)).data)
+        if reply.get("id") == 2:
+            break
+    assert reply["type"] == "ack", reply
     late = await clients(node, room)
     assert late.participants()[victim.session_id]["userData"] == {"mine": True}
     await attacker.close()
