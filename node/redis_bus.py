@@ -235,6 +235,9 @@ class RedisBus(Bus):
         self._pinger: asyncio.TimerHandle | None = None
         self._epochs: dict[int, str] = {}  # shard -> its epoch key's value when last seen
         self._gaps: set[str] = set()  # rooms whose stream lacked events: reported as lost
+        # Room -> the newest state write this node stored there, until the room's chain of
+        # events reaches it: a chain that goes past it without it shows Redis lost it.
+        self._stored: dict[str, tuple[int, int]] = {}
         # Lease group -> when the last renewal that found the lease held there was sent.
         self._lease_ok: dict[int | None, float] = {}
         self._grace_ms = int(settings.room_grace_s * 1000)
@@ -365,7 +368,31 @@ class RedisBus(Bus):
             self._ready = False
             raise
         self._ready = True
-        return None if result is None else result.decode()
+        if result is None:
+            return None
+        position = str(result.decode())
+        if ops and room in self._positions:
+            self._stored_write(room, position)
+        return position
+
+    def _stored_write(self, room: str, position: str) -> None:
+        """A state write this node stored at `position` (an AOF or a replica loses a suffix of
+        the stream: the newest such write is the one to look for)."""
+        stored = _stream_id(position)
+        if stored > max(self._stored.get(room, (0, 0)), _stream_id(self._positions[room])):
+            self._stored[room] = stored
+
+    def _advance(self, room: str, position: str) -> None:
+        """Make `position` the room's, the event after the last one read."""
+        stored = self._stored.get(room)
+        if stored is not None:
+            before, after = _stream_id(self._positions[room]), _stream_id(position)
+            if before < stored < after:  # the chain went past a write this node stored
+                log.warning("room %s: the stream lacks a write this node stored", room)
+                self._gaps.add(room)  # reported by lost_rooms: the node merges it back
+            if after >= stored:
+                del self._stored[room]
+        self._positions[room] = position
 
     async def _evalsha(self, shard: int, script: _Script, args: tuple[Any, ...]) -> Any:
         """Run `script` with `args` (its keys, then its arguments) on the shard's server over
@@ -461,6 +488,7 @@ class RedisBus(Bus):
             return
         self._handlers.pop(room, None)
         self._positions.pop(room, None)
+        self._stored.pop(room, None)
         self._held.pop(room, None)
         sync = self._syncs.pop(room, None)
         if sync is not None:
@@ -675,6 +703,7 @@ class RedisBus(Bus):
         if room not in self._positions:
             return
         self._positions[room] = snapshot.position
+        self._stored.pop(room, None)  # (the room is reported lost: its replica goes back)
         # The whole stored state, as one delta: merging it is idempotent, and brings every
         # write of the missed events (app messages in the gap are gone: they are ephemeral).
         event = BusEvent(RESYNC_ORIGIN, int(time.time() * 1000), delta=snapshot.state)
@@ -704,7 +733,7 @@ class RedisBus(Bus):
                 return
             # The one after the last seen: newer by construction, no duplicate check needed.
             position = entry_id.decode()
-            self._positions[room] = position
+            self._advance(room, position)
             self._hand_over(room, position, raw)
         except Exception:  # a handler's bug must not kill the subscription connection
             log.exception("cannot deliver a message of channel %r", name)
@@ -715,7 +744,7 @@ class RedisBus(Bus):
             return  # unsubscribed meanwhile
         if _stream_id(entry_id) <= _stream_id(position):
             return  # already delivered (caught up from the stream, or a duplicate)
-        self._positions[room] = entry_id
+        self._advance(room, entry_id)
         self._hand_over(room, entry_id, raw)
 
     def _hand_over(self, room: str, entry_id: str, raw: bytes) -> None:
