@@ -142,25 +142,27 @@ def _light_and_ramp(
     with ScenarioRun(sc, tmp) as run:
         if light:
             rate = max(10.0, LIGHT_RATE * 9 / fanout)
-            s = run.run_step(rate, precise=True, duration_s=duration, tag="light")
-            if s["disturbed"]:  # other processes took the CPU: once more
-                s["tag"] = "light (disturbed)"
-                run.run_step(rate, precise=True, duration_s=duration, tag="light")
-        s = run.run_step(round(ref), duration_s=duration, tag="ref")
-        if s["disturbed"]:
-            s["tag"] = "ref (disturbed)"
-            run.settle()
-            run.run_step(round(ref), duration_s=duration, tag="ref")
+            _measured_step(run, rate, "light", precise=True, duration_s=duration)
+        _measured_step(run, round(ref), "ref", settle=True, duration_s=duration)
         run.settle()
         knee = run.ramp(round(ref / 2), factor, max_steps, refine=1, duration_s=duration)
         for rate, tag in after:
             run.settle()
-            s = run.run_step(rate, duration_s=duration, tag=tag)
-            if s["disturbed"]:
-                s["tag"] = f"{tag} (disturbed)"
-                run.settle()
-                run.run_step(rate, duration_s=duration, tag=tag)
+            _measured_step(run, rate, tag, settle=True, duration_s=duration)
         return _scenario_record(run, knee, ramped=True)
+
+
+def _measured_step(
+    run: ScenarioRun, rate: float, tag: str, settle: bool = False, **step_args: Any
+) -> None:
+    """A step, run once more if other processes took the CPU during it (the first is kept,
+    tagged "(disturbed)"); `settle`: wait for the nodes to be idle before the second."""
+    s = run.run_step(rate, tag=tag, **step_args)
+    if s["disturbed"]:
+        s["tag"] = f"{tag} (disturbed)"
+        if settle:
+            run.settle()
+        run.run_step(rate, tag=tag, **step_args)
 
 
 def _at_peer_knee(results: dict[str, Any]) -> tuple[tuple[float, str], ...]:
@@ -177,10 +179,7 @@ def _fixed(
 ) -> dict[str, Any]:
     with ScenarioRun(sc, tmp) as run:
         for rate, tag in rates:
-            s = run.run_step(rate, duration_s=duration, tag=tag, precise=rate <= 200)
-            if s["disturbed"]:  # other processes took the CPU: once more
-                s["tag"] = f"{tag} (disturbed)"
-                run.run_step(rate, duration_s=duration, tag=tag, precise=rate <= 200)
+            _measured_step(run, rate, tag, duration_s=duration, precise=rate <= 200)
         return _scenario_record(run, None, ramped=False)
 
 

@@ -640,9 +640,8 @@ class Node:
         for name in sorted(lost | self._unsynced.keys()):
             # the hosted replica, and those whose write failed in a room closed since
             hosted = self.rooms.get(name)
-            pending = self._unsynced.pop(name, [])
-            replicas = [r for r in [hosted, *pending] if r is not None]
-            replicas = [r for i, r in enumerate(replicas) if all(r is not q for q in replicas[:i])]
+            pending = [r for r in self._unsynced.pop(name, []) if r is not hosted]
+            replicas = [hosted, *pending] if hosted is not None else pending
             for done, room in enumerate(replicas):
                 log.warning("room %s: merging this node's replica back into the store", name)
                 # (another replica's events carry another origin: the hosted one takes them)

@@ -70,6 +70,16 @@ class FaultyBus(MemoryBus):
         return await super().snapshot(room)
 
 
+async def leave_unstored(it: InProcessNode, bus: FaultyBus) -> CallClient:
+    """A participant who joined, then left with a leave the store failed to take. Returns
+    her client."""
+    ada = CallClient()
+    await ada.join(it.url)
+    bus.add(removes, fail=True)
+    await ada.leave()
+    return ada
+
+
 async def join_and_drop(it: InProcessNode) -> tuple[CallClient, str]:
     """A participant who joined, then dropped: once this returns the node waits for her
     resume. Returns her client and session id."""
@@ -100,10 +110,7 @@ async def test_a_leave_that_could_not_be_stored_is_merged_back_after_the_room_cl
     # the closed room: the participant stayed present in the store for as long as the node ran.
     bus = FaultyBus()
     async with node_in_process(Settings(), ROOM, bus) as it:
-        ada = CallClient()
-        await ada.join(it.url)
-        bus.add(removes, fail=True)
-        await ada.leave()
+        ada = await leave_unstored(it, bus)
         assert ROOM not in it.node.rooms
         await it.node._restore_lost_rooms()  # the upkeep's merge-back
         async with CallClient() as late:
@@ -253,10 +260,7 @@ async def test_a_replica_merged_back_after_its_room_reopened_reaches_the_new_one
     # the closed replica's place among those to merge back.
     bus = FaultyBus()
     async with node_in_process(Settings(), ROOM, bus) as it:
-        ada = CallClient()
-        await ada.join(it.url)
-        bus.add(removes, fail=True)
-        await ada.leave()
+        ada = await leave_unstored(it, bus)
         async with CallClient() as bo:
             joined = await bo.join(it.url)
             assert ada.session_id in joined["participants"]  # the store still lists her
