@@ -135,6 +135,15 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             ),
             "",
         ]
+        below = [t["target"] for t in measured if t.get("below_capacity")]
+        if below:
+            lines += [
+                "The CPU targets are read at capacity (docs/decisions/0006-cpu-targets-at-"
+                "capacity.md): ours at its knee against the floor at the same deliveries/s and "
+                "against the peer at its own knee. These rows are read below capacity and are "
+                "reported for information: " + "; ".join(below) + ".",
+                "",
+            ]
     if results.get("redis_floor"):
         rf = results["redis_floor"]
         lines += [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report
-from bench.suite import LIGHT_RATE, REF_RATE, _machine, python_loop_us, summarize
+from bench.suite import LIGHT_RATE, REF_RATE, _machine, python_loop_us, rooms_target, summarize
 
 
 def wake(rate: float, p50: float) -> dict[str, Any]:
@@ -82,3 +82,55 @@ def test_summary_gives_the_most_steal_of_any_step() -> None:
     summary, _ = summarize(results(scenarios=[{"label": "x", "system": "peer", "steps": steps}]))
     assert summary["max_steal_cpu_pct"] == 58.7
     assert summarize(results())[0]["max_steal_cpu_pct"] is None
+
+
+def ref_step(cpu: float | None, tag: str = "ref", **extra: Any) -> dict[str, Any]:
+    return {"tag": tag, "node_cpu_us_per_delivery": cpu, "latency": {"p99_ms": 2.0},
+            "gc_pause_ms": [0.0, 0.0], **extra}  # fmt: skip
+
+
+def test_the_1000_room_row_compares_medians_of_steps_taken_in_turn() -> None:
+    big = [ref_step(40.0), ref_step(33.0), ref_step(35.0)]
+    small = [ref_step(30.0), ref_step(29.0), ref_step(31.0)]
+    row = rooms_target(big, small, earlier=27.0)
+    assert (row["big"], row["small"]) == (35.0, 30.0)
+    assert row["measured"] == round(35.0 / 30.0, 3) and row["limit"] == 1.3
+    assert (
+        "against the 10-room step of the topologies, minutes earlier (27.0 µs): 1.296"
+        in row["note"]
+    )
+
+
+def test_a_disturbed_step_gives_way_to_its_rerun() -> None:
+    big = [ref_step(90.0, tag="ref (disturbed)"), ref_step(36.0)]
+    small = [ref_step(30.0), ref_step(15.0, tag="ref (disturbed)")]
+    row = rooms_target(big, small, earlier=None)
+    assert (row["big"], row["small"]) == (36.0, 30.0)
+
+
+def test_a_step_with_losses_makes_the_row_inconclusive() -> None:
+    big = [ref_step(36.0), ref_step(35.0, lost=3)]
+    small = [ref_step(30.0)]
+    r = results()
+    r["targets_extra"] = [rooms_target(big, small, earlier=30.0)]
+    (row,) = [t for t in summarize(r)[1] if t["target"].startswith("node CPU/delivery at 1,000")]
+    assert row["note"].startswith("inconclusive: 1 steps had errors")
+    assert row["met"] is None
+
+
+def test_the_report_names_the_cpu_rows_read_below_capacity() -> None:
+    r = results()
+    r["summary"], r["targets"] = summarize(r)
+    flagged = [t["target"] for t in r["targets"] if t.get("below_capacity")]
+    assert len(flagged) == 3 and all("knee" not in t or "peer's knee load" in t for t in flagged)
+    for t in r["targets"]:
+        t["measured"] = 1.0  # as if measured
+    text = report.markdown(r, {})
+    assert "docs/decisions/0006-cpu-targets-at-capacity.md" in text
+    assert "reported for information: node CPU/delivery ≤ 2× floor (at the reference load);" in text
+    assert "each at its own knee" not in text.split("reported for information:")[1].split("\n")[0]
+
+
+def test_without_the_topologies_the_note_leaves_out_the_earlier_step() -> None:
+    row = rooms_target([ref_step(36.0)], [ref_step(30.0)], earlier=None)
+    assert "minutes earlier" not in row["note"] and "None" not in row["note"]
