@@ -203,6 +203,7 @@ def _rooms_in_turn(tmp: Path, duration: float) -> tuple[dict[str, Any], dict[str
             for run in runs:
                 _measured_step(run, REF_RATE, "ref", settle=True, duration_s=duration)
         big_rec, small_rec = (_scenario_record(run, None, ramped=False) for run in runs)
+    small_rec["beside"] = big.label  # not a system of its own in the plots
     return big_rec, small_rec
 
 
@@ -210,36 +211,47 @@ def rooms_target(
     big: list[dict[str, Any]], small: list[dict[str, Any]], earlier: float | None
 ) -> dict[str, Any]:
     """The 1,000-room row: the median CPU per delivery of the 1,000-room steps against that of
-    the 10-room steps measured in turn with them (steps tagged "ref"; a disturbed step's rerun
-    replaces it); `earlier`: the 10-room reference step of the topologies, for the note. The
-    row carries the two medians as "big" and "small" (the caller takes them out)."""
+    the 10-room steps measured in turn with them (steps tagged "ref": a disturbed step's rerun
+    replaces it; a rerun disturbed too is left out, as `bench.paired` leaves out disturbed
+    rounds, unless every step of its side was); `earlier`: the 10-room reference step of the
+    topologies, for the note. The row carries the two medians as "big" and "small" (the caller
+    takes them out)."""
+
+    def measured(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            s for s in steps if s.get("tag") == "ref" and s["node_cpu_us_per_delivery"] is not None
+        ]
+
+    def used(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calm = [s for s in measured(steps) if not s.get("disturbed")]
+        return calm or measured(steps)
 
     def median(steps: list[dict[str, Any]]) -> float | None:
-        costs = [s["node_cpu_us_per_delivery"] for s in steps if s.get("tag") == "ref"]
-        costs = [c for c in costs if c is not None]
+        costs = [s["node_cpu_us_per_delivery"] for s in used(steps)]
         return round(statistics.median(costs), 2) if costs else None
 
     def listed(steps: list[dict[str, Any]]) -> str:
         return ", ".join(
             f"{s['node_cpu_us_per_delivery']} µs (p99 {dig(s, 'latency', 'p99_ms')} ms, GC "
-            f"{s.get('gc_pause_ms')} ms)"
-            for s in steps
-            if s.get("tag") == "ref"
+            f"{s.get('gc_pause_ms')} ms{', disturbed' if s.get('disturbed') else ''})"
+            for s in measured(steps)
         )
 
     m_big, m_small = median(big), median(small)
     note = (
-        f"medians of {ROOMS_ROUNDS} steps each, in turn: 1,000 rooms {listed(big)}; 10 rooms "
-        f"{listed(small)}"
+        f"medians of {len(used(big))} and {len(used(small))} undisturbed steps, in turn: "
+        f"1,000 rooms {listed(big)}; 10 rooms {listed(small)}"
     )
+    if any(all(s.get("disturbed") for s in measured(side)) for side in (big, small)):
+        note = "every step of one side was disturbed; " + note.replace(" undisturbed", "")
     if earlier is not None:
         note += (
             f"; against the 10-room step of the topologies, minutes earlier ({earlier} µs): "
             f"{_ratio(m_big, earlier)}"
         )
-    bad = [s for s in big + small if s.get("tag") == "ref" and (s.get("errors") or s.get("lost"))]
+    bad = [s for s in measured(big + small) if s.get("errors") or s.get("lost")]
     if bad:  # then its CPU/delivery is not comparable
-        note = f"inconclusive: {len(bad)} steps had errors or lost deliveries; " + note
+        note = f"inconclusive: {len(bad)} of the steps had errors or lost deliveries; " + note
     return {
         "target": "node CPU/delivery at 1,000 rooms ≤ 1.3× at 10 rooms (same load)",
         "measured": _ratio(m_big, m_small), "limit": 1.3, "note": note,

@@ -114,7 +114,7 @@ def test_a_step_with_losses_makes_the_row_inconclusive() -> None:
     r = results()
     r["targets_extra"] = [rooms_target(big, small, earlier=30.0)]
     (row,) = [t for t in summarize(r)[1] if t["target"].startswith("node CPU/delivery at 1,000")]
-    assert row["note"].startswith("inconclusive: 1 steps had errors")
+    assert row["note"].startswith("inconclusive: 1 of the steps had errors")
     assert row["met"] is None
 
 
@@ -134,3 +134,19 @@ def test_the_report_names_the_cpu_rows_read_below_capacity() -> None:
 def test_without_the_topologies_the_note_leaves_out_the_earlier_step() -> None:
     row = rooms_target([ref_step(36.0)], [ref_step(30.0)], earlier=None)
     assert "minutes earlier" not in row["note"] and "None" not in row["note"]
+
+
+def test_a_rerun_disturbed_too_is_left_out_unless_all_were() -> None:
+    big = [ref_step(35.0), ref_step(99.0, disturbed=True), ref_step(38.0)]
+    small = [ref_step(30.0, disturbed=True), ref_step(34.0, disturbed=True)]
+    row = rooms_target(big, small, earlier=None)
+    assert row["big"] == 36.5  # 35 and 38; the disturbed 99 left out
+    assert row["small"] == 32.0  # every 10-room step disturbed: all of them, and it says so
+    assert row["note"].startswith("every step of one side was disturbed; medians of 2 and 2 steps")
+    assert "99.0 µs (p99 2.0 ms, GC [0.0, 0.0] ms, disturbed)" in row["note"]
+
+
+def test_the_10_room_deployment_beside_the_1000_is_not_drawn_as_a_system() -> None:
+    base = {"payload": 256, "kind": "app", "participants": 10, "rooms": 10}
+    assert report._is_main({**base, "label": "roomstate 2 nodes + Redis"})
+    assert not report._is_main({**base, "label": "x, in turn", "beside": "1000 rooms"})
