@@ -17,7 +17,9 @@ publish it atomically:
 Writing: events go out as ``EVALSHA`` of the PUBLISH script (PUBLISH_MESSAGE for an event that
 changes no state, such as an app message) on one pipelining connection per Redis server
 (node/resp.py), so publishes made together share one write and one read, and each
-costs one round trip at most.
+costs one round trip at most. Once a node holds a lease through the bus, each script stores its
+event only if the event's incarnation still holds the node's lease (its copy in the room's
+shard, in a Cluster): a fencing token checked by the store itself.
 
 Reading: a node subscribes (``SSUBSCRIBE``, one connection per Redis server) to the channels of
 the rooms it hosts, so it gets exactly their events, pushed, whatever the number of rooms —
@@ -110,6 +112,23 @@ def publish_keys(room: str) -> tuple[int, tuple[str, str, str]]:
     """The room's shard, and the keys of its log, state and channel: what every publish needs
     (remembered for the 4,096 rooms used last: made anew, about 0.5 µs a publish)."""
     return shard_of(room), (log_key(room), state_key(room), channel(room))
+
+
+def lease_key(node_id: str, group: int | None) -> str:
+    """A node's lease (standalone Redis), or its copy in a Cluster's lease group (a shard)."""
+    return f"rs:lease:{node_id}" if group is None else f"rs:{_tag(group)}:lease:{node_id}"
+
+
+@functools.lru_cache(maxsize=1024)
+def fence(origin: str, group: int | None) -> tuple[str, str]:
+    """The lease key and the incarnation that a write of `origin` ("<node id>/<incarnation>",
+    maybe followed by "/unhosted") is stored under: the PUBLISH scripts refuse it unless that
+    lease still holds that incarnation."""
+    node_id, _, rest = origin.partition("/")
+    incarnation = rest.partition("/")[0]
+    if not incarnation:
+        raise ValueError(f"an origin without an incarnation cannot be fenced: {origin!r}")
+    return lease_key(node_id, group), incarnation
 
 
 def epoch_key(shard: int) -> str:
@@ -210,10 +229,12 @@ class RedisBus(Bus):
         self.settings = settings
         self.client = self._connect(COMMAND_TIMEOUT_S)  # snapshots, leases, Cluster topology
         self.cluster = isinstance(self.client, RedisCluster)
-        self._publish = _Script(PUBLISH, self.client.register_script(PUBLISH).sha, 3)
+        self._publish = _Script(PUBLISH, self.client.register_script(PUBLISH).sha, 4)
         self._publish_message = _Script(
-            PUBLISH_MESSAGE, self.client.register_script(PUBLISH_MESSAGE).sha, 3
+            PUBLISH_MESSAGE, self.client.register_script(PUBLISH_MESSAGE).sha, 4
         )
+        # Whether this bus's writes are fenced: set once a node takes a lease through it.
+        self._fenced_writes = False
         self._snapshot = self.client.register_script(SNAPSHOT)
         self._renew = _Script(RENEW_LEASE, self.client.register_script(RENEW_LEASE).sha, 1)
         # The hot path: one pipelining connection per Redis server for publishing.
@@ -358,12 +379,17 @@ class RedisBus(Bus):
         if only_if_at is not None:
             ops += ["c", only_if_at[0], "", _canonical(only_if_at[1])]
         shard, keys = publish_keys(room)
+        if self._fenced_writes:  # stored only while the event's incarnation holds its lease
+            lease, incarnation = fence(event.origin, self.lease_group(room))
+        else:
+            lease, incarnation = keys[1], ""
         try:
             result = await self._evalsha(
                 shard,
                 self._publish if ops else self._publish_message,  # no state change: fewer calls
-                (*keys, encode_event(event), STREAM_MAXLEN, self._grace_ms, *ops),
-            )
+                (*keys, lease, encode_event(event), STREAM_MAXLEN, self._grace_ms, incarnation,
+                 *ops),
+            )  # fmt: skip
         except BusError:
             self._ready = False
             raise
@@ -503,7 +529,7 @@ class RedisBus(Bus):
         return shard_of(room) if self.cluster else None
 
     def _lease_key(self, node_id: str, group: int | None) -> str:
-        return f"rs:lease:{node_id}" if group is None else f"rs:{_tag(group)}:lease:{node_id}"
+        return lease_key(node_id, group)
 
     def lease_confirmed_at(self, room: str) -> float:
         return self._lease_ok.get(self.lease_group(room), -math.inf)
@@ -512,6 +538,7 @@ class RedisBus(Bus):
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
     ) -> LeaseState:
         mode = "register" if register else "renew"
+        self._fenced_writes = True
         groups: list[int | None] = list(range(SHARDS)) if self.cluster else [None]
         sent = time.monotonic()
         # Over the hot path's connections (one write per server): a dead master's copies fail

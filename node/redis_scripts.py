@@ -35,6 +35,18 @@ local function split(v)  -- "<stamp> <payload>" -> stamp, payload
 end
 """
 
+_FENCE = """
+-- Fencing: KEYS[4] is the writer's lease, ARGV[4] the incarnation that wrote the event ("" for
+-- a writer that holds no lease, such as a bus used without a node). A write whose incarnation
+-- no longer holds its lease (it expired while the node was paused or cut off, and the other
+-- nodes may have removed its participants; or the node fenced and took a new one) is refused
+-- before anything is stored: the node's own admission check runs before the write is stamped,
+-- and a pause can fall between the two.
+if ARGV[4] ~= "" and redis.call("GET", KEYS[4]) ~= ARGV[4] then
+  return redis.error_reply("FENCED the lease of the writer is not held by incarnation " .. ARGV[4])
+end
+"""
+
 _APPEND = """
 -- Appends the event (ARGV[1]) to the room's stream, then publishes "<id> <previous id> <event>"
 -- on its channel. A room with nobody present expires after the grace period (ARGV[3]); with
@@ -57,10 +69,12 @@ end
 
 PUBLISH = (
     _COMMON
+    + _FENCE
     + _APPEND
     + """
--- KEYS: log stream, state hash, the room's shard channel (same slot)
--- ARGV: event bytes, maxlen, grace ms, then ops of 4: kind, id, stamp, payload
+-- KEYS: log stream, state hash, the room's shard channel, the writer's lease (same slot)
+-- ARGV: event bytes, maxlen, grace ms, the writer's incarnation, then ops of 4: kind, id,
+-- stamp, payload
 --   kind i/l/u  register of participant `id`       m  session entry `id` (payload "v<json>")
 --   x           remove participant `id`            d  session tombstone `id` (payload "d")
 --   e           session epoch                      c  only if participant `id`'s location is
@@ -81,7 +95,7 @@ local function wins(new_stamp, new_payload, old)
 end
 
 local ops = {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   ops[#ops + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}
 end
 
@@ -151,15 +165,17 @@ return append(present, redis.call("HGET", state, "l") or "0-0", true)
 )
 
 PUBLISH_MESSAGE = (
-    _APPEND
+    _FENCE
+    + _APPEND
     + """
 -- PUBLISH for an event that changes no state (an app message): the same keys and arguments
 -- with no ops, the same stream, channel, chain of ids and expiry, in 4 calls instead of 8
--- when someone is present. A room's keys have an expiry exactly when its last PUBLISH found
--- nobody present (only these two scripts write them, and nothing else may set an expiry on
--- them), and an event without ops changes nobody's presence: so when someone is present the
--- keys are already persistent, and when nobody is (a REST message to an empty or unknown room)
--- the expiry is set as PUBLISH sets it. Measured in docs/performance.md.
+-- when someone is present (5 and 9 with the lease check of _FENCE). A room's keys have an
+-- expiry exactly when its last PUBLISH found nobody present (only these two scripts write
+-- them, and nothing else may set an expiry on them), and an event without ops changes
+-- nobody's presence: so when someone is present the keys are already persistent, and when
+-- nobody is (a REST message to an empty or unknown room) the expiry is set as PUBLISH sets it.
+-- Measured in docs/performance.md.
 local n_and_last = redis.call("HMGET", KEYS[2], "n", "l")
 return append(tonumber(n_and_last[1] or "0"), n_and_last[2] or "0-0", false)
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import redis.cluster
 
 from crdt import RoomState, Stamp
 from node.errors import BusError
@@ -21,12 +22,14 @@ from node.redis_bus import (
     RedisBus,
     channel,
     encode_event,
+    lease_key,
     log_key,
+    shard_of,
     state_key,
 )
 from node.settings import Settings
 
-from ..servers import RedisCluster, RedisServer
+from ..servers import HOST, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -368,5 +371,82 @@ async def test_a_cluster_out_of_reach_is_a_bus_error(tmp_path: Path) -> None:
                 await attempt
             assert time.monotonic() - started < 4.0
     finally:
+        await bus.close()
+        cluster.stop()
+
+
+async def test_a_write_is_stored_only_while_its_incarnation_holds_the_lease(
+    redis_server: RedisServer,
+) -> None:
+    """A fencing token checked by the store: once a node holds a lease through the bus, both
+    scripts refuse an event whose incarnation no longer holds it (expired while the node was
+    paused, or replaced by the node's next incarnation), and store nothing of it; a node's
+    unhosted origin is its incarnation's too."""
+    bus = RedisBus(Settings(redis=redis_server.url))
+    await bus.start()
+    node_id = f"fence-{uuid.uuid4().hex[:8]}"
+    room = f"fence-{uuid.uuid4().hex[:8]}"
+    where = {"node": node_id, "incarnation": "a"}
+
+    def join(origin: str, sid: str) -> BusEvent:
+        delta = RoomState().join(sid, {}, where, None, Stamp(1, 0, node_id))
+        return BusEvent(origin, 0, delta=delta)
+
+    def app_message(origin: str) -> BusEvent:
+        return BusEvent(origin, 0, message=AppMessage(1, "s1", "*"))
+
+    def stored() -> int:
+        length = redis_server.command("XLEN", log_key(room))
+        assert isinstance(length, int)
+        return length
+
+    try:
+        assert await bus.renew_lease(node_id, "a", 5000, register=True) == "held"
+        await bus.publish(room, join(f"{node_id}/a", "s1"))
+        await bus.publish(room, app_message(f"{node_id}/a"))
+        await bus.publish(room, app_message(f"{node_id}/a/unhosted"))
+        assert stored() == 3
+        for event in (join(f"{node_id}/old", "s2"), app_message(f"{node_id}/old/unhosted")):
+            with pytest.raises(BusError, match="FENCED"):
+                await bus.publish(room, event)
+        redis_server.command("DEL", f"rs:lease:{node_id}")  # as if it expired during a pause
+        for event in (join(f"{node_id}/a", "s3"), app_message(f"{node_id}/a")):
+            with pytest.raises(BusError, match="FENCED"):
+                await bus.publish(room, event)
+        assert stored() == 3
+        state = redis_server.command("HGETALL", state_key(room))
+        assert isinstance(state, list) and "p:s2:i" not in state and "p:s3:i" not in state
+        assert await bus.renew_lease(node_id, "b", 5000, register=True) == "held"  # fenced
+        await bus.publish(room, join(f"{node_id}/b", "s4"))
+        with pytest.raises(BusError, match="FENCED"):
+            await bus.publish(room, join(f"{node_id}/a", "s5"))
+        assert stored() == 4
+    finally:
+        await bus.close()
+
+
+async def test_a_cluster_checks_the_lease_copy_of_the_rooms_shard(tmp_path: Path) -> None:
+    """In a Cluster the script reads the lease copy in the room's own slot (a script may only
+    touch keys of one slot): rooms on two shards, one copy gone."""
+    cluster = RedisCluster.start(tmp_path)
+    bus = RedisBus(Settings(redis_cluster=cluster.seeds))
+    admin = redis.cluster.RedisCluster(host=HOST, port=cluster.servers[0].port)
+    try:
+        await bus.start()
+        node_id = f"fence-{uuid.uuid4().hex[:8]}"
+        rooms: dict[int, str] = {}
+        while len(rooms) < 2:
+            name = f"fence-{uuid.uuid4().hex[:8]}"
+            rooms.setdefault(shard_of(name), name)
+        (gone_shard, gone_room), (kept_shard, kept_room) = rooms.items()
+        assert await bus.renew_lease(node_id, "a", 5000, register=True) == "held"
+        assert admin.delete(lease_key(node_id, gone_shard)) == 1
+        assert admin.exists(lease_key(node_id, kept_shard)) == 1
+        event = BusEvent(f"{node_id}/a", 0, message=AppMessage(1, "s1", "*"))
+        assert await bus.publish(kept_room, event)
+        with pytest.raises(BusError, match="FENCED"):
+            await bus.publish(gone_room, event)
+    finally:
+        admin.close()
         await bus.close()
         cluster.stop()

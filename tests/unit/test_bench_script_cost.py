@@ -1,0 +1,20 @@
+"""bench.script_cost drives the publish scripts of either layout: before the lease check (3 keys)
+and with it (4 keys, the writer's incarnation as ARGV[4], the ops after it)."""
+
+from __future__ import annotations
+
+import node.redis_scripts as current
+from bench.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments, scripts_at
+
+
+def test_the_current_scripts_get_the_lease_and_the_incarnation() -> None:
+    numkeys, keys_and_args = arguments(current.PUBLISH, USERDATA_OP)
+    assert numkeys == 4 and keys_and_args[3] == LEASE and keys_and_args[7] == INCARNATION
+    assert keys_and_args[8:] == USERDATA_OP
+
+
+def test_scripts_before_the_lease_check_get_three_keys() -> None:
+    message, state = scripts_at("4503922")  # the last commit before the lease check
+    assert "KEYS[4]" not in message and "KEYS[4]" not in state
+    numkeys, keys_and_args = arguments(state, USERDATA_OP)
+    assert numkeys == 3 and LEASE not in keys_and_args and keys_and_args[6:] == USERDATA_OP
