@@ -61,3 +61,8 @@ class RequestError(NodeError):
 
 class BusError(NodeError):
     """The bus could not publish, subscribe or snapshot."""
+
+
+class FencedError(BusError):
+    """The store refused a write because its incarnation no longer holds the node's lease (the
+    store answered: it is reachable)."""

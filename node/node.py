@@ -518,9 +518,12 @@ class Node:
             for event in out.publish:
                 await self.bus.publish(room.name, event)
         except BusError:
-            pending = self._unsynced.setdefault(room.name, [])
-            if all(r is not room for r in pending):
-                pending.append(room)
+            # A replica of an incarnation this node has fenced away stays lost: merged back
+            # under the current one, its writes would pass the store's lease check.
+            if room.origin in (self.origin, self.unhosted_origin):
+                pending = self._unsynced.setdefault(room.name, [])
+                if all(r is not room for r in pending):
+                    pending.append(room)
             raise
 
     def _deliver(self, room: Room, out: Output) -> None:
@@ -583,7 +586,10 @@ class Node:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             try:
                 if not await self._renew_lease():
-                    await self._fence()
+                    if self.draining:  # shutting down: its participants are leaving anyway
+                        log.warning("lease lost while shutting down: not fencing")
+                    else:
+                        await self._fence()
                 # Every LEASE_RENEW_S however long a renewal takes (at once if it took longer).
                 next_at = max(next_at + LEASE_RENEW_S, time.monotonic())
             except BusError as exc:
@@ -637,21 +643,28 @@ class Node:
         """Anti-entropy: merge this node's replica back into the store for each room the store
         lost, and each room with a write the store may not have taken."""
         lost = set(await self.bus.lost_rooms(list(self.rooms)))
+        # The hosted replica of each, and those whose write failed in a room closed since. All
+        # are listed first: `lost_rooms` reports a room once, so if a merge-back fails (the
+        # store refuses writes until this node's lease, lost with the data, is registered
+        # again), every one not yet merged stays in `_unsynced` for the next round.
         for name in sorted(lost | self._unsynced.keys()):
-            # the hosted replica, and those whose write failed in a room closed since
             hosted = self.rooms.get(name)
-            pending = [r for r in self._unsynced.pop(name, []) if r is not hosted]
-            replicas = [hosted, *pending] if hosted is not None else pending
-            for done, room in enumerate(replicas):
+            pending = [r for r in self._unsynced.get(name, []) if r is not hosted]
+            self._unsynced[name] = [hosted, *pending] if hosted is not None else pending
+        for name in sorted(self._unsynced):
+            hosted = self.rooms.get(name)
+            replicas = self._unsynced.get(name)
+            while replicas:
+                room = replicas[0]
                 log.warning("room %s: merging this node's replica back into the store", name)
                 # (another replica's events carry another origin: the hosted one takes them)
                 origin = self.origin if room is hosted else self.unhosted_origin
                 event = BusEvent(origin, self.now_ms(), delta=room.state.copy())
-                try:
-                    await self.bus.publish(name, event)
-                except BusError:
-                    self._unsynced[name] = replicas[done:]
-                    raise
+                await self.bus.publish(name, event)
+                if self._unsynced.get(name) is not replicas:
+                    return  # fenced meanwhile: the rest were the old incarnation's
+                replicas.pop(0)
+            self._unsynced.pop(name, None)
 
     async def _remove_lost_participants(self) -> None:
         """Remove the participants held by node incarnations that no longer hold a lease. Those
@@ -699,6 +712,7 @@ class Node:
         """Our lease was lost (we were paused or cut off too long): others have removed our
         participants. Close every client and come back as a new incarnation."""
         log.warning("lease lost: fencing node %s incarnation %s", self.node_id, self.incarnation)
+        self._held_since = math.inf  # no upkeep round until the new incarnation holds the lease
         conns = list(self.connections.values())
         self.connections.clear()
         for _, handle in self._away.values():
@@ -709,6 +723,8 @@ class Node:
         self._unsynced.clear()  # this incarnation's: never stored under the next one
         for conn in conns:
             conn.close_soon(CLOSE_FENCED, "node lost its lease; reconnect")
+        # Taken before it is registered, so that a failed registration is retried for it by
+        # the next lease round; a write in between is refused by the store's lease check.
         self.incarnation = uuid.uuid4().hex[:12]
         self.origin = f"{self.node_id}/{self.incarnation}"
         await self.bus.renew_lease(self.node_id, self.incarnation, LEASE_TTL_MS, register=True)
@@ -777,21 +793,27 @@ class Node:
     async def shutdown(self) -> None:
         """Graceful stop: every local participant leaves, every client gets close code 1012."""
         self.draining = True
-        for task in (self._lease_task, self._upkeep_task):
-            if task is not None:
-                task.cancel()
+        if self._upkeep_task is not None:
+            self._upkeep_task.cancel()
+        # The lease is kept renewed (never fenced) until the leaves are out: the store refuses
+        # a write whose incarnation no longer holds it, and a node with thousands of
+        # participants can take longer to publish their leaves than a lease lasts.
         conns = list(self.connections.values())
-        for conn in conns:
-            await self.disconnect(conn, "node-shutdown")
-        for sid, (room_name, handle) in list(self._away.items()):
-            handle.cancel()
-            del self._away[sid]
-            room = self.rooms.get(room_name)
-            if room is not None:
-                try:
-                    await self._run(room, room.leave(sid, "node-shutdown", self.now_ms()))
-                except BusError as exc:
-                    log.warning("could not publish the leave of %s: %s", sid, exc)
+        try:
+            for conn in conns:
+                await self.disconnect(conn, "node-shutdown")
+            for sid, (room_name, handle) in list(self._away.items()):
+                handle.cancel()
+                del self._away[sid]
+                room = self.rooms.get(room_name)
+                if room is not None:
+                    try:
+                        await self._run(room, room.leave(sid, "node-shutdown", self.now_ms()))
+                    except BusError as exc:
+                        log.warning("could not publish the leave of %s: %s", sid, exc)
+        finally:
+            if self._lease_task is not None:
+                self._lease_task.cancel()
         await asyncio.gather(
             *(conn.flush_and_close(1012, "node shutting down") for conn in conns),
             return_exceptions=True,

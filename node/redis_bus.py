@@ -50,7 +50,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
 from node.bus import Bus, EventHandler, LeaseState, Snapshot
-from node.errors import BusError
+from node.errors import BusError, FencedError
 from node.events import BusEvent, decode_event, encode_event
 from node.redis_scripts import PUBLISH, PUBLISH_MESSAGE, RENEW_LEASE, SNAPSHOT
 from node.resp import RespConnection, RespConnectionError, RespError
@@ -390,6 +390,8 @@ class RedisBus(Bus):
                 (*keys, lease, encode_event(event), STREAM_MAXLEN, self._grace_ms, incarnation,
                  *ops),
             )  # fmt: skip
+        except FencedError:
+            raise  # Redis answered: it is reachable
         except BusError:
             self._ready = False
             raise
@@ -443,6 +445,8 @@ class RedisBus(Bus):
                     "EVALSHA", script.sha, script.numkeys, *args, timeout=timeout
                 )
             except RespError as exc:
+                if exc.prefix == "FENCED":
+                    raise FencedError(f"Redis refused the write: {exc}") from exc
                 if attempt == 2 or exc.prefix not in RETRY_AFTER:
                     raise BusError(f"Redis refused the write: {exc}") from exc
                 if exc.prefix == "NOSCRIPT":

@@ -312,3 +312,78 @@ async def test_a_leave_of_the_old_connection_while_a_resume_is_stored_makes_it_f
         await leaving
         assert joined["resumed"] is False and joined["sessionId"] != sid, joined
         assert sid not in it.node.rooms[ROOM].state.present()
+
+
+class LosingBus(FaultyBus):
+    """A FaultyBus whose store can lose rooms: `lose(rooms)` empties their stored state and has
+    the next `lost_rooms` report them (once, as the Redis bus reports a new shard epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.just_lost: list[str] = []
+
+    def lose(self, rooms: list[str]) -> None:
+        for room in rooms:
+            self._states.pop(room, None)
+        self.just_lost = list(rooms)
+
+    async def lost_rooms(self, rooms: list[str]) -> list[str]:
+        lost, self.just_lost = [r for r in self.just_lost if r in rooms], []
+        return lost
+
+
+async def test_every_lost_room_is_merged_back_when_the_first_merge_back_fails() -> None:
+    # The store lost two rooms and refused the first merge-back (a Redis that lost its data
+    # refuses writes until the node's lease, lost with it, is registered again). The upkeep
+    # stopped at that room and, as the loss is reported once, never merged the second back.
+    bus = LosingBus()
+    async with node_in_process(Settings(), ROOM, bus) as it:
+        other = it.url.replace(f"/rooms/{ROOM}/", f"/rooms/{ROOM}-b/")
+        async with CallClient() as ada, CallClient() as bob:
+            await ada.join(it.url)
+            await bob.join(other)
+            bus.lose([ROOM, f"{ROOM}-b"])
+            bus.add(lambda e: e.delta is not None, fail=True)  # the first merge-back
+            with pytest.raises(BusError):
+                await it.node._restore_lost_rooms()
+            await it.node._restore_lost_rooms()  # the next round
+            for room, who in ((ROOM, ada), (f"{ROOM}-b", bob)):
+                stored = (await bus.snapshot(room)).state
+                assert who.session_id in stored.participants, f"{room} was not merged back"
+
+
+def writes_user_data(event: BusEvent) -> bool:
+    return event.delta is not None and any(
+        p.user_data is not None and p.info is None for p in event.delta.participants.values()
+    )
+
+
+async def test_a_write_of_a_fenced_incarnation_is_not_merged_back_under_the_next() -> None:
+    # A userData write was on its way to the store when the node fenced; the store then failed
+    # it. The room was queued for merge-back after the fence had emptied the queue, and the
+    # next upkeep stored it under the new incarnation, which the store's lease check lets by.
+    bus = FaultyBus()
+    go = asyncio.Event()
+    async with node_in_process(Settings(), ROOM, bus) as it, CallClient() as ada:
+        await fenced_during_a_write(it, bus, ada, go)
+
+
+async def fenced_during_a_write(
+    it: InProcessNode, bus: FaultyBus, ada: CallClient, go: asyncio.Event
+) -> None:
+    await ada.join(it.url)
+    sid = ada.session_id
+    assert sid is not None
+    bus.add(writes_user_data, hold=go, fail=True)
+    write = asyncio.create_task(ada.set_user_data({"v": "stale"}))
+    await asyncio.wait_for(bus.reached[writes_user_data].wait(), 5)
+    await it.node._fence()
+    go.set()
+    with pytest.raises((ConnectionClosed, Unavailable)):
+        await write
+    assert not it.node._unsynced, "a replica of the fenced incarnation was queued"
+    await it.node._restore_lost_rooms()
+    stored = (await bus.snapshot(ROOM)).state.participants.get(sid)
+    assert stored is None or stored.user_data is None or stored.user_data.value != {"v": "stale"}, (
+        "the old incarnation's write was stored under the new one"
+    )

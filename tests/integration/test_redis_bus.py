@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import redis.cluster
 
 from crdt import RoomState, Stamp
-from node.errors import BusError
+from node.errors import BusError, FencedError
 from node.events import AppMessage, BusEvent
 from node.redis_bus import (
     RESYNC_ORIGIN,
@@ -407,8 +407,9 @@ async def test_a_write_is_stored_only_while_its_incarnation_holds_the_lease(
         await bus.publish(room, app_message(f"{node_id}/a/unhosted"))
         assert stored() == 3
         for event in (join(f"{node_id}/old", "s2"), app_message(f"{node_id}/old/unhosted")):
-            with pytest.raises(BusError, match="FENCED"):
+            with pytest.raises(FencedError, match="FENCED"):
                 await bus.publish(room, event)
+        assert bus.ready, "a refusal by the store says it is reachable"
         redis_server.command("DEL", f"rs:lease:{node_id}")  # as if it expired during a pause
         for event in (join(f"{node_id}/a", "s3"), app_message(f"{node_id}/a")):
             with pytest.raises(BusError, match="FENCED"):
@@ -430,8 +431,9 @@ async def test_a_cluster_checks_the_lease_copy_of_the_rooms_shard(tmp_path: Path
     touch keys of one slot): rooms on two shards, one copy gone."""
     cluster = RedisCluster.start(tmp_path)
     bus = RedisBus(Settings(redis_cluster=cluster.seeds))
-    admin = redis.cluster.RedisCluster(host=HOST, port=cluster.servers[0].port)
+    admin: redis.cluster.RedisCluster | None = None
     try:
+        admin = redis.cluster.RedisCluster(host=HOST, port=cluster.servers[0].port)
         await bus.start()
         node_id = f"fence-{uuid.uuid4().hex[:8]}"
         rooms: dict[int, str] = {}
@@ -447,6 +449,7 @@ async def test_a_cluster_checks_the_lease_copy_of_the_rooms_shard(tmp_path: Path
         with pytest.raises(BusError, match="FENCED"):
             await bus.publish(gone_room, event)
     finally:
-        admin.close()
+        if admin is not None:
+            admin.close()
         await bus.close()
         cluster.stop()
