@@ -387,3 +387,25 @@ async def fenced_during_a_write(
     assert stored is None or stored.user_data is None or stored.user_data.value != {"v": "stale"}, (
         "the old incarnation's write was stored under the new one"
     )
+
+
+async def test_a_shutdown_keeps_its_lease_until_the_leaves_are_out() -> None:
+    # Shutdown stopped renewing the lease before publishing the leaves: with thousands of
+    # participants the last leaves came after it expired, and the store refuses those. Nor may
+    # a node that is shutting down fence (it would close its clients with 4002, not 1012).
+    bus = FaultyBus()
+    go = asyncio.Event()
+    async with node_in_process(Settings(), ROOM, bus) as it, CallClient() as ada:
+        await ada.join(it.url)
+        bus.add(removes, hold=go)  # ada's leave, published by the shutdown
+        stopping = asyncio.create_task(it.node.shutdown())
+        await asyncio.wait_for(bus.reached[removes].wait(), 5)
+        lease = it.node._lease_task
+        assert lease is not None and not lease.done(), "the lease is no longer renewed"
+        bus._leases[it.node.node_id] = "another-incarnation"  # the lease is lost meanwhile
+        incarnation = it.node.incarnation
+        await asyncio.sleep(LEASE_RENEW_S + 0.3)  # a lease round
+        assert it.node.incarnation == incarnation, "fenced while shutting down"
+        go.set()
+        await stopping
+        assert lease.done()
