@@ -532,9 +532,6 @@ class RedisBus(Bus):
     def lease_group(self, room: str) -> int | None:
         return shard_of(room) if self.cluster else None
 
-    def _lease_key(self, node_id: str, group: int | None) -> str:
-        return lease_key(node_id, group)
-
     def lease_confirmed_at(self, room: str) -> float:
         return self._lease_ok.get(self.lease_group(room), -math.inf)
 
@@ -550,7 +547,7 @@ class RedisBus(Bus):
         replies = await asyncio.gather(
             *(
                 self._evalsha(
-                    g or 0, self._renew, (self._lease_key(node_id, g), incarnation, ttl_ms, mode)
+                    g or 0, self._renew, (lease_key(node_id, g), incarnation, ttl_ms, mode)
                 )
                 for g in groups
             ),
@@ -611,7 +608,7 @@ class RedisBus(Bus):
 
         async def read(group: int | None) -> Any:
             conn = await self._writer(group or 0)
-            keys = [self._lease_key(node_id, group) for node_id in node_ids]
+            keys = [lease_key(node_id, group) for node_id in node_ids]
             return await conn.call("MGET", *keys, timeout=COMMAND_TIMEOUT_S)
 
         replies = await asyncio.gather(*(read(g) for g in groups), return_exceptions=True)
