@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import (
+from deploy.local.servers import (
     ManagedProcess,
     RedisCluster,
     RedisServer,

@@ -63,10 +63,9 @@ def _around(start: str, end: str, func: Callable[..., Any]) -> Callable[..., Any
 
 def install(out: str) -> None:
     from aiohttp import web_protocol
-
-    from node.connection import WriteBatch
-    from node.node import Node
-    from node.resp import RespConnection
+    from roomstate.bus.redis.resp import RespConnection
+    from roomstate.edge.node import Node
+    from roomstate.server.connection import WriteBatch
 
     handler = web_protocol.RequestHandler
     handler.data_received = _before("client frame read", handler.data_received)  # type: ignore[method-assign]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roomstate.auth import make_token
+
 from bench.common import (
     CPU_LATE_MS,
     cdf,
@@ -35,7 +37,6 @@ from bench.common import (
     summarize,
 )
 from bench.deploy import ROOT, Deployment, external, start_floor, start_peer, start_topology
-from node.auth import make_token
 
 P99_LIMIT_MS = 50.0
 CORES = os.cpu_count() or 1
@@ -635,7 +636,7 @@ def ceil_div(a: int, b: int) -> int:
 
 def run_redis_floor(tmp: Path, rate: float = 1000, seconds: float = 3.0) -> dict[str, Any]:
     """Raw redis-py XADD -> XREAD BLOCK one-way latency on a fresh redis-server."""
-    from tests.servers import RedisServer
+    from deploy.local.servers import RedisServer
 
     count = int(rate * seconds)
     redis = RedisServer.start(tmp)

@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 import redis
+import roomstate.bus.redis.scripts as current
 
-import node.redis_scripts as current
-from tests.servers import RedisServer
+from deploy.local.servers import RedisServer
 
 ROOM = "cost"
 KEYS = [f"rs:{{rs1}}:log:{ROOM}", f"rs:{{rs1}}:state:{ROOM}", f"rs:{{rs1}}:ch:{ROOM}"]

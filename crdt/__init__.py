@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from crdt.codec import VERSION, decode, encode, from_obj, to_obj
-from crdt.errors import ClockDriftError, CodecError, CrdtError
-from crdt.hlc import DEFAULT_MAX_DRIFT_MS, ZERO, HybridLogicalClock, Stamp
-from crdt.lww import Entry, LWWMap, LWWRegister
-from crdt.room import Changes, Participant, RoomState
+from roomstate.crdt.codec import VERSION, decode, encode, from_obj, to_obj
+from roomstate.crdt.errors import ClockDriftError, CodecError, CrdtError
+from roomstate.crdt.hlc import DEFAULT_MAX_DRIFT_MS, ZERO, HybridLogicalClock, Stamp
+from roomstate.crdt.lww import Entry, LWWMap, LWWRegister
+from roomstate.crdt.room import Changes, Participant, RoomState
 
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",

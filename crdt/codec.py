@@ -17,11 +17,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import orjson
-
-from crdt.errors import CodecError, CrdtError
-from crdt.hlc import Stamp
-from crdt.lww import Entry, LWWMap, LWWRegister
-from crdt.room import Participant, RoomState
+from roomstate.crdt.errors import CodecError, CrdtError
+from roomstate.crdt.hlc import Stamp
+from roomstate.crdt.lww import Entry, LWWMap, LWWRegister
+from roomstate.crdt.room import Participant, RoomState
 
 __all__ = ["VERSION", "decode", "encode", "from_obj", "to_obj"]
 

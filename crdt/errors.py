@@ -1,4 +1,4 @@
-"""Exceptions raised by `crdt`.
+"""Exceptions raised by `roomstate.crdt`.
 
 CrdtError                 the root: a value or encoding the data types cannot accept
 ├── ClockDriftError       a remote stamp is further ahead of the local clock than allowed
@@ -11,7 +11,7 @@ __all__ = ["ClockDriftError", "CodecError", "CrdtError"]
 
 
 class CrdtError(Exception):
-    """Root of every error raised by `crdt`."""
+    """Root of every error raised by `roomstate.crdt`."""
 
 
 class ClockDriftError(CrdtError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from crdt.errors import ClockDriftError, CrdtError
+from roomstate.crdt.errors import ClockDriftError, CrdtError
 
 __all__ = ["DEFAULT_MAX_DRIFT_MS", "ZERO", "HybridLogicalClock", "Stamp", "clock_skew_ms"]
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
-from crdt.hlc import Stamp
+from roomstate.crdt.hlc import Stamp
 
 __all__ = ["Entry", "LWWMap", "LWWRegister"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from crdt.hlc import Stamp
-from crdt.lww import Json, LWWMap, LWWRegister
+from roomstate.crdt.hlc import Stamp
+from roomstate.crdt.lww import Json, LWWMap, LWWRegister
 
 __all__ = ["Changes", "Participant", "RoomState"]
 

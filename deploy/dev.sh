@@ -65,17 +65,29 @@ setup() {
         "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
         "$PYTHON" -m venv "$VENV"
     fi
-    # Reinstall only when pyproject.toml changed since the last install.
+    # The editable install is "strict": a tree of links under build/ maps the import package
+    # `roomstate` to node/ and crdt/ (mypy can follow it; the default import hook it cannot), so
+    # roomstate is installed again when pyproject.toml or the set of package files changed.
+    local log="$VENV/install.log" files
+    files=$(find node crdt -type f -not -path '*/__pycache__/*' | sort | cksum)
     if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
         echo "installing roomstate and its dependencies into $VENV" >&2
-        local log="$VENV/install.log"
         if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
-               "$VENV/bin/python" -m pip install -e '.[dev,redis,bench]'; } >"$log" 2>&1; then
+               "$VENV/bin/python" -m pip install --config-settings editable_mode=strict \
+                   -e '.[dev,redis,bench]'; } >"$log" 2>&1; then
             tail -n 30 "$log" >&2
             echo "pip install failed; the whole log is $log" >&2
             exit 1
         fi
-        touch "$VENV/.installed"
+        echo "$files" >"$VENV/.installed"
+    elif [ "$(cat "$VENV/.installed")" != "$files" ]; then
+        if ! "$VENV/bin/python" -m pip install --no-deps --config-settings editable_mode=strict \
+                -e . >"$log" 2>&1; then
+            tail -n 30 "$log" >&2
+            echo "pip install failed; the whole log is $log" >&2
+            exit 1
+        fi
+        echo "$files" >"$VENV/.installed"
     fi
 }
 

@@ -1,5 +1,5 @@
-"""`python -m node` is the `roomstate` command."""
+"""`python -m roomstate` is the `roomstate` command."""
 
-from node.cli import main
+from roomstate.cli import main
 
 main()

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-
-from node.errors import RequestError
-from node.protocol import MAX_NAME_LENGTH, ROOM_NAME
+from roomstate.errors import RequestError
+from roomstate.wire.protocol import MAX_NAME_LENGTH, ROOM_NAME
 
 __all__ = ["TokenClaims", "check_api_key", "make_token", "verify_token"]
 

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from node.settings import Settings
+from roomstate.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         _serve(args)
     elif args.command == "token":
-        from node.auth import make_token
+        from roomstate.auth import make_token
 
         key = args.api_key or os.environ.get("ROOMSTATE_API_KEY")
         if not key:
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
         print(signed)
     else:
-        from node.demo import main as demo
+        from roomstate.demo import main as demo
 
         demo()
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from node.server import serve
+    from roomstate.server.app import serve
 
     level = args.log_level.upper()
     if level not in LOG_LEVELS:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import orjson
-
-from crdt import HybridLogicalClock, RoomState
+from roomstate.crdt import HybridLogicalClock, RoomState
 
 
 def show(label: str, room: RoomState) -> None:

@@ -21,10 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from crdt import HybridLogicalClock, RoomState
-from node.errors import RequestError
-from node.events import AppMessage, BusEvent
-from node.protocol import Limits, SetMeetingSessionData, compact_size, encode, encode_state
+from roomstate.crdt import HybridLogicalClock, RoomState
+from roomstate.errors import RequestError
+from roomstate.wire.events import AppMessage, BusEvent
+from roomstate.wire.protocol import (
+    Limits,
+    SetMeetingSessionData,
+    compact_size,
+    encode,
+    encode_state,
+)
 
 __all__ = ["Output", "Room", "RoomConfig", "Snapshot"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crdt import CrdtError
-from crdt.hlc import check_node_id
+from roomstate.crdt import CrdtError
+from roomstate.crdt.hlc import check_node_id
 
 __all__ = ["Settings"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,24 +12,24 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests import servers
-from tests.servers import (
+from deploy.local.servers import (
     HAPROXY_TEMPLATE,
     Haproxy,
     MissingBinaryError,
     RedisCluster,
     RedisServer,
     _port_is_free,
-    ensure_installed,
+    find_binary,
     free_port,
     render_haproxy_config,
 )
+from deploy.local import servers
 
 integration = pytest.mark.integration
 
 
 def redis_cli(*args: str) -> str:
-    cli = ensure_installed("redis-cli", "redis-tools")
+    cli = find_binary("redis-cli", "redis-tools")
     done = subprocess.run([cli, *args], capture_output=True, text=True, timeout=10, check=True)
     return done.stdout.strip()
 
@@ -47,16 +46,13 @@ def pid_alive(pid: int) -> bool:
 # -- no processes -----------------------------------------------------------------------------
 
 
-def test_ensure_installed_names_the_package_when_it_cannot_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+def test_find_binary_names_the_package_that_is_missing() -> None:
     with pytest.raises(MissingBinaryError, match="apt-get install roomstate-missing-pkg"):
-        ensure_installed("roomstate-no-such-binary", "roomstate-missing-pkg")
+        find_binary("roomstate-no-such-binary", "roomstate-missing-pkg")
 
 
-def test_ensure_installed_finds_what_is_there() -> None:
-    assert ensure_installed("sh", "dash").endswith("/sh")
+def test_find_binary_finds_what_is_there() -> None:
+    assert find_binary("sh", "dash").endswith("/sh")
 
 
 def test_free_ports_differ_and_cluster_bus_port_is_free() -> None:
@@ -120,7 +116,7 @@ def test_redis_pause_resume_and_appendonly_restart(tmp_path: Path) -> None:
 @integration
 def test_leftover_processes_are_stopped_at_exit(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from tests.servers import RedisServer; "
+        "import sys; from pathlib import Path; from deploy.local.servers import RedisServer; "
         "print(RedisServer.start(Path(sys.argv[1])).pid)"
     )
     done = subprocess.run(

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import (  # noqa: E402  (needs ROOT on sys.path)
+from deploy.local.servers import (  # noqa: E402  (needs ROOT on sys.path)
     Haproxy,
     ManagedProcess,
     MissingBinaryError,

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from deploy.local.servers import Haproxy, find_binary
+
 from ..integration.conftest import NodeProcess
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import Haproxy, ensure_installed
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root, where Chromium's sandbox cannot start
@@ -64,7 +65,7 @@ def ensure_emoji_font() -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = ensure_installed("chromium", "chromium")
+    executable = find_binary("chromium", "chromium")
     ensure_emoji_font()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

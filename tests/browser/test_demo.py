@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
+from deploy.local.servers import Haproxy, slow_websocket_server
+
 from ..integration.conftest import API_KEY, FAST, start_node
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import Haproxy, slow_websocket_server
 from .conftest import NODE_ENV, Site
 
 pytestmark = pytest.mark.browser

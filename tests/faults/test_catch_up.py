@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.sdk.client import CallClient
+from roomstate.settings import Settings
 
-from node.client import CallClient
-from node.redis_bus import RedisBus
-from node.settings import Settings
+from deploy.local.servers import redis_command
 
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import redis_command
 from .conftest import FULL
 
 pytestmark = pytest.mark.faults

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from roomstate.bus.redis.bus import RedisBus, log_key
+from roomstate.crdt import RoomState, Stamp
+from roomstate.sdk.client import CallClient, Unavailable
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent, decode_event
 
-from crdt import RoomState, Stamp
-from node.client import CallClient, Unavailable
-from node.events import BusEvent, decode_event
-from node.redis_bus import RedisBus, log_key
-from node.settings import Settings
+from deploy.local.servers import Haproxy, RedisServer, free_port
 
 from ..integration.conftest import FAST, NodeProcess, start_node
-from ..servers import Haproxy, RedisServer, free_port
 
 pytestmark = pytest.mark.faults
 
@@ -115,7 +115,7 @@ def stamp_leads(redis: RedisServer, room: str) -> list[tuple[str, int]]:
 
 def locations(redis: RedisServer, room: str) -> dict[str, str]:
     """Session id -> the node holding it, from Redis's state hash."""
-    from node.redis_bus import state_key
+    from roomstate.bus.redis.bus import state_key
 
     flat = redis.command("HGETALL", state_key(room))
     assert isinstance(flat, list)

@@ -42,12 +42,12 @@ from typing import Any
 
 import psutil
 import pytest
+from roomstate.bus.redis.bus import RedisBus, log_key
+from roomstate.sdk.client import CallClient, ClientError
+from roomstate.settings import Settings
 
-from node.client import CallClient, ClientError
-from node.redis_bus import RedisBus, log_key
-from node.settings import Settings
+from deploy.local.servers import RedisCluster, RedisServer
 
-from ..servers import RedisCluster, RedisServer
 from .conftest import FAST, NodeProcess, full_only, p99, start_node
 
 pytestmark = [pytest.mark.faults, full_only]  # ~30 s each: a cluster of 6 and a failover

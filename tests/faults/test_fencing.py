@@ -20,12 +20,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from roomstate.bus.redis.bus import log_key, state_key
+from roomstate.sdk.client import CallClient
 
-from node.client import CallClient
-from node.redis_bus import log_key, state_key
+from deploy.local.servers import RedisServer
 
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import RedisServer
 from .conftest import join, recv_json
 
 pytestmark = pytest.mark.faults

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.sdk.client import CallClient, ClientError, ConnectionClosed, NotJoined
+from roomstate.settings import Settings
 
-from node.client import CallClient, ClientError, ConnectionClosed, NotJoined
-from node.redis_bus import RedisBus
-from node.settings import Settings
+from deploy.local.servers import RedisReplyError, RedisServer
 
-from ..servers import RedisReplyError, RedisServer
 from .conftest import FAST, NodeProcess, TcpProxy, start_node
 
 pytestmark = pytest.mark.faults

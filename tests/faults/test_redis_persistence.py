@@ -29,12 +29,12 @@ from typing import Any
 
 import psutil
 import pytest
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.sdk.client import CallClient, ClientError, ConnectionClosed
+from roomstate.settings import Settings
 
-from node.client import CallClient, ClientError, ConnectionClosed
-from node.redis_bus import RedisBus
-from node.settings import Settings
+from deploy.local.servers import RedisServer
 
-from ..servers import RedisServer
 from .conftest import FAST, FULL, NodeProcess, start_node
 
 pytestmark = pytest.mark.faults

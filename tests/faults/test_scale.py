@@ -30,11 +30,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from roomstate.bus.redis.bus import state_key
 
-from node.redis_bus import state_key
+from deploy.local.servers import Haproxy, RedisServer
 
 from ..integration.deployments import Deployment, start_deployment
-from ..servers import Haproxy, RedisServer
 from .conftest import full_only
 
 pytestmark = pytest.mark.faults

@@ -13,8 +13,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-
-from node import auth
+from roomstate import auth
 
 from .conftest import (
     API_KEY,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..servers import track
+from deploy.local.servers import track
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-api-key-0123456789abcdef0123456789"
@@ -53,7 +53,7 @@ def start_node(tmp: Path, env: dict[str, str] | None = None, *args: str) -> Node
     full_env = {**os.environ, "ROOMSTATE_LOG_LEVEL": "INFO", **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "roomstate", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..servers import Haproxy, RedisCluster, RedisServer
+from deploy.local.servers import Haproxy, RedisCluster, RedisServer
+
 from .conftest import FAST, NodeProcess, start_node
 
 TOPOLOGIES = ("memory", "redis", "3-nodes-redis", "3-nodes-cluster-haproxy")

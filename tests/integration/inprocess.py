@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
-
-from node.bus import MemoryBus
-from node.node import Node
-from node.server import build_app
-from node.settings import Settings
+from roomstate.bus import MemoryBus
+from roomstate.edge.node import Node
+from roomstate.server.app import build_app
+from roomstate.settings import Settings
 
 
 @dataclass

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
+from deploy.local.servers import run_command
 from tests.integration.conftest import ROOT
-
-from ..servers import run_command
 
 pytestmark = pytest.mark.integration
 

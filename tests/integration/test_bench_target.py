@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.servers import run_command
 from tests.integration.conftest import API_KEY, ROOT, NodeProcess
-
-from ..servers import run_command
 
 pytestmark = pytest.mark.integration
 

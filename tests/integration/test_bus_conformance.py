@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from roomstate.bus import Bus, MemoryBus
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.crdt import RoomState, Stamp
+from roomstate.settings import Settings
+from roomstate.wire.events import AppMessage, BusEvent
 
-from crdt import RoomState, Stamp
-from node.bus import Bus, MemoryBus
-from node.events import AppMessage, BusEvent
-from node.redis_bus import RedisBus
-from node.settings import Settings
+from deploy.local.servers import RedisCluster, RedisServer
 
 from ..property.strategies import apply_room_op, few_stamps, room_ops, stamps
-from ..servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 

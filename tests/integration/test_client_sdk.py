@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from node.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
-from node.settings import Settings
+from roomstate.sdk.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
+from roomstate.settings import Settings
 
 from .inprocess import node_in_process
 

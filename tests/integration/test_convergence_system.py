@@ -19,11 +19,10 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from crdt import Stamp
-from node.client import CallClient
-from node.events import decode_event
-from node.redis_bus import log_key
+from roomstate.bus.redis.bus import log_key
+from roomstate.crdt import Stamp
+from roomstate.sdk.client import CallClient
+from roomstate.wire.events import decode_event
 
 from .deployments import Deployment, start_deployment
 

@@ -18,13 +18,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from roomstate.bus import MemoryBus
+from roomstate.sdk.client import CallClient, RequestTimeout
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent
 
-from node.bus import MemoryBus
-from node.client import CallClient, RequestTimeout
-from node.events import BusEvent
-from node.settings import Settings
+from deploy.local.servers import slow_websocket_server
 
-from ..servers import slow_websocket_server
 from .inprocess import node_in_process
 
 pytestmark = pytest.mark.integration

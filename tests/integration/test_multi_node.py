@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.sdk.client import CallClient, RestClient, Unavailable
+from roomstate.settings import Settings
 
-from node.client import CallClient, RestClient, Unavailable
-from node.redis_bus import RedisBus
-from node.settings import Settings
+from deploy.local.servers import RedisServer
 
-from ..servers import RedisServer
 from .conftest import FAST, NodeProcess, start_node
 from .deployments import Deployment, start_deployment
 

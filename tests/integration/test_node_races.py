@@ -11,14 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from node.bus import MemoryBus, Snapshot
-from node.client import CallClient, ConnectionClosed, Unavailable
-from node.errors import BusError
-from node.events import BusEvent
-from node.node import LEASE_RENEW_S
-from node.protocol import SetMeetingSessionData
-from node.settings import Settings
+from roomstate.bus import MemoryBus, Snapshot
+from roomstate.edge.node import LEASE_RENEW_S
+from roomstate.errors import BusError
+from roomstate.sdk.client import CallClient, ConnectionClosed, Unavailable
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent
+from roomstate.wire.protocol import SetMeetingSessionData
 
 from .inprocess import InProcessNode, node_in_process
 

@@ -12,11 +12,10 @@ import time
 from typing import Any
 
 import pytest
-
-from crdt import RoomState, Stamp
-from node.client import CallClient
-from node.events import BusEvent
-from node.settings import Settings
+from roomstate.crdt import RoomState, Stamp
+from roomstate.sdk.client import CallClient
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent
 
 from .inprocess import node_in_process
 

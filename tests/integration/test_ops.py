@@ -11,8 +11,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
-
-from node.client import CallClient, RateLimited
+from roomstate.sdk.client import CallClient, RateLimited
 
 from .conftest import API_KEY, FAST, ROOT, NodeProcess, start_node
 
@@ -116,7 +115,7 @@ async def test_sigterm_makes_participants_leave_and_closes_clients_with_1012(
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "roomstate", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

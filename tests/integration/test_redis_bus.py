@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import redis.cluster
-
-from crdt import RoomState, Stamp
-from node.errors import BusError, FencedError
-from node.events import AppMessage, BusEvent
-from node.redis_bus import (
+from roomstate.bus.redis.bus import (
     RESYNC_ORIGIN,
     RedisBus,
     channel,
@@ -27,9 +23,12 @@ from node.redis_bus import (
     shard_of,
     state_key,
 )
-from node.settings import Settings
+from roomstate.crdt import RoomState, Stamp
+from roomstate.errors import BusError, FencedError
+from roomstate.settings import Settings
+from roomstate.wire.events import AppMessage, BusEvent
 
-from ..servers import HOST, RedisCluster, RedisServer
+from deploy.local.servers import HOST, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +149,7 @@ async def test_a_subscription_connection_that_goes_silent_is_replaced(
     """A subscription connection only receives, so a server gone without a word (a host
     powered off) would never be noticed: the bus PINGs it, and drops it if no answer comes in
     time; its rooms subscribe again on a new one. Here Redis is stopped (SIGSTOP) until then."""
-    monkeypatch.setattr("node.redis_bus.SUBSCRIBER_PING_S", 0.5)  # before the buses start
+    monkeypatch.setattr("roomstate.bus.redis.bus.SUBSCRIBER_PING_S", 0.5)  # before the buses start
     made = await start_buses(redis_server.url)
     try:
         publisher, subscriber = made

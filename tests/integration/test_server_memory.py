@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-
-from node.node import Node
-from node.settings import Settings
+from roomstate.edge.node import Node
+from roomstate.settings import Settings
 
 from .inprocess import node_in_process
 
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 CLIENTS = 50
 # the types of a connection's server side: aiohttp's server (web_*) and node/'s connection
-SERVER_SIDE = ("aiohttp.web_", "node.connection.", "node.server.")
+SERVER_SIDE = ("aiohttp.web_", "roomstate.server.connection.", "roomstate.server.app.")
 
 
 def cyclic_garbage() -> Counter[str]:

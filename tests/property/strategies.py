@@ -11,8 +11,7 @@ from typing import Any
 
 import orjson
 from hypothesis import strategies as st
-
-from crdt import LWWMap, LWWRegister, RoomState, Stamp, to_obj
+from roomstate.crdt import LWWMap, LWWRegister, RoomState, Stamp, to_obj
 
 NODES = ("a", "b", "c")
 KEYS = ("k1", "k2", "k3", "k4", "k5")

@@ -22,8 +22,14 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-
-from crdt import DEFAULT_MAX_DRIFT_MS, HybridLogicalClock, RoomState, Stamp, decode, encode
+from roomstate.crdt import (
+    DEFAULT_MAX_DRIFT_MS,
+    HybridLogicalClock,
+    RoomState,
+    Stamp,
+    decode,
+    encode,
+)
 
 from .strategies import KEYS, canonical, json_values, objects
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from crdt import LWWMap, LWWRegister, RoomState
+from roomstate.crdt import LWWMap, LWWRegister, RoomState
 
 from .strategies import (
     apply_map_op,

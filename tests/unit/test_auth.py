@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import jwt
 import pytest
-
-from node.auth import make_token, verify_token
-from node.errors import RequestError
+from roomstate.auth import make_token, verify_token
+from roomstate.errors import RequestError
 
 KEY = "a-signing-key-of-thirty-two-bytes"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-import node.redis_scripts as current
+import roomstate.bus.redis.scripts as current
+
 from bench.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments, scripts_at
 
 

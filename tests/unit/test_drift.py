@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from crdt import HybridLogicalClock, RoomState, Stamp
-from crdt.hlc import clock_skew_ms
-from node.events import BusEvent
-from node.room import Room, RoomConfig
+from roomstate.crdt import HybridLogicalClock, RoomState, Stamp
+from roomstate.crdt.hlc import clock_skew_ms
+from roomstate.room import Room, RoomConfig
+from roomstate.wire.events import BusEvent
 
 
 def test_skew_examples() -> None:

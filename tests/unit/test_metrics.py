@@ -5,8 +5,7 @@ from __future__ import annotations
 import gc
 
 from prometheus_client import CollectorRegistry, generate_latest
-
-from node.metrics import GcPauses, PlainHistogram
+from roomstate.metrics import GcPauses, PlainHistogram
 
 
 def test_gc_pauses_counts_each_collection_by_generation() -> None:

@@ -8,9 +8,8 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from node.errors import RequestError
-from node.protocol import (
+from roomstate.errors import RequestError
+from roomstate.wire.protocol import (
     MAX_GROWTH,
     MAX_RECIPIENTS,
     Join,

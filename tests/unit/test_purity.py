@@ -53,7 +53,7 @@ def test_importing_crdt_loads_no_forbidden_module() -> None:
     taken after importing orjson: what is checked is what crdt adds.
     """
     probe = (
-        "import sys, orjson; before = set(sys.modules); import crdt; "
+        "import sys, orjson; before = set(sys.modules); import roomstate.crdt; "
         "print(' '.join(sorted(set(sys.modules) - before)))"
     )
     loaded = subprocess.run(

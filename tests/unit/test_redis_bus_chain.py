@@ -5,9 +5,9 @@ that was behind) and must be reported, so that the node merges its replica back.
 
 from __future__ import annotations
 
-from node.events import BusEvent, encode_event
-from node.redis_bus import RedisBus, channel
-from node.settings import Settings
+from roomstate.bus.redis.bus import RedisBus, channel
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent, encode_event
 
 ROOM = "chain"
 

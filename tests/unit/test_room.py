@@ -6,8 +6,8 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from roomstate.crdt import LWWMap, RoomState, Stamp
 
-from crdt import LWWMap, RoomState, Stamp
 from tests.property.strategies import apply_room_op, room_ops, rooms
 
 LOC = {"node": "n1", "incarnation": "i1"}
@@ -108,7 +108,7 @@ def test_a_join_older_than_a_known_move_still_counts_as_a_membership_change() ->
 def test_membership_version_changes_whenever_who_is_where_changes(
     steps: list[tuple[str, Any]],
 ) -> None:
-    """What `node.room.Room.locations` relies on to keep its view until the next change."""
+    """What `roomstate.room.Room.locations` relies on to keep its view until the next change."""
     state = RoomState()
     for kind, step in steps:
         before, version = who_is_where(state), state.membership_version

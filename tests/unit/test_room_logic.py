@@ -10,12 +10,12 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from roomstate.crdt import HybridLogicalClock, RoomState
+from roomstate.errors import RequestError
+from roomstate.room import Output, Room, RoomConfig
+from roomstate.wire.events import AppMessage, BusEvent, decode_event, encode_event
+from roomstate.wire.protocol import Limits, SetMeetingSessionData
 
-from crdt import HybridLogicalClock, RoomState
-from node.errors import RequestError
-from node.events import AppMessage, BusEvent, decode_event, encode_event
-from node.protocol import Limits, SetMeetingSessionData
-from node.room import Output, Room, RoomConfig
 from tests.property.strategies import apply_room_op, room_ops, rooms
 
 # -- helpers --

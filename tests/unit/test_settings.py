@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from node.settings import Settings
+from roomstate.settings import Settings
 
 
 def test_gc_thresholds_default_override_and_python_default() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from crdt import HybridLogicalClock, RoomState
-from node.events import BusEvent
-from node.protocol import SetMeetingSessionData
-from node.room import Room, RoomConfig
+from roomstate.crdt import HybridLogicalClock, RoomState
+from roomstate.room import Room, RoomConfig
+from roomstate.wire.events import BusEvent
+from roomstate.wire.protocol import SetMeetingSessionData
 
 
 def make_room(name: str) -> Room:

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 from aiohttp._websocket.writer import WebSocketWriter
-
-from node.connection import ws_frame
+from roomstate.server.connection import ws_frame
 
 
 class RecordingTransport:

@@ -23,15 +23,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from crdt import HybridLogicalClock, LWWRegister, Participant, RoomState
-from crdt.hlc import clock_skew_ms
-from node.auth import verify_token
-from node.bus import Bus, MemoryBus, Snapshot
-from node.connection import Connection, WriteBatch, frame_type, ws_frame
-from node.errors import BusError, RequestError
-from node.events import AppMessage, BusEvent
-from node.metrics import Metrics
-from node.protocol import (
+from roomstate.auth import verify_token
+from roomstate.bus import Bus, Snapshot
+from roomstate.crdt import HybridLogicalClock, LWWRegister, Participant, RoomState
+from roomstate.crdt.hlc import clock_skew_ms
+from roomstate.errors import BusError, RequestError
+from roomstate.metrics import Metrics
+from roomstate.room import Output, Room, RoomConfig
+from roomstate.server.connection import Connection, WriteBatch, frame_type, ws_frame
+from roomstate.settings import Settings
+from roomstate.wire.events import AppMessage, BusEvent
+from roomstate.wire.protocol import (
     Join,
     Leave,
     Limits,
@@ -42,8 +44,6 @@ from node.protocol import (
     SetUserData,
     encode,
 )
-from node.room import Output, Room, RoomConfig
-from node.settings import Settings
 
 __all__ = ["Node"]
 
@@ -123,7 +123,6 @@ class Node:
         # nodes are judged only after a whole lease period of it: after an outage of the store,
         # the other nodes must be given the time to renew theirs first.
         self._held_since = math.inf
-        self._shared_store = not isinstance(bus, MemoryBus)  # others can fence this node
         self.clock_skew_ms = 0  # this node's clock minus the store's, as far as sure (ms)
         self.clock_in_bound = True  # |clock_skew_ms| <= max_drift_ms: stamped writes allowed
 
@@ -744,7 +743,7 @@ class Node:
           a node whose clock is out of bound refuses writes and reports not ready).
         """
         silent = time.monotonic() - self.bus.lease_confirmed_at(room_name)
-        if self._shared_store and silent > LEASE_ADMIT_S:
+        if self.bus.shared and silent > LEASE_ADMIT_S:
             raise RequestError(
                 "unavailable",
                 f"this node has not renewed its lease for {silent:.1f} s (the limit is "

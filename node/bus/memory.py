@@ -1,122 +1,20 @@
-"""The bus: how nodes share room events. One interface, two implementations.
-
-- `MemoryBus` (here): one process, no Redis: the embedded default of `roomstate serve`.
-- `RedisBus` (node/redis_bus.py): Redis Streams, standalone or Cluster.
-
-A bus keeps, per room, an ordered log of events and the merged room state those events add up to.
-A node that starts serving a room takes a `snapshot` (the stored state and the log position it
-corresponds to, read together), then subscribes *after* that position: no gap, and an event that
-is seen twice does no harm because CRDT merge is idempotent.
-
-The stored state of a room with no participants left is dropped after `room_grace_s`.
-Handlers are called on the event loop, in log order per room.
-"""
+"""The in-memory bus: one process, no Redis: the embedded default of `roomstate serve`, and the
+twin the bus conformance suite checks the Redis bus against."""
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from crdt import RoomState
-from node.events import BusEvent, decode_event, encode_event
+from roomstate.bus.base import Bus, EventHandler, LeaseState, Snapshot
+from roomstate.crdt import RoomState
+from roomstate.wire.events import BusEvent, decode_event, encode_event
 
-__all__ = ["Bus", "EventHandler", "LeaseState", "MemoryBus", "Snapshot"]
+__all__ = ["MemoryBus"]
 
 LOG_LENGTH = 1000  # events kept per room for replay (the Redis bus trims its streams likewise)
-
-LeaseState = Literal["held", "taken", "missing"]
-
-EventHandler = Callable[[str, str, BusEvent], None]
-"""Called with (room, position, event) for each event of a subscribed room."""
-
-
-@dataclass
-class Snapshot:
-    state: RoomState  # the stored state of the room (empty if the room is new)
-    position: str  # the log position the state includes everything up to
-
-
-class Bus(abc.ABC):
-    """Publish room events, subscribe to rooms, snapshot a room for a late joiner."""
-
-    @abc.abstractmethod
-    async def start(self) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    async def publish(
-        self, room: str, event: BusEvent, only_if_at: tuple[str, Any] | None = None
-    ) -> str | None:
-        """Store `event` in the room's log (merging its delta into the stored state); return
-        its position. With `only_if_at` = (session id, location), store it only if the stored
-        location of that participant is that one, else return None. Raises `BusError` if it
-        could not be stored."""
-
-    @abc.abstractmethod
-    async def snapshot(self, room: str) -> Snapshot: ...
-
-    @abc.abstractmethod
-    async def read_range(self, room: str, after: str) -> list[tuple[str, BusEvent]] | None:
-        """The room's events after position `after`, oldest first; None if the log no longer
-        holds them all (trimmed, or the store lost its data): then nothing can be replayed."""
-
-    @abc.abstractmethod
-    def position(self, room: str) -> str:
-        """The log position of the last event of a subscribed room handed to the handlers: a
-        client attached now gets every later event live."""
-
-    @abc.abstractmethod
-    def subscribe(self, room: str, after: str, handler: EventHandler) -> None:
-        """Deliver the room's events after position `after` to `handler`."""
-
-    @abc.abstractmethod
-    def unsubscribe(self, room: str, handler: EventHandler) -> None: ...
-
-    @abc.abstractmethod
-    def start_reading(self, origin: str) -> None:
-        """Begin delivering events; `origin` names the node reading (for its wake-ups)."""
-
-    @abc.abstractmethod
-    async def renew_lease(
-        self, node_id: str, incarnation: str, ttl_ms: int, register: bool
-    ) -> LeaseState:
-        """Register (`register`) or renew a node's lease: "held" (it is ours), "taken"
-        (another incarnation holds it) or "missing" (expired, or the store lost it). A store
-        of several servers (a Redis Cluster) keeps a copy per lease group (`lease_group`):
-        "taken" if any copy is, else "missing" if any is; copies that cannot be reached now
-        are left out (`BusError` only if none can)."""
-
-    def lease_group(self, room: str) -> object:
-        """Which copy of a node's lease the node renews for `room`'s store server (its
-        admission check looks at that copy); one group for a single-server store."""
-        return None
-
-    @abc.abstractmethod
-    def lease_confirmed_at(self, room: str) -> float:
-        """Monotonic time at which the last renewal that found this node's lease held, in the
-        group of `room`, was sent (-inf: never)."""
-
-    @abc.abstractmethod
-    async def lost_rooms(self, rooms: list[str]) -> list[str]:
-        """Those of `rooms` whose stored state may have been lost since the last call (the
-        store restarted without its data): their hosts merge their replicas back."""
-
-    @abc.abstractmethod
-    async def live_incarnations(self, node_ids: list[str]) -> dict[str, set[str]]:
-        """For each node, the incarnations holding its lease (a store of several servers keeps
-        a copy per lease group: any copy counts); an empty set where it has expired."""
-
-    @property
-    @abc.abstractmethod
-    def ready(self) -> bool:
-        """Whether the bus can take writes now."""
 
 
 class MemoryBus(Bus):

@@ -19,8 +19,7 @@ from collections import deque
 
 import orjson
 from aiohttp import WSMsgType, web
-
-from node.metrics import Metrics
+from roomstate.metrics import Metrics
 
 __all__ = [
     "Connection",
@@ -56,7 +55,7 @@ def ws_frame(payload: bytes) -> bytes:
 
 
 def frame_type(frame: bytes) -> str:
-    """The ``type`` of a frame made by `node.protocol.encode` (it is always the first field)."""
+    """The ``type`` of a frame made by `roomstate.wire.protocol` (always the first field)."""
     end = frame.find(b'"', 9)
     return frame[9:end].decode() if frame.startswith(b'{"type":"') and end > 0 else "?"
 

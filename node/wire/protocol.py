@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-
-from node.errors import RequestError
+from roomstate.errors import RequestError
 
 __all__ = [
     "Join",

@@ -26,13 +26,18 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from node.auth import check_api_key, make_token
-from node.bus import Bus, MemoryBus
-from node.connection import CLOSE_POLICY, Connection, TokenBucket, release_heartbeat_callback
-from node.errors import BusError, RequestError
-from node.node import Node
-from node.protocol import (
+from roomstate.auth import check_api_key, make_token
+from roomstate.bus import Bus, MemoryBus
+from roomstate.edge.node import Node
+from roomstate.errors import BusError, RequestError
+from roomstate.server.connection import (
+    CLOSE_POLICY,
+    Connection,
+    TokenBucket,
+    release_heartbeat_callback,
+)
+from roomstate.settings import Settings
+from roomstate.wire.protocol import (
     ROOM_NAME,
     WIRE_TYPES,
     depth,
@@ -43,13 +48,13 @@ from node.protocol import (
     request_id_of,
     too_deep,
 )
-from node.settings import Settings
 
 __all__ = ["build_app", "make_bus", "serve"]
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent / "static"  # the demo page
+BROWSER_SDK = Path(__file__).parents[1] / "sdk" / "browser"
 NODE_KEY = web.AppKey("node", Node)
 CLOSE_UNSUPPORTED = 1003  # RFC 6455: a binary frame where text is expected
 CLOSE_RESTART = 1012
@@ -289,7 +294,9 @@ async def demo_page(request: web.Request) -> web.FileResponse:
 
 
 async def sdk(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "roomstate.js", headers={"Content-Type": "text/javascript"})
+    return web.FileResponse(
+        BROWSER_SDK / "roomstate.js", headers={"Content-Type": "text/javascript"}
+    )
 
 
 def build_app(node: Node) -> web.Application:
@@ -311,7 +318,7 @@ def build_app(node: Node) -> web.Application:
 
 def make_bus(settings: Settings) -> Bus:
     if settings.redis or settings.redis_cluster:
-        from node.redis_bus import RedisBus  # the only module that imports redis
+        from roomstate.bus.redis.bus import RedisBus  # the only module that imports redis
 
         return RedisBus(settings)
     return MemoryBus(room_grace_s=settings.room_grace_s)

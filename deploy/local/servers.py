@@ -14,7 +14,7 @@ that wants its processes to outlive it calls `detach()` on them.
     ...
     lb.stop(); cluster.stop(); redis.stop()
 
-Missing binaries are installed with apt-get when running as root (`ensure_installed`).
+A missing program raises `MissingBinaryError` naming its package (`find_binary`).
 """
 
 from __future__ import annotations
@@ -37,74 +37,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeAlias
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_TEMPLATE = ROOT / "deploy" / "haproxy.cfg"
 HOST = "127.0.0.1"
 CLUSTER_SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
 
-# -- installing what is missing ---------------------------------------------------------------
+# -- finding the programs --------------------------------------------------------------------
 
 
 class MissingBinaryError(RuntimeError):
-    """A program is not installed and could not be installed here."""
+    """A program is not installed (`./deploy/dev.sh test` installs what the tests need)."""
 
 
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # not on a normal user's PATH (haproxy)
-_install_lock = threading.Lock()
-_installed: dict[str, str] = {}
 
 
-def _which(binary: str) -> str | None:
-    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN_DIRS])
-    return shutil.which(binary, path=path)
+def find_binary(binary: str, debian_package: str) -> str:
+    """Return the path of `binary`, or raise MissingBinaryError naming the package to install.
 
-
-def _apt_lists_fresh() -> bool:
-    """Whether apt's package lists exist and were updated within the last day."""
-    lists = Path("/var/lib/apt/lists")
-    day_ago = time.time() - 86400
-    try:
-        return any(p.stat().st_mtime > day_ago for p in lists.glob("*Packages*"))
-    except OSError:
-        return False
-
-
-def ensure_installed(binary: str, debian_package: str) -> str:
-    """Return the path of `binary`, installing `debian_package` with apt-get if it is missing.
-
-    Installs only as root on a system with apt-get (running `apt-get update` first when the
-    package lists are missing or older than a day, or when the first attempt fails); otherwise
-    raises MissingBinaryError naming the package to install.
+    Installing is the set-up's job (deploy/dev.sh), not a launcher's: a launcher runs as any user.
     """
-    with _install_lock:
-        if binary in _installed:
-            return _installed[binary]
-        found = _which(binary)
-        if found is None:
-            apt = shutil.which("apt-get")
-            if os.geteuid() != 0 or apt is None:
-                raise MissingBinaryError(
-                    f"{binary} is not installed: install the Debian/Ubuntu package "
-                    f"{debian_package!r} (sudo apt-get install {debian_package}), "
-                    f"or put {binary} on PATH"
-                )
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            install = [apt, "install", "-y", "-qq", debian_package]
-            if not _apt_lists_fresh():
-                subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, check=False)
-            done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:  # stale package lists: update once and retry
-                subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, check=False)
-                done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-            found = _which(binary)
-            if found is None:
-                raise MissingBinaryError(
-                    f"{binary} is still missing after `apt-get install {debian_package}` "
-                    f"(exit {done.returncode}): {done.stderr.strip()[-1000:]}"
-                )
-        _installed[binary] = found
-        return found
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN_DIRS])
+    found = shutil.which(binary, path=path)
+    if found is None:
+        raise MissingBinaryError(
+            f"{binary} is not installed: install the Debian/Ubuntu package {debian_package!r} "
+            f"(apt-get install {debian_package}, or ./deploy/dev.sh test as root), "
+            f"or put {binary} on PATH"
+        )
+    return found
 
 
 # -- ports ------------------------------------------------------------------------------------
@@ -443,7 +405,7 @@ class RedisServer:
         return server
 
     def _spawn(self) -> None:
-        binary = ensure_installed("redis-server", "redis-server")
+        binary = find_binary("redis-server", "redis-server")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         p = self.port
         argv = [
@@ -577,7 +539,7 @@ class RedisCluster:
         every node says `cluster_state:ok` with all 16384 slots served."""
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
-        cli = ensure_installed("redis-cli", "redis-tools")
+        cli = find_binary("redis-cli", "redis-tools")
         tmp_dir = Path(tmp_dir)
         count = masters * (1 + replicas_per_master)
         servers: list[RedisServer] = []
@@ -813,7 +775,7 @@ class Haproxy:
         The backends' health is not awaited: haproxy counts them up until checks fail (see
         `wait_for_states`).
         """
-        binary = ensure_installed("haproxy", "haproxy")
+        binary = find_binary("haproxy", "haproxy")
         tmp_dir = Path(tmp_dir)
         tmp_dir.mkdir(parents=True, exist_ok=True)
         port = port or free_port()

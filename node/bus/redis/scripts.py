@@ -1,4 +1,4 @@
-"""Lua scripts run inside Redis by `node.redis_bus`. Kept apart so they can be read as a whole.
+"""Lua scripts run inside Redis by `roomstate.bus.redis.bus`. Kept apart to be read as a whole.
 
 A room's stored state is a hash whose fields are the CRDT registers, each stored as
 ``"<stamp> <payload>"`` (a stamp never contains a space):

@@ -47,14 +47,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
-
-from crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
-from node.bus import Bus, EventHandler, LeaseState, Snapshot
-from node.errors import BusError, FencedError
-from node.events import BusEvent, decode_event, encode_event
-from node.redis_scripts import PUBLISH, PUBLISH_MESSAGE, RENEW_LEASE, SNAPSHOT
-from node.resp import RespConnection, RespConnectionError, RespError
-from node.settings import Settings
+from roomstate.bus import Bus, EventHandler, LeaseState, Snapshot
+from roomstate.bus.redis.resp import RespConnection, RespConnectionError, RespError
+from roomstate.bus.redis.scripts import PUBLISH, PUBLISH_MESSAGE, RENEW_LEASE, SNAPSHOT
+from roomstate.crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
+from roomstate.errors import BusError, FencedError
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent, decode_event, encode_event
 
 __all__ = ["RedisBus"]
 
@@ -225,6 +224,8 @@ class _PerServer:
 
 
 class RedisBus(Bus):
+    shared = True  # other nodes share the store
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = self._connect(COMMAND_TIMEOUT_S)  # snapshots, leases, Cluster topology
