@@ -63,6 +63,7 @@ def _around(start: str, end: str, func: Callable[..., Any]) -> Callable[..., Any
 
 def install(out: str) -> None:
     from aiohttp import web_protocol
+
     from roomstate.bus.redis.resp import RespConnection
     from roomstate.edge.node import Node
     from roomstate.server.connection import WriteBatch

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from roomstate.bus.redis.resp import RespConnection
 
 from deploy.local.servers import RedisServer
+from roomstate.bus.redis.resp import RespConnection
 
 # The shape of node/redis_scripts.py PUBLISH for an app message: read, append, persist.
 SCRIPT = """

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roomstate.auth import make_token
-
 from bench.common import (
     CPU_LATE_MS,
     cdf,
@@ -37,6 +35,7 @@ from bench.common import (
     summarize,
 )
 from bench.deploy import ROOT, Deployment, external, start_floor, start_peer, start_topology
+from roomstate.auth import make_token
 
 P99_LIMIT_MS = 50.0
 CORES = os.cpu_count() or 1

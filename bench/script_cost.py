@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 import redis
-import roomstate.bus.redis.scripts as current
 
+import roomstate.bus.redis.scripts as current
 from deploy.local.servers import RedisServer
 
 ROOM = "cost"

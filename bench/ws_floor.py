@@ -114,6 +114,7 @@ async def serve_direct() -> int:
     member's transport: no `send_frame`, no await. Not the node's batching per loop iteration
     nor its send queue for a slow client (this server has none: writes are not bounded)."""
     from aiohttp import WSMsgType, web
+
     from roomstate.server.connection import ws_frame
 
     rooms: dict[str, list[tuple[web.WebSocketResponse, asyncio.Transport]]] = {}

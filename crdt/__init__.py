@@ -13,7 +13,7 @@ from __future__ import annotations
 from roomstate.crdt.codec import VERSION, decode, encode, from_obj, to_obj
 from roomstate.crdt.errors import ClockDriftError, CodecError, CrdtError
 from roomstate.crdt.hlc import DEFAULT_MAX_DRIFT_MS, ZERO, HybridLogicalClock, Stamp
-from roomstate.crdt.lww import Entry, LWWMap, LWWRegister
+from roomstate.crdt.lww import Entry, Json, LWWMap, LWWRegister
 from roomstate.crdt.room import Changes, Participant, RoomState
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "CrdtError",
     "Entry",
     "HybridLogicalClock",
+    "Json",
     "LWWMap",
     "LWWRegister",
     "Participant",

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import orjson
+
 from roomstate.crdt.errors import CodecError, CrdtError
 from roomstate.crdt.hlc import Stamp
 from roomstate.crdt.lww import Entry, LWWMap, LWWRegister

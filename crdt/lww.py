@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from roomstate.crdt.hlc import Stamp
 
 __all__ = ["Entry", "LWWMap", "LWWRegister"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+
 from roomstate.errors import RequestError
 from roomstate.wire.protocol import MAX_NAME_LENGTH, ROOM_NAME
 

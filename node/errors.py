@@ -3,6 +3,7 @@
 NodeError                 the root of every error the node raises on purpose
 ├── RequestError          a client request broke a rule; carries the wire error `code`
 └── BusError              the bus (in-memory or Redis) could not take or give an event
+    └── FencedError       the store refused a write: its incarnation no longer holds the lease
 
 Wire error codes (the closed list of ``error.code`` values a client can see):
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ERROR_CODES", "BusError", "NodeError", "RequestError"]
+__all__ = ["ERROR_CODES", "BusError", "FencedError", "NodeError", "RequestError"]
 
 ERROR_CODES: Final = frozenset(
     {

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from hypothesis import HealthCheck, settings
+
 from roomstate.sdk.client import CallClient
 
 settings.register_profile("dev", max_examples=100, deadline=None)

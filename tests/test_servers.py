@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from deploy.local import servers
 from deploy.local.servers import (
     HAPROXY_TEMPLATE,
     Haproxy,
@@ -23,7 +24,6 @@ from deploy.local.servers import (
     free_port,
     render_haproxy_config,
 )
-from deploy.local import servers
 
 integration = pytest.mark.integration
 

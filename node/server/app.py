@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from roomstate.auth import check_api_key, make_token
 from roomstate.bus import Bus, MemoryBus
 from roomstate.edge.node import Node

@@ -19,6 +19,7 @@ from collections import deque
 
 import orjson
 from aiohttp import WSMsgType, web
+
 from roomstate.metrics import Metrics
 
 __all__ = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import orjson
+
 from roomstate.crdt import CodecError, RoomState, from_obj, to_obj
 
 __all__ = ["AppMessage", "BusEvent", "decode_event", "encode_event"]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import orjson
+
+from roomstate.crdt import Json
 from roomstate.errors import RequestError
 
 __all__ = [
@@ -46,7 +48,6 @@ MAX_RECIPIENTS: Final = 256
 # A log position as the node gives it in `seq`: "N" (in-memory bus) or "MS-N" (a Redis stream id).
 POSITION = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
-Json = Any
 RequestId = str | int | None
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deploy.local.servers import redis_command
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.sdk.client import CallClient
 from roomstate.settings import Settings
-
-from deploy.local.servers import redis_command
 
 from ..integration.deployments import Deployment, start_deployment
 from .conftest import FULL

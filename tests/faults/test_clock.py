@@ -21,13 +21,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
+from deploy.local.servers import Haproxy, RedisServer, free_port
 from roomstate.bus.redis.bus import RedisBus, log_key
 from roomstate.crdt import RoomState, Stamp
 from roomstate.sdk.client import CallClient, Unavailable
 from roomstate.settings import Settings
 from roomstate.wire.events import BusEvent, decode_event
-
-from deploy.local.servers import Haproxy, RedisServer, free_port
 
 from ..integration.conftest import FAST, NodeProcess, start_node
 

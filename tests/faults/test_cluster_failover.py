@@ -42,11 +42,11 @@ from typing import Any
 
 import psutil
 import pytest
+
+from deploy.local.servers import RedisCluster, RedisServer
 from roomstate.bus.redis.bus import RedisBus, log_key
 from roomstate.sdk.client import CallClient, ClientError
 from roomstate.settings import Settings
-
-from deploy.local.servers import RedisCluster, RedisServer
 
 from .conftest import FAST, NodeProcess, full_only, p99, start_node
 

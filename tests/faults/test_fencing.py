@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from roomstate.bus.redis.bus import log_key, state_key
-from roomstate.sdk.client import CallClient
 
 from deploy.local.servers import RedisServer
+from roomstate.bus.redis.bus import log_key, state_key
+from roomstate.sdk.client import CallClient
 
 from ..integration.deployments import Deployment, start_deployment
 from .conftest import join, recv_json

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deploy.local.servers import RedisReplyError, RedisServer
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.sdk.client import CallClient, ClientError, ConnectionClosed, NotJoined
 from roomstate.settings import Settings
-
-from deploy.local.servers import RedisReplyError, RedisServer
 
 from .conftest import FAST, NodeProcess, TcpProxy, start_node
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import psutil
 import pytest
+
+from deploy.local.servers import RedisServer
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.sdk.client import CallClient, ClientError, ConnectionClosed
 from roomstate.settings import Settings
-
-from deploy.local.servers import RedisServer
 
 from .conftest import FAST, FULL, NodeProcess, start_node
 

@@ -30,9 +30,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from roomstate.bus.redis.bus import state_key
 
 from deploy.local.servers import Haproxy, RedisServer
+from roomstate.bus.redis.bus import state_key
 
 from ..integration.deployments import Deployment, start_deployment
 from .conftest import full_only

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+
 from roomstate import auth
 
 from .conftest import (

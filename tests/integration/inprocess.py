@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
+
 from roomstate.bus import MemoryBus
 from roomstate.edge.node import Node
 from roomstate.server.app import build_app

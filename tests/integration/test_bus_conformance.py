@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from deploy.local.servers import RedisCluster, RedisServer
 from roomstate.bus import Bus, MemoryBus
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.crdt import RoomState, Stamp
 from roomstate.settings import Settings
 from roomstate.wire.events import AppMessage, BusEvent
-
-from deploy.local.servers import RedisCluster, RedisServer
 
 from ..property.strategies import apply_room_op, few_stamps, room_ops, stamps
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from roomstate.sdk.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
 from roomstate.settings import Settings
 

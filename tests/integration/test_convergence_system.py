@@ -19,6 +19,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from roomstate.bus.redis.bus import log_key
 from roomstate.crdt import Stamp
 from roomstate.sdk.client import CallClient

@@ -18,12 +18,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+
+from deploy.local.servers import slow_websocket_server
 from roomstate.bus import MemoryBus
 from roomstate.sdk.client import CallClient, RequestTimeout
 from roomstate.settings import Settings
 from roomstate.wire.events import BusEvent
-
-from deploy.local.servers import slow_websocket_server
 
 from .inprocess import node_in_process
 

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+
+from deploy.local.servers import RedisServer
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.sdk.client import CallClient, RestClient, Unavailable
 from roomstate.settings import Settings
-
-from deploy.local.servers import RedisServer
 
 from .conftest import FAST, NodeProcess, start_node
 from .deployments import Deployment, start_deployment

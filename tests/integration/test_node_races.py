@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from roomstate.bus import MemoryBus, Snapshot
 from roomstate.edge.node import LEASE_RENEW_S
 from roomstate.errors import BusError

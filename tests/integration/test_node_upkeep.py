@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+
 from roomstate.crdt import RoomState, Stamp
 from roomstate.sdk.client import CallClient
 from roomstate.settings import Settings

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
+
 from roomstate.sdk.client import CallClient, RateLimited
 
 from .conftest import API_KEY, FAST, ROOT, NodeProcess, start_node

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import redis.cluster
+
+from deploy.local.servers import HOST, RedisCluster, RedisServer
 from roomstate.bus.redis.bus import (
     RESYNC_ORIGIN,
     RedisBus,
@@ -27,8 +29,6 @@ from roomstate.crdt import RoomState, Stamp
 from roomstate.errors import BusError, FencedError
 from roomstate.settings import Settings
 from roomstate.wire.events import AppMessage, BusEvent
-
-from deploy.local.servers import HOST, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+
 from roomstate.edge.node import Node
 from roomstate.settings import Settings
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+
 from roomstate.sdk.client import CallClient, RestClient, TooLarge
 
 from .deployments import TOPOLOGIES, Deployment, start_deployment

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+
 from roomstate.auth import make_token
 
 from .conftest import API_KEY, NodeProcess

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from hypothesis import strategies as st
+
 from roomstate.crdt import LWWMap, LWWRegister, RoomState, Stamp, to_obj
 
 NODES = ("a", "b", "c")

@@ -22,6 +22,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+
 from roomstate.crdt import (
     DEFAULT_MAX_DRIFT_MS,
     HybridLogicalClock,

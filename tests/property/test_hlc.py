@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.crdt import ClockDriftError, CrdtError, HybridLogicalClock, Stamp
 
 walls = st.integers(0, 2**40)

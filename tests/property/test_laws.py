@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.crdt import LWWMap, LWWRegister, RoomState
 
 from .strategies import (

@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.crdt import LWWMap, RoomState, Stamp
 
 from .strategies import apply_map_op, json_values, map_ops, objects

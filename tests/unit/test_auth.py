@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jwt
 import pytest
+
 from roomstate.auth import make_token, verify_token
 from roomstate.errors import RequestError
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import roomstate.bus.redis.scripts as current
-
 from bench.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments, scripts_at
 
 

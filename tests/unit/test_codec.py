@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from hypothesis import given
+
 from roomstate.crdt import CodecError, LWWMap, LWWRegister, RoomState, Stamp, decode, encode
 
 from ..property.strategies import canonical, maps, registers, rooms

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.crdt import HybridLogicalClock, RoomState, Stamp
 from roomstate.crdt.hlc import clock_skew_ms
 from roomstate.room import Room, RoomConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from prometheus_client import CollectorRegistry, generate_latest
+
 from roomstate.metrics import GcPauses, PlainHistogram
 
 

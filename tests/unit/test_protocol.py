@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.errors import RequestError
 from roomstate.wire.protocol import (
     MAX_GROWTH,

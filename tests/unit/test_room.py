@@ -6,8 +6,8 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from roomstate.crdt import LWWMap, RoomState, Stamp
 
+from roomstate.crdt import LWWMap, RoomState, Stamp
 from tests.property.strategies import apply_room_op, room_ops, rooms
 
 LOC = {"node": "n1", "incarnation": "i1"}

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from roomstate.crdt import HybridLogicalClock, RoomState
 from roomstate.errors import RequestError
 from roomstate.room import Output, Room, RoomConfig
 from roomstate.wire.events import AppMessage, BusEvent, decode_event, encode_event
 from roomstate.wire.protocol import Limits, SetMeetingSessionData
-
 from tests.property.strategies import apply_room_op, room_ops, rooms
 
 # -- helpers --

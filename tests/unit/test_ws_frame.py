@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 from aiohttp._websocket.writer import WebSocketWriter
+
 from roomstate.server.connection import ws_frame
 
 

@@ -47,6 +47,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
+
 from roomstate.bus import Bus, EventHandler, LeaseState, Snapshot
 from roomstate.bus.redis.resp import RespConnection, RespConnectionError, RespError
 from roomstate.bus.redis.scripts import PUBLISH, PUBLISH_MESSAGE, RENEW_LEASE, SNAPSHOT
