@@ -2,7 +2,8 @@
 
 CrdtError                 the root: a value or encoding the data types cannot accept
 ├── ClockDriftError       a remote stamp is further ahead of the local clock than allowed
-└── CodecError            bytes that are not a state of a known codec version
+└── CodecError            bytes that are not a state of a known codec version, or text
+                          that is not an HLC stamp
 """
 
 from __future__ import annotations
@@ -19,4 +20,5 @@ class ClockDriftError(CrdtError):
 
 
 class CodecError(CrdtError):
-    """Bytes that do not decode to a state of a supported codec version."""
+    """Bytes that do not decode to a state of a supported codec version, or text that is not
+    an encoded HLC stamp (`Stamp.decode`)."""

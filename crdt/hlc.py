@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from roomstate.crdt.errors import ClockDriftError, CrdtError
+from roomstate.crdt.errors import ClockDriftError, CodecError, CrdtError
 
 __all__ = ["DEFAULT_MAX_DRIFT_MS", "ZERO", "HybridLogicalClock", "Stamp", "clock_skew_ms"]
 
@@ -43,10 +43,11 @@ class Stamp(NamedTuple):
 
     @classmethod
     def decode(cls, text: str) -> Stamp:
-        """Parse `encode`'s output; raise `CrdtError` on anything else."""
+        """Parse `encode`'s output; raise `CodecError` on anything else (stored or received
+        text, as the codec's other errors are: readers of stored data catch that one)."""
         match = _ENCODED.match(text)
         if match is None:
-            raise CrdtError(f"not an HLC stamp: {text!r}")
+            raise CodecError(f"not an HLC stamp: {text!r}")
         return cls(int(match[1], 16), int(match[2], 16), match[3])
 
     def __str__(self) -> str:

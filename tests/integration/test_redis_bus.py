@@ -198,6 +198,26 @@ async def test_a_message_missing_from_the_channel_is_read_from_the_stream(
     assert received.numbers == [0, 1, 2]
 
 
+@pytest.mark.parametrize(
+    ("field", "stored"),
+    [
+        ("p:s1:u", "000000000001.0000.n1 {not json"),  # an unreadable value
+        ("p:s1:u", "not-a-stamp 1"),  # an unreadable stamp (escaped as a CrdtError before)
+        ("m:k", "0001.0000.n1 v1"),
+        ("e", "yesterday"),
+    ],
+)
+async def test_a_snapshot_of_an_unreadable_stored_state_is_a_bus_error(
+    redis_server: RedisServer, buses: list[RedisBus], field: str, stored: str
+) -> None:
+    bus = buses[0]
+    room = f"unreadable-{uuid.uuid4().hex[:8]}"
+    await bus.publish(room, joined("s1"))
+    redis_server.command("HSET", state_key(room), field, stored)
+    with pytest.raises(BusError, match="the stored state of .* is unreadable"):
+        await bus.snapshot(room)
+
+
 async def test_a_range_read_is_whole_or_none(
     redis_server: RedisServer, buses: list[RedisBus]
 ) -> None:

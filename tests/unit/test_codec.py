@@ -83,3 +83,11 @@ def test_a_state_the_encoder_would_not_make_is_refused_or_normalised() -> None:
     merged = LWWMap()
     merged.merge(decoded)
     assert canonical(merged) == canonical(decoded)
+
+
+@pytest.mark.parametrize("text", ["", "nope", "00000000001.0000.n1", "000000000001.0000.n 1"])
+def test_a_malformed_stamp_is_a_codec_error(text: str) -> None:
+    # Stored or sent text, not a misuse of the API: the codec's error, which readers of stored
+    # data catch (it was the root CrdtError, which escaped them)
+    with pytest.raises(CodecError, match="not an HLC stamp"):
+        Stamp.decode(text)
