@@ -214,7 +214,7 @@ async def test_a_snapshot_of_an_unreadable_stored_state_is_a_bus_error(
     room = f"unreadable-{uuid.uuid4().hex[:8]}"
     await bus.publish(room, joined("s1"))
     redis_server.command("HSET", state_key(room), field, stored)
-    with pytest.raises(BusError, match="the stored state of .* is unreadable"):
+    with pytest.raises(BusError, match=r"the stored state of .* is unreadable"):
         await bus.snapshot(room)
 
 
