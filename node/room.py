@@ -220,6 +220,12 @@ class Room:
         out.send(self._recipients(message), frame)
         return out
 
+    def move(self, session_id: str, location: dict[str, Any], now_ms: int) -> RoomState:
+        """The delta that moves a participant's connection to `location`, *not* applied to
+        this replica: a resume stores it first, on condition that the participant is still
+        where it was, and merges it only once stored."""
+        return RoomState().move(session_id, location, self.clock.tick(now_ms))
+
     def attach(self, session_id: str) -> None:
         """A present participant's connection is (again) on this node."""
         self.local[session_id] = None

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["Client", "FanOut", "send_each"]
+__all__ = [
+    "CLOSE_FENCED",
+    "CLOSE_REMOVED",
+    "CLOSE_REPLACED",
+    "Client",
+    "FanOut",
+    "send_each",
+]
 
 
 class Client(Protocol):
@@ -46,3 +53,9 @@ def send_each(frame: bytes, clients: Sequence[Client]) -> None:
     """The plain `FanOut`: `Client.send` to each, for a node without a WebSocket server."""
     for client in clients:
         client.send(frame)
+
+
+# WebSocket close codes the node closes a client with (4000-4999: the application's own).
+CLOSE_REMOVED = 4001  # another node removed its participant from the room
+CLOSE_FENCED = 4002  # this node lost its lease
+CLOSE_REPLACED = 4003  # the session was resumed on another connection

@@ -2,8 +2,7 @@
 
 Fan-out never waits for a slow client. A frame goes to the socket without a task switch when
 nothing is queued before it and the socket's buffer is nearly empty (the common case); the frames
-one client gets in one event-loop iteration go out in one `write` (`WriteBatch`: under load a
-burst of events read from Redis at once costs each recipient one system call, not one per frame).
+one client gets in one event-loop iteration go out in one `write` (`fastpath.WriteBatch`).
 Otherwise a frame is appended to the queue, which a task drains with backpressure. That task
 runs only while frames are queued: an idle connection holds no task, coroutine or event (fewer
 objects for each full garbage collection to walk; docs/performance.md). A client whose queue
@@ -14,22 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from roomstate.metrics import Metrics
+from roomstate.server.fastpath import WriteBatch, release_heartbeat_callback, ws_frame
+from roomstate.wire.protocol import frame_type
 
-__all__ = [
-    "Connection",
-    "TokenBucket",
-    "WriteBatch",
-    "frame_type",
-    "release_heartbeat_callback",
-    "ws_frame",
-]
+__all__ = ["CLOSE_POLICY", "Connection", "TokenBucket"]
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +35,6 @@ WRITE_THROUGH_BYTES = 16 * 1024
 # (an app message this node stores is delivered locally after its publish returns, which can be
 # after the resume read it from the log).
 REPLAYED_MEMORY_S = 5.0
-
-
-def ws_frame(payload: bytes) -> bytes:
-    """`payload` as a complete WebSocket text frame from a server (FIN, not masked, not
-    compressed, RFC 6455 §5.2): the same bytes for every recipient, so built once per event."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
-def frame_type(frame: bytes) -> str:
-    """The ``type`` of a frame made by `roomstate.wire.protocol` (always the first field)."""
-    end = frame.find(b'"', 9)
-    return frame[9:end].decode() if frame.startswith(b'{"type":"') and end > 0 else "?"
 
 
 class TokenBucket:
@@ -83,58 +59,6 @@ class TokenBucket:
             return True
         self.refused += 1
         return False
-
-
-def release_heartbeat_callback(protocol: object) -> None:
-    """Stop aiohttp's connection protocol from resetting the WebSocket heartbeat on incoming data.
-    Since aiohttp PR #12030 (3.14) a `WebSocketResponse` gives its connection's protocol a
-    callback (`RequestHandler._data_received_cb`) that re-arms the heartbeat timer on any data,
-    closed or not, and nothing drops it. Two costs, so call this before a close the server
-    starts and when the handler ends:
-
-    - a close the server starts cancels the heartbeat, then waits for the peer's close frame;
-      that frame re-arms it, and the timer holds the whole response (request, protocol,
-      buffers: ~11 KB) for `heartbeat_s` (20 s) after the connection is gone. A node whose
-      clients leave with `leave` held 11 MB more per 1,000 of them a few seconds later;
-    - the callback makes a cycle (protocol → callback → response → request → protocol) of ~40
-      objects per closed connection, which only a full collection frees
-      (docs/decisions/0005-gc-thresholds.md).
-
-    Private to aiohttp: if it goes or changes, this does nothing, and
-    tests/integration/test_server_memory.py tells whether either cost came back."""
-    try:
-        if getattr(protocol, "_data_received_cb", None) is not None:
-            protocol._data_received_cb = None  # type: ignore[attr-defined]
-    except AttributeError:  # read-only in some later aiohttp
-        pass
-
-
-class WriteBatch:
-    """The connections that have frames waiting for the end of this event-loop iteration; one
-    callback writes each one's frames in one `write`. A node has one (it lives on one loop)."""
-
-    def __init__(self) -> None:
-        self._pending: list[Connection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was first used on
-
-    def add(self, conn: Connection) -> None:
-        """`conn` has its first frame of this iteration waiting (called from the running loop:
-        a node, and so its batch, lives on one)."""
-        if not self._pending:
-            loop = self._loop
-            if loop is None or not loop.is_running():
-                # once: asyncio.get_running_loop costs a getpid system call
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._write_all)
-        self._pending.append(conn)
-
-    def _write_all(self) -> None:
-        pending, self._pending = self._pending, []
-        for conn in pending:
-            try:
-                conn.write_batched()
-            except Exception:  # one broken socket must not leave the others' frames unwritten
-                log.exception("cannot write to a client")
 
 
 class Connection:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from roomstate.bus import MemoryBus
 from roomstate.edge.node import Node
-from roomstate.server.app import build_app
+from roomstate.server.app import build_app, make_node
 from roomstate.settings import Settings
 
 
@@ -31,7 +31,7 @@ async def node_in_process(
     """`bus`: an in-memory bus of the test's own (one that can be made to wait, say)."""
     bus = bus if bus is not None else MemoryBus(room_grace_s=settings.room_grace_s)
     await bus.start()
-    node = Node(settings, bus)
+    node = make_node(settings, bus)
     await node.start()
     runner = web.AppRunner(build_app(node), access_log=None)
     await runner.setup()

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from roomstate.bus import MemoryBus, Snapshot
-from roomstate.edge.node import LEASE_RENEW_S
+from roomstate.crdt import RoomState
+from roomstate.edge.identity import LEASE_RENEW_S
 from roomstate.errors import BusError
 from roomstate.sdk.client import CallClient, ConnectionClosed, Unavailable
 from roomstate.settings import Settings
@@ -89,7 +90,7 @@ async def join_and_drop(it: InProcessNode) -> tuple[CallClient, str]:
     assert sid is not None
     await ada.close()
     for _ in range(200):
-        if sid in it.node._away:
+        if it.node.sessions.is_away(sid):
             return ada, sid
         await asyncio.sleep(0.01)
     raise AssertionError(f"{sid} is not waited for")
@@ -112,7 +113,7 @@ async def test_a_leave_that_could_not_be_stored_is_merged_back_after_the_room_cl
     async with node_in_process(Settings(), ROOM, bus) as it:
         ada = await leave_unstored(it, bus)
         assert ROOM not in it.node.rooms
-        await it.node._restore_lost_rooms()  # the upkeep's merge-back
+        await it.node.membership.restore_lost_rooms()  # the upkeep's merge-back
         async with CallClient() as late:
             joined = await late.join(it.url)
         assert ada.session_id not in joined["participants"], "a ghost"
@@ -146,7 +147,7 @@ async def test_a_grace_ending_while_a_resume_is_stored_does_not_remove_the_parti
         bus.add(moves, hold=go)
         resuming = asyncio.ensure_future(ada.join(it.url, resume=ada.resume_token))
         await asyncio.wait_for(bus.reached[moves].wait(), 5)
-        await it.node._grace_over(ROOM, sid)  # the timer fires meanwhile
+        await it.node.sessions.grace_over(ROOM, sid)  # the timer fires meanwhile
         go.set()
         joined = await resuming
         assert joined["resumed"] is True
@@ -179,7 +180,10 @@ async def test_a_rest_write_stored_while_the_room_opens_here_reaches_its_clients
 
 class PausingBus(FaultyBus):
     """A bus whose lease confirmation the test sets: a snapshot that waits while the lease
-    goes unconfirmed models a node stopped (SIGSTOP) during a join."""
+    goes unconfirmed models a node stopped (SIGSTOP) during a join. It is shared (as the Redis
+    bus is): other nodes could judge this one lost, so the node checks its lease."""
+
+    shared = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -194,7 +198,6 @@ async def test_a_join_whose_snapshot_waited_out_the_lease_is_refused() -> None:
     # under an incarnation the others had buried meanwhile.
     bus = PausingBus()
     async with node_in_process(Settings(), ROOM, bus) as it:
-        it.node._shared_store = True  # others could fence it (a shared store)
         bus.hold_snapshot = True
         client = CallClient()
         joining = asyncio.ensure_future(client.join(it.url))
@@ -220,7 +223,7 @@ async def test_a_grace_end_retried_while_a_resume_is_stored_does_not_remove_it_l
         removal_fails, move_goes = asyncio.Event(), asyncio.Event()
         bus.add(removes, hold=removal_fails, fail=True)
         bus.add(moves, hold=move_goes)
-        grace = asyncio.ensure_future(it.node._grace_over(ROOM, sid))  # the timer fires
+        grace = asyncio.ensure_future(it.node.sessions.grace_over(ROOM, sid))  # the timer fires
         await asyncio.wait_for(bus.reached[removes].wait(), 5)
         resuming = asyncio.ensure_future(ada.join(it.url, resume=ada.resume_token))
         await asyncio.wait_for(bus.reached[moves].wait(), 5)
@@ -244,7 +247,7 @@ async def test_a_grace_end_retried_after_its_room_closed_is_still_stored() -> No
         _, sid = await join_and_drop(it)
         removal_fails = asyncio.Event()
         bus.add(removes, hold=removal_fails, fail=True)
-        grace = asyncio.ensure_future(it.node._grace_over(ROOM, sid))
+        grace = asyncio.ensure_future(it.node.sessions.grace_over(ROOM, sid))
         await asyncio.wait_for(bus.reached[removes].wait(), 5)
         await bo.leave()  # the room closes: nobody here, nobody waited for
         removal_fails.set()
@@ -267,7 +270,7 @@ async def test_a_replica_merged_back_after_its_room_reopened_reaches_the_new_one
             bus.add(lambda e: e.delta is not None and bool(e.delta.participants), fail=True)
             with pytest.raises(Unavailable):
                 await bo.set_user_data({"x": 1})
-            await it.node._restore_lost_rooms()
+            await it.node.membership.restore_lost_rooms()
             assert ada.session_id not in (await bus.snapshot(ROOM)).state.present()
             left = await bo.next_event("participant-left", timeout=5)
             assert left["participant"]["session_id"] == ada.session_id
@@ -284,7 +287,7 @@ async def test_a_fence_while_a_resume_is_stored_closes_its_connection() -> None:
         bus.add(moves, hold=go)
         resuming = asyncio.ensure_future(ada.join(it.url, resume=ada.resume_token))
         await asyncio.wait_for(bus.reached[moves].wait(), 5)
-        await it.node._fence()  # the lease was lost meanwhile
+        await it.node.membership.fence()  # the lease was lost meanwhile
         go.set()
         with pytest.raises(ConnectionClosed) as closed:
             await resuming
@@ -315,17 +318,31 @@ async def test_a_leave_of_the_old_connection_while_a_resume_is_stored_makes_it_f
 
 
 class LosingBus(FaultyBus):
-    """A FaultyBus whose store can lose rooms: `lose(rooms)` empties their stored state and has
-    the next `lost_rooms` report them (once, as the Redis bus reports a new shard epoch)."""
+    """A FaultyBus whose store can lose rooms: `lose(rooms)` empties their stored state (as its
+    snapshots show it: from then on, only what is published after the loss) and has the next
+    `lost_rooms` report them (once, as the Redis bus reports a new shard epoch)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.just_lost: list[str] = []
+        self.since_loss: dict[str, RoomState] = {}  # a lost room's state, from the loss on
 
     def lose(self, rooms: list[str]) -> None:
         for room in rooms:
-            self._states.pop(room, None)
+            self.since_loss[room] = RoomState()
         self.just_lost = list(rooms)
+
+    async def publish(self, room: str, event: BusEvent, only_if_at: Any = None) -> str | None:
+        position = await super().publish(room, event, only_if_at)
+        if position is not None and event.delta is not None and room in self.since_loss:
+            self.since_loss[room].merge(event.delta)
+        return position
+
+    async def snapshot(self, room: str) -> Snapshot:
+        snapshot = await super().snapshot(room)
+        if room not in self.since_loss:
+            return snapshot
+        return Snapshot(self.since_loss[room].copy(), snapshot.position)
 
     async def lost_rooms(self, rooms: list[str]) -> list[str]:
         lost, self.just_lost = [r for r in self.just_lost if r in rooms], []
@@ -345,8 +362,8 @@ async def test_every_lost_room_is_merged_back_when_the_first_merge_back_fails() 
             bus.lose([ROOM, f"{ROOM}-b"])
             bus.add(lambda e: e.delta is not None, fail=True)  # the first merge-back
             with pytest.raises(BusError):
-                await it.node._restore_lost_rooms()
-            await it.node._restore_lost_rooms()  # the next round
+                await it.node.membership.restore_lost_rooms()
+            await it.node.membership.restore_lost_rooms()  # the next round
             for room, who in ((ROOM, ada), (f"{ROOM}-b", bob)):
                 stored = (await bus.snapshot(room)).state
                 assert who.session_id in stored.participants, f"{room} was not merged back"
@@ -377,12 +394,12 @@ async def fenced_during_a_write(
     bus.add(writes_user_data, hold=go, fail=True)
     write = asyncio.create_task(ada.set_user_data({"v": "stale"}))
     await asyncio.wait_for(bus.reached[writes_user_data].wait(), 5)
-    await it.node._fence()
+    await it.node.membership.fence()
     go.set()
     with pytest.raises((ConnectionClosed, Unavailable)):
         await write
-    assert not it.node._unsynced, "a replica of the fenced incarnation was queued"
-    await it.node._restore_lost_rooms()
+    assert not it.node.hosting.unsynced, "a replica of the fenced incarnation was queued"
+    await it.node.membership.restore_lost_rooms()
     stored = (await bus.snapshot(ROOM)).state.participants.get(sid)
     assert stored is None or stored.user_data is None or stored.user_data.value != {"v": "stale"}, (
         "the old incarnation's write was stored under the new one"
@@ -400,12 +417,13 @@ async def test_a_shutdown_keeps_its_lease_until_the_leaves_are_out() -> None:
         bus.add(removes, hold=go)  # ada's leave, published by the shutdown
         stopping = asyncio.create_task(it.node.shutdown())
         await asyncio.wait_for(bus.reached[removes].wait(), 5)
-        lease = it.node._lease_task
-        assert lease is not None and not lease.done(), "the lease is no longer renewed"
-        bus._leases[it.node.node_id] = "another-incarnation"  # the lease is lost meanwhile
+        membership = it.node.membership
+        assert membership.renewing, "the lease is no longer renewed"
+        # the lease is lost meanwhile (another incarnation of this node took it)
+        await bus.renew_lease(it.node.node_id, "another-incarnation", 5000, register=True)
         incarnation = it.node.incarnation
         await asyncio.sleep(LEASE_RENEW_S + 0.3)  # a lease round
         assert it.node.incarnation == incarnation, "fenced while shutting down"
         go.set()
         await stopping
-        assert lease.done()
+        assert not membership.renewing

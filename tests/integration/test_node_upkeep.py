@@ -39,14 +39,14 @@ async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> N
         now = int(time.time() * 1000)
         delta = RoomState()
         gone = {"node": "gone", "incarnation": "x"}
-        here = {"node": node.node_id, "incarnation": node.incarnation}
+        here = node.identity.location()
         delta.join("ghost", info("ghost"), gone, None, Stamp(now, 0, "gone"))
         delta.join("held-here", info("held-here"), here, None, Stamp(now, 1, "gone"))
         await bus.publish(ROOM, BusEvent("gone/x", now, delta=delta))
         await client.next_event("participant-joined")
         await client.next_event("participant-joined")
 
-        await node._remove_lost_participants()  # "gone" never held a lease
+        await node.membership.remove_lost_participants()  # "gone" never held a lease
 
         left = await client.next_event("participant-left")
         assert (left["participant"]["session_id"], left["reason"]) == ("ghost", "node-lost")
@@ -56,5 +56,5 @@ async def test_a_round_removes_the_participants_of_dead_incarnations_only() -> N
         stored = await bus.snapshot(ROOM)
         assert "ghost" in stored.state.removed, "the removal is stored for the other nodes"
 
-        await node._remove_lost_participants()  # nothing more to do
+        await node.membership.remove_lost_participants()  # nothing more to do
         assert "held-here" in node.rooms[ROOM].state.present()

@@ -31,8 +31,8 @@ from .inprocess import node_in_process
 pytestmark = pytest.mark.integration
 
 CLIENTS = 50
-# the types of a connection's server side: aiohttp's server (web_*) and node/'s connection
-SERVER_SIDE = ("aiohttp.web_", "roomstate.server.connection.", "roomstate.server.app.")
+# the types of a connection's server side: aiohttp's server (web_*) and roomstate's server
+SERVER_SIDE = ("aiohttp.web_", "roomstate.server.")
 
 
 def cyclic_garbage() -> Counter[str]:

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp._websocket.writer import WebSocketWriter
 
-from roomstate.server.connection import ws_frame
+from roomstate.server.fastpath import ws_frame
 
 
 class RecordingTransport:
