@@ -19,6 +19,11 @@ __all__ = [
     "send_each",
 ]
 
+# WebSocket close codes the node closes a client with (4000-4999: the application's own).
+CLOSE_REMOVED = 4001  # another node removed its participant from the room
+CLOSE_FENCED = 4002  # this node lost its lease
+CLOSE_REPLACED = 4003  # the session was resumed on another connection
+
 
 class Client(Protocol):
     """One client's connection, as the node sees it."""
@@ -46,16 +51,10 @@ class Client(Protocol):
 
 
 FanOut = Callable[[bytes, Sequence[Client]], None]
-"""Write one server frame to each of the clients."""
+"""Write one server frame to each of the clients (the node has counted them in its metrics)."""
 
 
 def send_each(frame: bytes, clients: Sequence[Client]) -> None:
     """The plain `FanOut`: `Client.send` to each, for a node without a WebSocket server."""
     for client in clients:
         client.send(frame)
-
-
-# WebSocket close codes the node closes a client with (4000-4999: the application's own).
-CLOSE_REMOVED = 4001  # another node removed its participant from the room
-CLOSE_FENCED = 4002  # this node lost its lease
-CLOSE_REPLACED = 4003  # the session was resumed on another connection
