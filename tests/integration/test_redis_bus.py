@@ -15,20 +15,13 @@ import redis.asyncio as aioredis
 import redis.cluster
 
 from deploy.local.servers import HOST, RedisCluster, RedisServer
-from roomstate.bus.redis.bus import (
-    RESYNC_ORIGIN,
-    RedisBus,
-    channel,
-    encode_event,
-    lease_key,
-    log_key,
-    shard_of,
-    state_key,
-)
+from roomstate.bus.redis import RedisBus
+from roomstate.bus.redis.keys import channel, lease_key, log_key, shard_of, state_key
+from roomstate.bus.redis.reader import RESYNC_ORIGIN
 from roomstate.crdt import RoomState, Stamp
 from roomstate.errors import BusError, FencedError
 from roomstate.settings import Settings
-from roomstate.wire.events import AppMessage, BusEvent
+from roomstate.wire.events import AppMessage, BusEvent, encode_event
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +97,14 @@ async def test_a_subscription_lost_while_its_room_catches_up_is_made_again(
     room = f"race-{uuid.uuid4().hex[:8]}"
     received = Received()
     subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
+    reader = subscriber.reader
     async with asyncio.timeout(5):  # subscribed, its stream read not yet answered
-        while room not in subscriber._subscribed:
+        while (conn := reader.subscription(room)) is None:
             await asyncio.sleep(0)
-    assert room in subscriber._syncs, "the catch-up is still running"
-    subscriber._subscribed[room].close()  # the connection is lost (a real close)
+    assert reader.catching_up(room), "the catch-up is still running"
+    conn.close()  # the connection is lost (a real close)
     async with asyncio.timeout(5):
-        while room in subscriber._syncs:
+        while reader.catching_up(room):
             await asyncio.sleep(0.01)
     for n in range(3):
         await publisher.publish(room, message(n))
@@ -128,14 +122,13 @@ async def test_a_room_closed_while_it_subscribes_leaves_no_subscription_in_redis
     warm = f"warm-{uuid.uuid4().hex[:8]}"  # opens the subscription connection first
     subscriber.subscribe(warm, (await subscriber.snapshot(warm)).position, Received())
     async with asyncio.timeout(5):
-        while warm not in subscriber._subscribed:
+        while (conn := subscriber.reader.subscription(warm)) is None:
             await asyncio.sleep(0.01)
-    conn = subscriber._subscribed[warm]
     room = f"brief-{uuid.uuid4().hex[:8]}"
     handler = Received()
     subscriber.subscribe(room, "0-0", handler)
     async with asyncio.timeout(5):  # its SSUBSCRIBE sent, the reply not yet read
-        while not conn._pending:
+        while not conn.unanswered:
             await asyncio.sleep(0)
     subscriber.unsubscribe(room, handler)
     await asyncio.sleep(0.3)
@@ -149,7 +142,7 @@ async def test_a_subscription_connection_that_goes_silent_is_replaced(
     """A subscription connection only receives, so a server gone without a word (a host
     powered off) would never be noticed: the bus PINGs it, and drops it if no answer comes in
     time; its rooms subscribe again on a new one. Here Redis is stopped (SIGSTOP) until then."""
-    monkeypatch.setattr("roomstate.bus.redis.bus.SUBSCRIBER_PING_S", 0.5)  # before the buses start
+    monkeypatch.setattr("roomstate.bus.redis.reader.SUBSCRIBER_PING_S", 0.5)  # before they start
     made = await start_buses(redis_server.url)
     try:
         publisher, subscriber = made
@@ -157,9 +150,8 @@ async def test_a_subscription_connection_that_goes_silent_is_replaced(
         received = Received()
         subscriber.subscribe(room, (await subscriber.snapshot(room)).position, received)
         async with asyncio.timeout(5):
-            while room not in subscriber._subscribed:
+            while (before := subscriber.reader.subscription(room)) is None:
                 await asyncio.sleep(0.01)
-        before = subscriber._subscribed[room]
         redis_server.pause()
         try:
             async with asyncio.timeout(8):  # a PING within 0.5 s, no answer within 2 s
@@ -168,7 +160,7 @@ async def test_a_subscription_connection_that_goes_silent_is_replaced(
         finally:
             redis_server.resume()
         async with asyncio.timeout(10):
-            while subscriber._subscribed.get(room) in (None, before):
+            while subscriber.reader.subscription(room) in (None, before):
                 await asyncio.sleep(0.05)
         await publisher.publish(room, message(7))
         await received.wait_for(1)
@@ -205,6 +197,7 @@ async def test_a_message_missing_from_the_channel_is_read_from_the_stream(
         ("p:s1:u", "not-a-stamp 1"),  # an unreadable stamp (escaped as a CrdtError before)
         ("m:k", "0001.0000.n1 v1"),
         ("e", "yesterday"),
+        ("p:s1:z", "000000000001.0000.n1 1"),  # not a register (escaped as a KeyError before)
     ],
 )
 async def test_a_snapshot_of_an_unreadable_stored_state_is_a_bus_error(
@@ -240,22 +233,22 @@ async def test_a_room_whose_stream_was_trimmed_past_its_position_resyncs_from_a_
 ) -> None:
     publisher, subscriber = buses
     room = f"trim-{uuid.uuid4().hex[:8]}"
-    seen, ids = await subscribed_to_joins(publisher, subscriber, room, 6)
-    # As if the subscriber had last seen the first event, and the stream had since been
-    # trimmed past it: the events in between cannot be read any more.
+    _, ids = await subscribed_to_joins(publisher, subscriber, room, 6)
+    # A node that last saw the first event, and the stream since trimmed past it: the events
+    # in between cannot be read any more.
     redis_server.command("XTRIM", log_key(room), "MAXLEN", 2)
     assert isinstance(ids[0], str)
-    subscriber._positions[room] = ids[0]  # white box
-    subscriber._catch_up_soon(room)
+    seen: list[BusEvent] = []
+    publisher.subscribe(room, ids[0], lambda r, p, e: seen.append(e))
     resync = await resync_in(seen)
     assert resync.delta is not None
-    assert resync.delta == (await subscriber.snapshot(room)).state
+    assert resync.delta == (await publisher.snapshot(room)).state
     assert sorted(resync.delta.present()) == [f"s{n}" for n in range(6)]
-    assert subscriber.position(room) == ids[-1]
+    assert publisher.position(room) == ids[-1]
     # ... and it is reported, so that the node merges its replica back (the store may have
     # lost writes rather than trimmed them: a Cluster failover to a replica that was behind).
-    assert await subscriber.lost_rooms([room]) == [room]
-    assert await subscriber.lost_rooms([room]) == []
+    assert await publisher.lost_rooms([room]) == [room]
+    assert await publisher.lost_rooms([room]) == []
 
 
 async def test_a_stream_that_lost_its_last_events_is_reported(

@@ -65,6 +65,11 @@ class RespConnection(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
         self.closed = False
 
+    @property
+    def unanswered(self) -> int:
+        """How many commands sent wait for their reply."""
+        return len(self._pending)
+
     @classmethod
     async def open(cls, host: str, port: int, *, timeout: float) -> RespConnection:
         loop = asyncio.get_running_loop()
