@@ -1,119 +1,74 @@
-"""The two documented runs: `quick` (under 3 minutes) and `full` (the matrix, ~15-20 minutes).
+"""The two documented runs: `quick` (under 3 minutes) and `full` (the matrix, ~20-25 minutes).
 
     .venv/bin/python -m bench quick
-    .venv/bin/python -m bench full
+    .venv/bin/python -m bench full [--only PART,...]
 
-Both write bench/results/{quick,full}.json, .md and .png; the quick run's last stdout line is one
-JSON object (the summary).
+Both write bench/out/{quick,full}.json, .md and .png (git ignores bench/out/; the run of record
+is copied into bench/results/ by `python -m bench.harness.record`); the last stdout line is one
+JSON object (the summary). The systems: roomstate's topologies (bench/harness/deploy.py), the
+peers (bench/harness/peers.py: python-socketio, and Node.js Socket.IO with its Redis Streams and
+its pub/sub adapter) and the floors (bench/systems/).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import platform
 import shutil
-import statistics
 import sys
-import sysconfig
 import tempfile
 import time
-import timeit
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import hops, paired, report, runner, wake_cost
-from bench.common import dig
-from bench.runner import Scenario, ScenarioRun, log, run_redis_floor
+from bench.harness import report, runner
+from bench.harness.common import dig
+from bench.harness.machine import machine
+from bench.harness.report import OUT
+from bench.harness.runner import (
+    FLOOR_RECEIVERS,
+    LIGHT_RATE,
+    RAMP_STEPS,
+    REF_RATE,
+    Scenario,
+    ScenarioRun,
+    log,
+    run_redis_floor,
+)
+from bench.studies import hops, paired, wake_cost
+from bench.summary import (
+    BASE,
+    COLD_TAG,
+    FLOOR_AT_KNEE_LABEL,
+    FLOOR_LABEL,
+    NODE_PEER_LABELS,
+    PEER_KNEE_TAG,
+    PEER_LABEL,
+    PICOWS_ROOMS_FLOOR_LABEL,
+    ROOMS_FLOOR_AT_KNEE_LABEL,
+    ROOMS_FLOOR_LABEL,
+    TOPOLOGY_LABELS,
+    WARM_UP_TAG,
+    rooms_target,
+    summarize,
+    tagged_step,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REF_RATE = 1000.0  # msgs/s: the reference load of 10 rooms x 10 (9,000 deliveries/s)
-LIGHT_RATE = 100.0  # msgs/s: light load (900 deliveries/s)
-RAMP_STEPS = 16  # a bound on rate steps (×1.3 from half the reference); a ramp stops at a failure
-FLOOR_RECEIVERS = 99
 PAIRED_ROUNDS = 3  # rounds of the CPU ratios measured in turn (full run)
 WAKE_MESSAGES = 300  # ping-pongs per rate for the machine's wake-up cost (3.3 s in all)
-BASE = "2-nodes-redis"
-TOPOLOGY_LABELS = {
-    "1-node-memory": "roomstate 1 node in-memory",
-    "1-node-redis": "roomstate 1 node + Redis",
-    "2-nodes-redis": "roomstate 2 nodes + Redis",
-    "3-nodes-redis": "roomstate 3 nodes + Redis",
-    "3-nodes-cluster": "roomstate 3 nodes + Redis Cluster",
-}
-PEER_LABEL = "peer: python-socketio 2 nodes + Redis"
-PEER_KNEE_TAG = "peer knee load"  # ours at the peer's knee rate
-FLOOR_LABEL = "python floor: aiohttp 1 -> 99"
-# The same shape as ours (10 rooms x 10, every member sends to its room's 9 others) on one bare
-# aiohttp process: what a WebSocket server pays per message at a fan-out of 9, with no protocol,
-# no store and no second node. Context for the floor ratio and the light-load latency.
-ROOMS_FLOOR_LABEL = "python floor: aiohttp, 10 rooms x 10, 1 process"
-FLOOR_AT_KNEE_LABEL = f"{FLOOR_LABEL}, at our knee's load"
-ROOMS_FLOOR_AT_KNEE_LABEL = f"{ROOMS_FLOOR_LABEL}, at our knee's load"
-PICOWS_ROOMS_FLOOR_LABEL = "python floor: picows, 10 rooms x 10, 1 process"
+WARM_UP_FACTORS = (2.0, 4.0, 8.0)  # a Node peer's warm-up ramp, × the reference load
+QUICK_NODE_ADAPTERS = ("streams",)  # the Node peers of the quick run (time budget); full: both
+FULL_NODE_ADAPTERS = ("streams", "pubsub")
 
 
 def _machine_wake() -> list[dict[str, Any]]:
     """One loopback hop between two sleeping processes on this machine, at the light and the
-    reference rate (`bench.wake_cost`, TCP): what light-load latency is made of. It differs
+    reference rate (`bench.studies.wake_cost`, TCP): what light-load latency is made of. It differs
     between machines of one kind and between moments of one machine (docs/performance.md), so
     every run reports it beside its latencies. Run first, before any child process or thread."""
     log("== the machine's wake-up cost")
     return [wake_cost.measure("tcp", rate, WAKE_MESSAGES) for rate in (LIGHT_RATE, REF_RATE)]
-
-
-def _machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("aiohttp", "uvloop", "orjson", "redis", "hiredis", "python-socketio",
-                 "python-engineio"):  # fmt: skip
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    configure = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "python_prefix": sys.base_prefix,
-            "python_configure": [f for f in ("--enable-optimizations", "--with-lto")
-                                 if f in configure],
-            "python_loop_us": python_loop_us(), "versions": versions}  # fmt: skip
-
-
-def _fixed_python_work() -> int:
-    """A fixed piece of plain Python work (calls, small dicts, f-strings, lists), the kind a
-    node does per message."""
-    total = 0
-    for i in range(1000):
-        d = {"id": i, "name": f"p{i}", "tags": [i, i + 1]}
-        total += len(d["name"]) + d["tags"][1] % 7
-    return total
-
-
-def python_loop_us() -> float:
-    """How long this interpreter on this machine takes for `_fixed_python_work`, in µs: the best
-    of 300 runs, in three batches 0.1 s apart (a slow moment of the machine can last tens of
-    ms). Interpreter builds differ here: pyenv's default build takes about 1.7× as long as
-    Debian's, which is built with PGO and LTO (docs/performance.md); and so does one machine from
-    one moment to the next. Every run reports it, as it reports the wake-up cost. Debian's build,
-    like some others, does not list its optimizations in `CONFIG_ARGS`: this is measured, not
-    read."""
-    best = math.inf
-    for batch in range(3):
-        if batch:
-            time.sleep(0.1)
-        best = min(best, *timeit.repeat(_fixed_python_work, number=1, repeat=100))
-    return round(best * 1e6, 1)
 
 
 def _scenario_record(run: ScenarioRun, knee: dict[str, Any] | None, ramped: bool) -> dict[str, Any]:
@@ -135,12 +90,16 @@ def _light_and_ramp(
     duration: float,
     light: bool = True,
     after: tuple[tuple[float, str], ...] = (),
+    warm_up: bool = False,
 ) -> dict[str, Any]:
     """A light-load step (precise timing), a step at the reference load `ref` (msgs/s), a
-    ramp from half of it, then a step at each (rate, tag) of `after`."""
+    ramp from half of it, then a step at each (rate, tag) of `after`; first, with `warm_up`, a
+    cold step and a warm-up ramp (`_warm_up`)."""
     fanout = sc.participants - 1
     ref = ref or REF_RATE * 9 / fanout  # the same deliveries/s as 10 x 10 at REF_RATE
     with ScenarioRun(sc, tmp) as run:
+        if warm_up:
+            _warm_up(run, ref, duration)
         if light:
             rate = max(10.0, LIGHT_RATE * 9 / fanout)
             _measured_step(run, rate, "light", precise=True, duration_s=duration)
@@ -151,6 +110,34 @@ def _light_and_ramp(
             run.settle()
             _measured_step(run, rate, tag, settle=True, duration_s=duration)
         return _scenario_record(run, knee, ramped=True)
+
+
+def _warm_up(run: ScenarioRun, ref: float, duration: float) -> None:
+    """A fresh Node.js process runs a handler in V8's interpreter until it is hot enough to be
+    compiled, and grows its heap in its first seconds of load: it costs more per delivery than
+    the same process warm, as a user's server runs. So a Node peer's first step, at the
+    reference load on fresh processes, is kept as its cold cost (tagged `COLD_TAG`), then a
+    warm-up ramp (`WARM_UP_FACTORS` × the reference load, up to the first failed step) runs
+    before the measured steps, which are all warm. Its steps are tagged `WARM_UP_TAG`."""
+    run.run_step(round(ref), tag=COLD_TAG, duration_s=duration)
+    for factor in WARM_UP_FACTORS:
+        run.settle()
+        if not run.run_step(round(ref * factor), tag=WARM_UP_TAG, duration_s=duration)["ok"]:
+            break
+    run.settle()
+
+
+def _node_peers(
+    results: dict[str, Any], tmp: Path, adapters: tuple[str, ...], duration: float
+) -> None:
+    """The Node.js Socket.IO peer with each Redis adapter of `adapters`, measured warm."""
+    for adapter in adapters:
+        system = f"node-peer-{adapter}"
+        log(f"== {NODE_PEER_LABELS[system]}")
+        sc = Scenario(NODE_PEER_LABELS[system], system)
+        results["scenarios"].append(
+            _light_and_ramp(sc, tmp / system, REF_RATE, 1.3, RAMP_STEPS, duration, warm_up=True)
+        )
 
 
 def _measured_step(
@@ -207,58 +194,6 @@ def _rooms_in_turn(tmp: Path, duration: float) -> tuple[dict[str, Any], dict[str
     return big_rec, small_rec
 
 
-def rooms_target(
-    big: list[dict[str, Any]], small: list[dict[str, Any]], earlier: float | None
-) -> dict[str, Any]:
-    """The 1,000-room row: the median CPU per delivery of the 1,000-room steps against that of
-    the 10-room steps measured in turn with them (steps tagged "ref": a disturbed step's rerun
-    replaces it; a rerun disturbed too is left out, as `bench.paired` leaves out disturbed
-    rounds, unless every step of its side was); `earlier`: the 10-room reference step of the
-    topologies, for the note. The row carries the two medians as "big" and "small" (the caller
-    takes them out)."""
-
-    def measured(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            s for s in steps if s.get("tag") == "ref" and s["node_cpu_us_per_delivery"] is not None
-        ]
-
-    def used(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        calm = [s for s in measured(steps) if not s.get("disturbed")]
-        return calm or measured(steps)
-
-    def median(steps: list[dict[str, Any]]) -> float | None:
-        costs = [s["node_cpu_us_per_delivery"] for s in used(steps)]
-        return round(statistics.median(costs), 2) if costs else None
-
-    def listed(steps: list[dict[str, Any]]) -> str:
-        return ", ".join(
-            f"{s['node_cpu_us_per_delivery']} µs (p99 {dig(s, 'latency', 'p99_ms')} ms, GC "
-            f"{s.get('gc_pause_ms')} ms{', disturbed' if s.get('disturbed') else ''})"
-            for s in measured(steps)
-        )
-
-    m_big, m_small = median(big), median(small)
-    note = (
-        f"medians of {len(used(big))} and {len(used(small))} undisturbed steps, in turn: "
-        f"1,000 rooms {listed(big)}; 10 rooms {listed(small)}"
-    )
-    if any(all(s.get("disturbed") for s in measured(side)) for side in (big, small)):
-        note = "every step of one side was disturbed; " + note.replace(" undisturbed", "")
-    if earlier is not None:
-        note += (
-            f"; against the 10-room step of the topologies, minutes earlier ({earlier} µs): "
-            f"{_ratio(m_big, earlier)}"
-        )
-    bad = [s for s in measured(big + small) if s.get("errors") or s.get("lost")]
-    if bad:  # then its CPU/delivery is not comparable
-        note = f"inconclusive: {len(bad)} of the steps had errors or lost deliveries; " + note
-    return {
-        "target": "node CPU/delivery at 1,000 rooms ≤ 1.3× at 10 rooms (same load)",
-        "measured": _ratio(m_big, m_small), "limit": 1.3, "note": note,
-        "big": m_big, "small": m_small,
-    }  # fmt: skip
-
-
 def _rooms_floor(
     where: Path,
     duration: float,
@@ -296,183 +231,17 @@ def _floors_at_knee(results: dict[str, Any], tmp: Path, duration: float) -> None
 
 def _paired(results: dict[str, Any], tmp: Path, duration: float) -> None:
     """The four CPU ratios again, with ours, the floor and the peer measured in turn in the same
-    minutes (`bench.paired`), at the knees just found: a ratio of steps taken minutes apart
+    minutes (`bench.studies.paired`), at the knees just found: a ratio of steps taken minutes apart
     carries the machine's drift between them."""
     by_label = {sc["label"]: sc for sc in results["scenarios"]}
     ours, peer = by_label.get(TOPOLOGY_LABELS[BASE]), by_label.get(PEER_LABEL)
     knee, peer_knee = dig(ours, "knee", "rate"), dig(peer, "knee", "rate")
     if not knee or not peer_knee:
         return
-    log(f"== CPU ratios measured in turn (bench.paired; knees {knee:g} and {peer_knee:g} msgs/s)")
+    log(f"== CPU ratios measured in turn (bench.studies.paired; knees {knee:g}, {peer_knee:g})")
     results["paired"] = paired.run(
         tmp / "paired", knee, peer_knee, PAIRED_ROUNDS, duration, REF_RATE, FLOOR_RECEIVERS
     )
-
-
-def _step(rec: dict[str, Any] | None, tag: str) -> dict[str, Any] | None:
-    if rec is None:
-        return None
-    return next((s for s in rec["steps"] if tag in (s.get("tag") or "").split(",")), None)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
-
-
-def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    by_label = {sc["label"]: sc for sc in results["scenarios"]}
-    ours, peer, floor = (
-        by_label.get(TOPOLOGY_LABELS[BASE]),
-        by_label.get(PEER_LABEL),
-        by_label.get(FLOOR_LABEL),
-    )
-    ours_ref, peer_ref, floor_ref = _step(ours, "ref"), _step(peer, "ref"), _step(floor, "ref")
-    floor_knee = _step(by_label.get(FLOOR_AT_KNEE_LABEL), "knee load")
-    rooms_floor_knee = _step(by_label.get(ROOMS_FLOOR_AT_KNEE_LABEL), "knee load")
-    rooms_floor = by_label.get(ROOMS_FLOOR_LABEL)
-    rooms_floor_ref, rooms_floor_light = _step(rooms_floor, "ref"), _step(rooms_floor, "light")
-    light = _step(ours, "light")
-    ours_at_peer_knee = _step(ours, PEER_KNEE_TAG)
-    ours_knee = ours["knee"] if ours else None
-    peer_knee = peer["knee"] if peer else None
-    rf = results.get("redis_floor") or {}
-    wake = {w["rate"]: w for w in results.get("machine_wake") or ()}
-
-    evalsha = dig(ours_knee, "redis_calls_per_message", "evalsha")
-    paired_ratios = dig(results.get("paired"), "ratios")
-    every_step = [s for sc in results["scenarios"] for s in sc["steps"]]
-    every_step += dig(results.get("paired"), "rows") or []  # the steps measured in turn
-    summary = {
-        "deliveries_per_s": dig(ours_knee, "deliveries_per_s"),
-        "peer_deliveries_per_s": dig(peer_knee, "deliveries_per_s"),
-        "node_cpu_us_per_delivery": dig(ours_ref, "node_cpu_us_per_delivery"),
-        "peer_node_cpu_us_per_delivery": dig(peer_ref, "node_cpu_us_per_delivery"),
-        "floor_cpu_us_per_delivery": dig(floor_ref, "node_cpu_us_per_delivery"),
-        "rooms_floor_cpu_us_per_delivery": dig(rooms_floor_ref, "node_cpu_us_per_delivery"),
-        "rooms_floor_light_p50_ms": dig(rooms_floor_light, "latency", "p50_ms"),
-        "rooms_floor_light_p99_ms": dig(rooms_floor_light, "latency", "p99_ms"),
-        "cross_node_p50_ms": dig(light, "cross_node", "p50_ms"),
-        "cross_node_p99_ms": dig(light, "cross_node", "p99_ms"),
-        "same_node_p50_ms": dig(light, "same_node", "p50_ms"),
-        "redis_floor_p50_ms": dig(rf, "from_send", "p50_ms"),
-        "redis_floor_p99_ms": dig(rf, "from_send", "p99_ms"),
-        "peer_cross_node_p50_ms": dig(_step(peer, "light"), "cross_node", "p50_ms"),
-        "peer_cross_node_p99_ms": dig(_step(peer, "light"), "cross_node", "p99_ms"),
-        "max_rate_msgs_per_s": dig(ours_knee, "rate"),
-        "peer_max_rate_msgs_per_s": dig(peer_knee, "rate"),
-        "node_cpu_us_per_delivery_at_knee": dig(ours_knee, "node_cpu_us_per_delivery"),
-        "peer_node_cpu_us_per_delivery_at_knee": dig(peer_knee, "node_cpu_us_per_delivery"),
-        "floor_cpu_us_per_delivery_at_knee_load": dig(floor_knee, "node_cpu_us_per_delivery"),
-        "rooms_floor_cpu_us_per_delivery_at_knee_load": dig(
-            rooms_floor_knee, "node_cpu_us_per_delivery"
-        ),
-        "ref_deliveries_per_s": dig(ours_ref, "deliveries_per_s"),
-        # ours at the peer's knee rate: the peer ratio at one load
-        "node_cpu_us_per_delivery_at_peer_knee_load": dig(
-            ours_at_peer_knee, "node_cpu_us_per_delivery"
-        ),
-        # Redis's CPU per delivery (ours does more per message than the peer's one PUBLISH)
-        "redis_cpu_us_per_delivery": dig(ours_ref, "store_cpu_us_per_delivery"),
-        "peer_redis_cpu_us_per_delivery": dig(peer_ref, "store_cpu_us_per_delivery"),
-        "redis_cpu_us_per_delivery_at_knee": dig(ours_knee, "store_cpu_us_per_delivery"),
-        "peer_redis_cpu_us_per_delivery_at_knee": dig(peer_knee, "store_cpu_us_per_delivery"),
-        "evalsha_per_message": evalsha,
-        "knee_cores_saturated": dig(ours_knee, "saturated"),
-        "peer_knee_cores_saturated": dig(peer_knee, "saturated"),
-        "knee_capped": dig(ours_knee, "capped"),
-        "peer_knee_capped": dig(peer_knee, "capped"),
-        "machine_hop_p50_us_light": dig(wake.get(LIGHT_RATE), "hop_us", "p50"),
-        "machine_hop_p50_us_ref": dig(wake.get(REF_RATE), "hop_us", "p50"),
-        "machine_python_loop_us": dig(results.get("machine"), "python_loop_us"),
-        # the CPU ratios again, measured in turn in the same minutes (full run; bench.paired)
-        **{f"paired_{name}_ratio_{load}": dig(paired_ratios, f"{name}_{load}", "median")
-           for name in ("floor", "peer") for load in ("ref", "knee")},
-        "disturbed_steps": sum(1 for s in every_step if s.get("disturbed")),
-        # the most the hypervisor took from this machine in any step, % of one core
-        "max_steal_cpu_pct": max(
-            (s["steal_cpu_pct"] for s in every_step if s.get("steal_cpu_pct") is not None),
-            default=None,
-        ),
-    }  # fmt: skip
-    s = summary
-    targets = [
-        {"target": "node CPU/delivery ≤ 2× floor (at the reference load)",
-         "measured": _ratio(s["node_cpu_us_per_delivery"], s["floor_cpu_us_per_delivery"]),
-         "limit": 2.0, "below_capacity": True, **_paired_note(paired_ratios, "floor_ref")},
-        {"target": "node CPU/delivery ≤ 1/5 of the peer's (reference load)",
-         "measured": _ratio(s["node_cpu_us_per_delivery"], s["peer_node_cpu_us_per_delivery"]),
-         "limit": 0.2, "below_capacity": True, **_paired_note(paired_ratios, "peer_ref"),
-         **_past_capacity(peer_ref)},
-        {"target": "node CPU/delivery ≤ 2× floor, both at our knee's deliveries/s",
-         "measured": _ratio(s["node_cpu_us_per_delivery_at_knee"],
-                            s["floor_cpu_us_per_delivery_at_knee_load"]),
-         "limit": 2.0, **_paired_note(paired_ratios, "floor_knee")},
-        {"target": "node CPU/delivery ≤ 1/5 of the peer's, each at its own knee",
-         "measured": _ratio(s["node_cpu_us_per_delivery_at_knee"],
-                            s["peer_node_cpu_us_per_delivery_at_knee"]),
-         "limit": 0.2, **_paired_note(paired_ratios, "peer_knee")},
-        {"target": "node CPU/delivery ≤ 1/5 of the peer's, both at the peer's knee load",
-         "measured": _ratio(s["node_cpu_us_per_delivery_at_peer_knee_load"],
-                            s["peer_node_cpu_us_per_delivery_at_knee"]),
-         "limit": 0.2, "below_capacity": True},
-        _throughput_target(s),
-        {"target": "cross-node p50 at light load ≤ 1 ms",
-         "measured": s["cross_node_p50_ms"], "limit": 1.0},
-        {"target": "cross-node p99 at light load ≤ 3 ms",
-         "measured": s["cross_node_p99_ms"], "limit": 3.0},
-        {"target": "Redis write round trips (EVALSHA) per app message ≤ 1 (+ 1 lease "
-                   "renewal per node per second)",
-         "measured": evalsha, "limit": 1.01},
-    ]  # fmt: skip
-    extra = results.get("targets_extra") or []
-    for t in [*targets, *extra]:
-        m, higher = t["measured"], t.pop("higher", False)
-        if m is None or t.get("note", "").startswith("inconclusive"):
-            t["met"] = None
-        elif higher:
-            t["met"] = m >= t["limit"]
-        else:
-            t["met"] = m <= t["limit"]
-    return summary, [*targets, *extra]
-
-
-def _past_capacity(step: dict[str, Any] | None) -> dict[str, str]:
-    """A note making a ratio inconclusive when the peer's step failed (p99 over 50 ms, loss):
-    a server past its capacity spends its CPU on a backlog, not on the load asked."""
-    if step is None or step.get("ok", True):
-        return {}
-    p99 = dig(step, "latency", "p99_ms")
-    return {"note": f"inconclusive: the peer was past its capacity at this load (p99 {p99} ms)"}
-
-
-def _paired_note(ratios: dict[str, Any] | None, name: str) -> dict[str, str]:
-    """A target's note with the same ratio measured in turn (`bench.paired`), if it was."""
-    r = (ratios or {}).get(name) or {}
-    if r.get("median") is None:
-        return {}
-    flag = ", every round disturbed" if r.get("disturbed") else ""
-    return {
-        "note": f"measured in turn, in the same minutes: median {r['median']} of {r['used']} "
-        f"rounds (range {r['min']}–{r['max']}{flag})"
-    }
-
-
-def _throughput_target(s: dict[str, Any]) -> dict[str, Any]:
-    """Ours against the peer's knee. A capped ramp (no step failed) gives only a lower bound of
-    that system's knee: ours capped makes the ratio a lower bound, the peer's an upper one."""
-    t: dict[str, Any] = {
-        "target": "max sustainable deliveries/s ≥ 3× the peer's",
-        "measured": _ratio(s["deliveries_per_s"], s["peer_deliveries_per_s"]),
-        "limit": 3.0, "higher": True,
-    }  # fmt: skip
-    m = t["measured"]
-    if s.get("peer_knee_capped") and m is not None and m < 3.0:
-        t["note"] = "inconclusive: the peer's ramp was capped before its knee"
-    elif s.get("knee_capped"):
-        t["note"] = "lower bound: our ramp was capped before the knee"
-        if m is not None and m < 3.0:
-            t["note"] = "inconclusive: " + t["note"]
-    return t
 
 
 def _finish(results: dict[str, Any], started: float, stem: str) -> dict[str, Any]:
@@ -480,7 +249,7 @@ def _finish(results: dict[str, Any], started: float, stem: str) -> dict[str, Any
     results["quiet_waited_s"] = runner.QUIET.waited
     summary, targets = summarize(results)
     results["summary"], results["targets"] = summary, targets
-    paths = report.write(results, RESULTS, stem)
+    paths = report.write(results, OUT, stem)
     log(f"results: {paths}")
     return summary
 
@@ -490,7 +259,7 @@ def quick(tmp: Path) -> dict[str, Any]:
     runner.QUIET.left = 25.0
     results: dict[str, Any] = {
         "mode": "quick", "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench quick", "machine": _machine(), "scenarios": [],
+        "command": "python -m bench quick", "machine": machine(), "scenarios": [],
     }  # fmt: skip
     results["machine_wake"] = _machine_wake()
     log("== Redis floor")
@@ -504,6 +273,7 @@ def quick(tmp: Path) -> dict[str, Any]:
     results["scenarios"].append(
         _light_and_ramp(Scenario(PEER_LABEL, "peer"), tmp / "peer", REF_RATE, 1.3, RAMP_STEPS, 2.0)
     )
+    _node_peers(results, tmp, QUICK_NODE_ADAPTERS, 2.0)
     log("== roomstate")
     results["scenarios"].append(
         _light_and_ramp(
@@ -521,7 +291,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "mode": "full", "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench full" + (f" --only {','.join(sorted(only))}" if only else ""),
-        "machine": _machine(), "scenarios": [],
+        "machine": machine(), "scenarios": [],
     }  # fmt: skip
     results["machine_wake"] = _machine_wake()
     extra: list[dict[str, Any]] = []
@@ -559,6 +329,8 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
                 Scenario(PEER_LABEL, "peer"), tmp / "peer", REF_RATE, 1.3, RAMP_STEPS, d
             )
         )
+    if want("node-peers"):
+        _node_peers(results, tmp, FULL_NODE_ADAPTERS, d)
     if want("topologies"):
         for topo, label in TOPOLOGY_LABELS.items():
             log(f"== {label}")
@@ -586,7 +358,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
                 f"roomstate 2 nodes, {rooms} rooms x 10", BASE, participants=10, rooms=rooms
             )
             rec = _light_and_ramp(sc, tmp / f"r{rooms}", REF_RATE, 1.3, RAMP_STEPS, d, light=False)
-            per_delivery[rooms] = (_step(rec, "ref") or {}).get("node_cpu_us_per_delivery")
+            per_delivery[rooms] = (tagged_step(rec, "ref") or {}).get("node_cpu_us_per_delivery")
             results["scenarios"].append(rec)
         log("== rooms 1000, in turn with 10")
         big, small = _rooms_in_turn(tmp / "r1000", d)
@@ -594,7 +366,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
         base = next(
             (sc for sc in results["scenarios"] if sc["label"] == TOPOLOGY_LABELS[BASE]), None
         )
-        earlier = (_step(base, "ref") or {}).get("node_cpu_us_per_delivery")
+        earlier = (tagged_step(base, "ref") or {}).get("node_cpu_us_per_delivery")
         target = rooms_target(big["steps"], small["steps"], earlier)
         per_delivery[1000], per_delivery[10] = target.pop("big"), target.pop("small")
         extra.append(target)
@@ -661,7 +433,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
             }
         )
     if want("hops"):
-        log("== light load, hop by hop (bench.hops)")
+        log("== light load, hop by hop (bench.studies.hops)")
         results["hops"] = hops.measure(tmp / "hops", BASE, LIGHT_RATE)
     stem = "full" if only is None else "full-" + "-".join(sorted(only))
     return _finish(results, started, stem)

@@ -1,4 +1,4 @@
-"""`python -m bench.floor_libs`: the three bare servers in roomstate's shape deliver every frame."""
+"""`python -m bench floor_libs`: the three bare servers in roomstate's shape deliver every frame."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_each_bare_server_delivers_every_frame_once() -> None:
-    argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "1", "--seconds", "0.5"]
+    argv = [sys.executable, "-m", "bench.studies.floor_libs", "--rounds", "1", "--seconds", "0.5"]
     done = run_command(argv, ROOT, 240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -33,9 +33,9 @@ def test_each_bare_server_delivers_every_frame_once() -> None:
 
 
 def test_bad_arguments_are_refused_with_the_rule() -> None:
-    argv = [sys.executable, "-m", "bench.floor_libs", "--rounds", "0"]
+    argv = [sys.executable, "-m", "bench.studies.floor_libs", "--rounds", "0"]
     done = run_command(argv, ROOT, 60)
     assert done.returncode == 2 and "--rounds must be at least 1" in done.stderr
-    argv = [sys.executable, "-m", "bench.floor_libs", "--seconds", "nan"]
+    argv = [sys.executable, "-m", "bench.studies.floor_libs", "--seconds", "nan"]
     done = run_command(argv, ROOT, 60)
     assert done.returncode == 2 and "--seconds must be a finite number above 0" in done.stderr

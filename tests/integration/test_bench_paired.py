@@ -1,4 +1,4 @@
-"""`python -m bench.paired`: roomstate, the floor and the peer, up at once and measured in turn."""
+"""`python -m bench paired`: roomstate, the floor and the peer, up at once and measured in turn."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_one_round_measures_the_six_steps_and_gives_the_four_ratios() -> None:
     # Steps long and busy enough for the CPU clock (10 ms ticks) to see every process work: a
     # 0.5 s step of the floor at 27 msgs/s read 0.0 µs per delivery once.
-    argv = [sys.executable, "-m", "bench.paired", "--rounds", "1", "--seconds", "1",
+    argv = [sys.executable, "-m", "bench.studies.paired", "--rounds", "1", "--seconds", "1",
             "--knee", "2000", "--peer-knee", "300"]  # fmt: skip
     done = run_command(argv, ROOT, 240)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -44,6 +44,13 @@ def test_bad_arguments_are_refused_with_the_rule() -> None:
         (["--seconds", "inf"], "--seconds must be a finite number above 0"),
         (["--knee", "0", "--peer-knee", "100"], "--knee must be a finite number of msgs/s above 0"),
     ):
-        argv = [sys.executable, "-m", "bench.paired", *args]
+        argv = [sys.executable, "-m", "bench.studies.paired", *args]
         done = run_command(argv, ROOT, 60)
         assert done.returncode == 2 and rule in done.stderr, (args, done.stderr)
+
+
+def test_python_m_bench_runs_the_study_by_its_name() -> None:
+    done = run_command([sys.executable, "-m", "bench", "paired", "--rounds", "0"], ROOT, 60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("usage: python -m bench paired"), done.stderr
+    assert "--rounds must be at least 1" in done.stderr

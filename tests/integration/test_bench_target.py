@@ -1,4 +1,4 @@
-"""`python -m bench.target` against a node it did not start, with the node's own API key."""
+"""`python -m bench target` against a node it did not start, with the node's own API key."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def run_target(url: str, key: str, out: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "bench.target", url, "--api-key", key, "--out", str(out),
+    argv = [sys.executable, "-m", "bench.studies.target", url, "--api-key", key, "--out", str(out),
             "--rooms", "2", "--participants", "3", "--rates", "40", "--seconds", "1"]  # fmt: skip
     return run_command(argv, ROOT, 120)
 

@@ -1,4 +1,4 @@
-"""`python -m bench.wake_cost`: the ping-pong of two processes, measured both ways."""
+"""`python -m bench wake_cost`: the ping-pong of two processes, measured both ways."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "bench.wake_cost", *args]
+    argv = [sys.executable, "-m", "bench.studies.wake_cost", *args]
     return run_command(argv, ROOT, 60)
 
 

@@ -1,10 +1,10 @@
-"""The arithmetic of `python -m bench.floor_libs` (its runs are in tests/integration)."""
+"""The arithmetic of `python -m bench floor_libs` (its runs are in tests/integration)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.floor_libs import medians, row, table
+from bench.studies.floor_libs import medians, row, table
 
 
 def step(p50: float, cpu: float | None, disturbed: bool = False) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""`python -m bench.hops`'s arithmetic: which mark belongs to which message, and where."""
+"""`python -m bench hops`'s arithmetic: which mark belongs to which message, and where."""
 
 from __future__ import annotations
 
-from bench.common import make_key, percentile
-from bench.hop_probe import key_of
-from bench.hops import hop_times
+from bench.harness.common import make_key, percentile
+from bench.studies.hop_probe import key_of
+from bench.studies.hops import hop_times
 
 
 def test_key_of_is_the_actual_send_time() -> None:

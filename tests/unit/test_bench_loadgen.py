@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import make_key
-from bench.loadgen import Generator, Step
+from bench.harness.common import make_key
+from bench.harness.loadgen import Generator, Step
 
 MS = 1_000_000
 T0 = 1_000 * MS

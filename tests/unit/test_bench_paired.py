@@ -1,11 +1,13 @@
-"""`bench.paired`: the CPU ratios from steps measured in turn, and how the full run reports them."""
+"""`bench.studies.paired`: the CPU ratios from steps measured in turn, and how the full run
+reports them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench import paired, report
-from bench.suite import summarize
+from bench.harness import report
+from bench.studies import paired
+from bench.summary import summarize
 from tests.unit.test_bench_suite import results as full_results
 
 
@@ -111,7 +113,7 @@ def test_the_full_run_reports_them_in_its_summary_targets_and_report() -> None:
     }  # fmt: skip
     assert sum(said in n for n in notes.values()) == 4  # and no other row has one
     text = report.markdown(r, {})
-    assert "## CPU ratios measured in turn (`python -m bench.paired`)" in text
+    assert "## CPU ratios measured in turn (`python -m bench paired`)" in text
     assert "| roomstate / floor, both at our knee's deliveries/s | 2.1 | 2.0–2.2 | 2 |" in text
 
 

@@ -1,12 +1,12 @@
-"""bench.script_cost drives the publish scripts of either layout: before the lease check (3 keys)
-and with it (4 keys, the writer's incarnation as ARGV[4], the ops after it)."""
+"""bench.studies.script_cost drives the publish scripts of either layout: before the lease check
+(3 keys) and with it (4 keys, the writer's incarnation as ARGV[4], the ops after it)."""
 
 from __future__ import annotations
 
 import subprocess
 
 import roomstate.bus.redis.scripts as current
-from bench.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments, scripts_at
+from bench.studies.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments, scripts_at
 
 
 def test_the_current_scripts_get_the_lease_and_the_incarnation() -> None:

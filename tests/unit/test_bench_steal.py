@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import machine_steal_s
-from bench.report import _step_row
-from bench.runner import _one_line, disturbed
+from bench.harness.common import machine_steal_s
+from bench.harness.report import _step_row
+from bench.harness.runner import _one_line, disturbed
 
 
 def step(other: float, steal: float | None) -> dict[str, Any]:

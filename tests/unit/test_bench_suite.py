@@ -1,12 +1,14 @@
-"""The quick/full summary and report carry the machine's wake-up cost (`bench.wake_cost`) and
-which interpreter ran, with how fast it runs plain Python."""
+"""The quick/full summary and report carry the machine's wake-up cost (`bench.studies.wake_cost`)
+and which interpreter ran, with how fast it runs plain Python."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench import report
-from bench.suite import LIGHT_RATE, REF_RATE, _machine, python_loop_us, rooms_target, summarize
+from bench.harness import report
+from bench.harness.machine import machine, python_loop_us
+from bench.harness.runner import LIGHT_RATE, REF_RATE
+from bench.summary import rooms_target, summarize
 
 
 def wake(rate: float, p50: float) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def test_report_shows_it_and_leaves_out_an_empty_summary() -> None:
     r = results(machine_wake=[wake(LIGHT_RATE, 61.5), wake(REF_RATE, 14.0)])
     r["summary"], r["targets"] = summarize(r)
     text = report.markdown(r, {})
-    assert "wake-up cost at 100 msgs/s (`python -m bench.wake_cost`): one loopback hop" in text
+    assert "wake-up cost at 100 msgs/s (`python -m bench wake_cost`): one loopback hop" in text
     assert "p50 61.5 µs, p90 123.0 µs" in text and "at 1000 msgs/s" in text
     assert "## Summary" not in text  # a partial run: nothing else was measured
 
@@ -53,10 +55,10 @@ def test_a_partial_run_with_the_machine_figures_still_has_no_summary() -> None:
 
 
 def test_the_machine_record_names_the_interpreter_and_times_it() -> None:
-    machine = _machine()
-    assert machine["python_prefix"] and isinstance(machine["python_configure"], list)
-    assert set(machine["python_configure"]) <= {"--enable-optimizations", "--with-lto"}
-    assert 1.0 < machine["python_loop_us"] < 100_000.0  # a thousand loop turns: µs, not s or ns
+    record = machine()
+    assert record["python_prefix"] and isinstance(record["python_configure"], list)
+    assert set(record["python_configure"]) <= {"--enable-optimizations", "--with-lto"}
+    assert 1.0 < record["python_loop_us"] < 100_000.0  # a thousand loop turns: µs, not s or ns
     assert python_loop_us() > 0
 
 

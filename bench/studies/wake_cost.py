@@ -1,6 +1,6 @@
 """What one hop between two sleeping processes costs on this machine, with no Python server at all.
 
-    python -m bench.wake_cost [--rates 100,1000,10000] [--messages 500]
+    python -m bench wake_cost [--rates 100,1000,10000] [--messages 500]
 
 Two processes joined by a loopback TCP connection (and, for comparison, a Unix socket pair) play
 ping-pong: the first sleeps ``1/rate`` s, stamps ``time.monotonic_ns()``, sends 300 bytes; the
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import percentile
+from bench.harness.common import percentile
 
 SIZE = 300  # bytes per message: a 256 B app message and its frame
 STAMP = 8  # bytes of a time stamp or a sequence number
@@ -108,7 +108,7 @@ def measure(kind: str, rate: float, messages: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.wake_cost", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench wake_cost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--rates", default="100,1000,10000", help="comma-separated messages/s")
     ap.add_argument("--messages", type=int, default=500, help="per rate and socket kind")

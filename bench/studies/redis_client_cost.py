@@ -3,7 +3,7 @@ XREAD, sequential, with and without ``socket_timeout``, and pipelined, against t
 pipelining connection (node/resp.py: hiredis's packer and parser on an asyncio.Protocol) — the
 evidence behind docs/decisions/0004-redis-hot-path-connection.md.
 
-    python -m bench.redis_client_cost [--calls 3000]
+    python -m bench redis_client_cost [--calls 3000]
 
 Starts its own redis-server (tests/servers.py) and stops it by PID.
 """
@@ -82,7 +82,7 @@ async def measure_resp(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m bench redis_client_cost", description=__doc__)
     ap.add_argument("--calls", type=int, default=3000)
     args = ap.parse_args()
     import uvloop

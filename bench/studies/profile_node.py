@@ -1,13 +1,13 @@
 """Profile a roomstate node under load with py-spy (not a dependency: install it anywhere, e.g.
 ``python -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy``).
 
-    python -m bench.profile_node --py-spy /tmp/pyspy/bin/py-spy [--rate 800] [--seconds 12]
+    python -m bench profile_node --py-spy /tmp/pyspy/bin/py-spy [--rate 800] [--seconds 12]
 
 Runs 10 rooms x 10 on 2 nodes + Redis at a fixed open-loop rate, records node 0 with
 ``py-spy record --format raw`` (collapsed stacks), and prints the functions with the most
 self time and the most total time, in % of the samples.
 
-    python -m bench.profile_node --perf [--rate 1000]
+    python -m bench profile_node --perf [--rate 1000]
 
 records node 0 with Linux ``perf record`` instead (``perf`` from the distribution's
 linux-perf package) and prints where its CPU time goes by binary (the kernel, libpython, uvloop,
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.runner import Scenario, ScenarioRun
+from bench.harness.runner import Scenario, ScenarioRun
 
 # Where a sample's time goes: the first of these patterns (in this order) found in its stack.
 CATEGORIES = (
@@ -125,7 +125,7 @@ def syscall_counts(raw: Path, messages: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m bench profile_node", description=__doc__)
     ap.add_argument("--py-spy", default="py-spy")
     ap.add_argument("--rate", type=float, default=800)
     ap.add_argument("--seconds", type=float, default=12)

@@ -2,7 +2,7 @@
 """WebSocket fan-out "Python floor" benchmark for aiohttp, websockets and picows.
 
 (Its server also has a fourth mode, ``--serve direct``, rooms only: aiohttp sending in the
-style of roomstate's node; `python -m bench.floor_libs` uses it.)
+style of roomstate's node; `python -m bench floor_libs` uses it.)
 
 What it measures: the cost of the server library alone when one sender's text
 frame is fanned out to N receivers -- no rooms, no protocol, no per-recipient
@@ -216,7 +216,7 @@ SERVERS = {
     "aiohttp": serve_aiohttp,
     "websockets": serve_websockets,
     "picows": serve_picows,
-    "direct": serve_direct,  # rooms only (bench.floor_libs), not a library of its own
+    "direct": serve_direct,  # rooms only (bench.studies.floor_libs), not a library of its own
 }
 
 
@@ -394,7 +394,9 @@ def run_one(lib: str, mode: str, args: argparse.Namespace, rate: float, messages
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench ws_floor", description=__doc__.splitlines()[0]
+    )
     ap.add_argument(
         "--lib", action="append", choices=LIBS, help="repeatable; default: all installed"
     )

@@ -1,7 +1,7 @@
 """The peer the bench compares against: python-socketio's AsyncServer on aiohttp (uvloop) with
 an AsyncRedisManager, so several of these processes share rooms through one Redis.
 
-    python -m bench.peer_server --port P --redis redis://127.0.0.1:R/0
+    python -m bench.systems.peer_server --port P --redis redis://127.0.0.1:R/0
 
 Events: ``join`` (room name; acked) enters the room; ``msg`` re-emits the data to the room
 without the sender — what a Socket.IO chat/room relay does.

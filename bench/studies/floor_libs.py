@@ -1,6 +1,6 @@
 """What another WebSocket path could save the node: the bare server in roomstate's shape three ways.
 
-    python -m bench.floor_libs [--rounds 3] [--seconds 3]
+    python -m bench floor_libs [--rounds 3] [--seconds 3]
 
 One process, 10 rooms x 10, 256 B app-message-sized frames, every member sending and receiving,
 no protocol (bench/ws_floor.py). Each round runs the three servers one after the other, each at
@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
-from bench.common import dig
-from bench.runner import Scenario, ScenarioRun
+from bench.harness.common import dig
+from bench.harness.runner import Scenario, ScenarioRun
 
 SYSTEMS = (
     ("python-floor-rooms", "aiohttp"),
@@ -107,7 +107,7 @@ def measure(tmp: Path, rounds: int, seconds: float) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.floor_libs", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench floor_libs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per step")

@@ -1,7 +1,7 @@
 """Benchmark your own roomstate deployment: latency and the highest sustainable rate.
 
-    python -m bench.target http://node-a:8080 http://node-b:8080 [--api-key KEY]
-    python -m bench.target https://rooms.example.com --api-key KEY --rates 100,500
+    python -m bench target http://node-a:8080 http://node-b:8080 [--api-key KEY]
+    python -m bench target https://rooms.example.com --api-key KEY --rates 100,500
 
 Load generators on this machine join rooms on the given nodes (participant j of room r on node
 (r + j) mod N, so each room spans the nodes), send app messages open-loop and measure each
@@ -15,7 +15,7 @@ default) caps what one sender can send: refused requests fail their step ("rate_
 summary), and a connection refused for too long is closed, which ends the run. Rooms are named
 ``b<digits>-r<i>``.
 
-Results go to bench/results/target.{json,md} (`--out` to change); progress goes to stderr; the
+Results go to bench/out/target.{json,md} (`--out` to change); progress goes to stderr; the
 last stdout line is one JSON object. The nodes' CPU and /metrics are not read (they run
 elsewhere); the generators' CPU is, and `generators_saturated` says when one of them used a whole
 core: the result is then the generators' limit. Exit code 2: a URL's /healthz did not answer, or
@@ -37,10 +37,10 @@ from typing import Any
 
 import orjson
 
-from bench import report, runner
-from bench.common import dig
-from bench.runner import Scenario, ScenarioRun, log
-from bench.suite import LIGHT_RATE, RAMP_STEPS, RESULTS
+from bench.harness import report, runner
+from bench.harness.common import dig
+from bench.harness.report import OUT
+from bench.harness.runner import LIGHT_RATE, RAMP_STEPS, Scenario, ScenarioRun, log
 
 RAMP_FACTOR = 1.3
 
@@ -76,7 +76,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.target", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench target", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("urls", nargs="+", help="the nodes' base URLs (http:// or https://)")
     ap.add_argument("--api-key", default=os.environ.get("ROOMSTATE_API_KEY"))
@@ -90,7 +90,7 @@ def main() -> None:
         "--start", type=float, help="first ramp rate, msgs/s (default: 500 at 10x10, <= 25/sender)"
     )
     ap.add_argument("--max-steps", type=int, default=RAMP_STEPS, help="ramp steps at most")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for target.json/.md")
+    ap.add_argument("--out", type=Path, default=OUT, help="directory for target.json/.md")
     args = ap.parse_args()
     if any(not u.startswith(("http://", "https://")) for u in args.urls):
         ap.error("each URL must start with http:// or https://")
@@ -149,7 +149,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     results = {
         "mode": "target", "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.target " + " ".join(args.urls),
+        "command": "python -m bench target " + " ".join(args.urls),
         "machine": {"cores": os.cpu_count(), "cpu": "(load generators only)", "python":
                     sys.version.split()[0], "versions": {}},
         "scenarios": [record], "duration_s": time.monotonic() - started,

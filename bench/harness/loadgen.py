@@ -1,7 +1,7 @@
 """A load generator process: many raw aiohttp WebSocket clients, open-loop senders, receivers
 that record latency. Started by the orchestrator (bench/runner.py) as
 
-    python -m bench.loadgen CONFIG.json
+    python -m bench.harness.loadgen CONFIG.json
 
 It connects and joins every participant of its share, prints ``{"ready": ...}``, then runs one
 step per ``{"cmd": "run", ...}`` line on stdin and prints one ``{"result": ...}`` line per step;
@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import KEY_LEN, KEY_MARK, encode_hist, hist_from_values, make_key, pad_for
+from bench.harness.common import KEY_LEN, KEY_MARK, encode_hist, hist_from_values, make_key, pad_for
 
 mono = time.monotonic_ns
 SPIN_NS = 1_300_000  # precise mode: sleep until this long before the send time, then spin

@@ -2,8 +2,8 @@
 
 Two processes, so neither's event loop delays the other:
 
-    python -m bench.redis_floor read  URL STREAM COUNT      prints {"ready"}, then the result
-    python -m bench.redis_floor write URL STREAM RATE COUNT T0
+    python -m bench.systems.redis_floor read  URL STREAM COUNT   prints {"ready"}, then the result
+    python -m bench.systems.redis_floor write URL STREAM RATE COUNT T0
 
 The writer XADDs COUNT entries open-loop (entry i scheduled at T0 + i/RATE, monotonic ns;
 it sleeps until shortly before and spins the rest, so it is not late by a timer tick); each entry
@@ -22,7 +22,7 @@ from array import array
 import orjson
 import redis.asyncio as aioredis
 
-from bench.common import encode_hist, hist_from_values, summarize
+from bench.harness.common import encode_hist, hist_from_values, summarize
 
 mono = time.monotonic_ns
 

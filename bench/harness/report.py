@@ -1,5 +1,9 @@
 """Write a run's results: JSON, a markdown report, and PNG plots (latency CDF per system at light
-and at the reference load; p99 against deliveries/s over the rate ramps)."""
+and at the reference load; p99 against deliveries/s over the rate ramps).
+
+Every run writes into `OUT`, which git ignores; bench/results/ (`RECORD`) holds only the run of
+record, made from a run's files by `python -m bench.harness.record`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import paired
-from bench.common import CPU_LATE_MS
+from bench.harness.common import CPU_LATE_MS
+
+BENCH = Path(__file__).resolve().parents[1]
+OUT = BENCH / "out"  # every run's files (ignored by git)
+RECORD = BENCH / "results"  # the run of record (tracked)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -89,7 +96,7 @@ def _python_build(machine: dict[str, Any]) -> str:
     flags = " ".join(machine["python_configure"]) or "neither --enable-optimizations nor --with-lto"
     return (
         f" (from {machine['python_prefix']}; configure arguments list {flags}; a fixed Python "
-        f"loop takes {machine['python_loop_us']:.1f} µs, `bench.suite.python_loop_us`)"
+        f"loop takes {machine['python_loop_us']:.1f} µs, `bench.harness.machine.python_loop_us`)"
     )
 
 
@@ -111,7 +118,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     ]
     for w in results.get("machine_wake") or ():
         lines.append(
-            f"- this machine's wake-up cost at {w['rate']:g} msgs/s (`python -m bench.wake_cost`): "
+            f"- this machine's wake-up cost at {w['rate']:g} msgs/s (`python -m bench wake_cost`): "
             f"one loopback hop between two sleeping processes p50 {w['hop_us']['p50']:.1f} µs, "
             f"p90 {w['hop_us']['p90']:.1f} µs; a cross-node app message crosses four such hops"
         )
@@ -216,17 +223,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     if results.get("paired"):
         pr = results["paired"]
         lines += [
-            "## CPU ratios measured in turn (`python -m bench.paired`)",
+            "## CPU ratios measured in turn (`python -m bench paired`)",
             "",
             f"The three deployments up at once, measured one after the other in each round; "
             f"knees {pr['knee_msgs_per_s']:g} (roomstate) and {pr['peer_knee_msgs_per_s']:g} "
             f"(the peer) msgs/s, {pr['seconds']:g} s per step.",
             "",
-            paired.report(pr),
+            paired_tables(pr),
             "",
         ]
     if results.get("hops"):
-        lines += ["## Light load, hop by hop (`python -m bench.hops`)", "", "```",
+        lines += ["## Light load, hop by hop (`python -m bench hops`)", "", "```",
                   results["hops"]["report"], "```", ""]  # fmt: skip
     for title, path in plots.items():
         lines += [f"![{title}]({Path(path).name})", ""]
@@ -351,3 +358,42 @@ def write(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (out_dir / f"{stem}.md").write_text(markdown(results, plots))
     return {"json": str(out_dir / f"{stem}.json"), "md": str(out_dir / f"{stem}.md"), **plots}
+
+
+# -- the CPU ratios measured in turn (bench.studies.paired) --
+
+RATIO_TITLES = {
+    "floor_ref": "roomstate / floor, at the reference load",
+    "peer_ref": "roomstate / peer, at the reference load",
+    "floor_knee": "roomstate / floor, both at our knee's deliveries/s",
+    "peer_knee": "roomstate / peer, each at its own knee",
+}
+
+
+def paired_steps_table(rows: list[dict[str, Any]]) -> str:
+    head = ["round", "system", "load", "msgs/s", "deliveries/s", "node µs/delivery", "p99 ms",
+            "lost"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["round"], r["system"], r["load"], r["rate"], r["deliveries_per_s"],
+                 r["cpu_us_per_delivery"], r["p99_ms"], r["lost"]]  # fmt: skip
+        flag = " (disturbed)" if r["disturbed"] else ""
+        lines.append("| " + " | ".join(str(c) for c in cells) + flag + " |")
+    return "\n".join(lines)
+
+
+def paired_ratios_table(summary: dict[str, dict[str, Any]]) -> str:
+    lines = ["| ratio | median | range | rounds used | each round |", "|---|---|---|---|---|"]
+    for name, s in summary.items():
+        each = ", ".join(
+            f"{r['value']}{' (disturbed)' if r['disturbed'] else ''}" for r in s["rounds"]
+        )
+        span = f"{s['min']}–{s['max']}" if "min" in s else "–"
+        median = f"{s.get('median', '–')}{' (all rounds disturbed)' if s.get('disturbed') else ''}"
+        lines.append(f"| {RATIO_TITLES[name]} | {median} | {span} | {s['used']} | {each} |")
+    return "\n".join(lines)
+
+
+def paired_tables(result: dict[str, Any]) -> str:
+    """Every step measured in turn, then the ratios over the rounds."""
+    return "\n\n".join([paired_steps_table(result["rows"]), paired_ratios_table(result["ratios"])])

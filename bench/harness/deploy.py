@@ -1,8 +1,9 @@
-"""Start what a benchmark runs against, as real processes on loopback, stopped by PID:
-roomstate topologies, the python-socketio peer, and the bare aiohttp floor server.
+"""Start what a benchmark runs against, as real processes on loopback, stopped by PID: roomstate
+topologies and the floor servers (bench/systems/ws_floor.py); the peers are started by
+`bench.harness.peers`. A `Deployment` is what the runner measures: its nodes' URLs and processes.
 
-Processes are started with tests/servers.py (`ManagedProcess`, `RedisServer`, `RedisCluster`),
-which stops anything left over at exit.
+Processes are started with deploy/local/servers.py (`ManagedProcess`, `RedisServer`,
+`RedisCluster`), which stops anything left over at exit.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from deploy.local.servers import (
     ManagedProcess,
     RedisCluster,
     RedisServer,
-    free_port,
-    port_accepts,
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TOPOLOGIES = {
     # name: (nodes, store)
@@ -48,7 +47,7 @@ BENCH_NODE_ENV = {
 @dataclass
 class Deployment:
     name: str
-    kind: str  # roomstate | socketio | floor (1 -> N) | floor-rooms (rooms, as roomstate)
+    kind: str  # roomstate | socketio (a peer) | floor (1 -> N) | floor-rooms (rooms, as ours)
     entries: list[str]  # base URLs, one per node
     nodes: list[ManagedProcess]
     stores: list[ManagedProcess] = field(default_factory=list)  # redis-server processes
@@ -87,13 +86,13 @@ class Deployment:
             self.cluster.stop()
 
 
-def _python_env(extra: dict[str, str]) -> dict[str, str]:
+def python_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
     return env
 
 
-def _wait_for_line(proc: ManagedProcess, marker: str, timeout: float = 30.0) -> str:
+def wait_for_line(proc: ManagedProcess, marker: str, timeout: float = 30.0) -> str:
     found: list[str] = []
 
     def seen() -> bool:
@@ -118,10 +117,10 @@ def start_node(
         f"roomstate-node-{index}",
         [sys.executable, "-m", "node", "serve", "--port", "0", *args],
         log,
-        env=_python_env({**BENCH_NODE_ENV, "ROOMSTATE_NODE_ID": f"bench-{index}", **env}),
+        env=python_env({**BENCH_NODE_ENV, "ROOMSTATE_NODE_ID": f"bench-{index}", **env}),
         cwd=ROOT,
     )
-    line = _wait_for_line(proc, "node listening on http")
+    line = wait_for_line(proc, "node listening on http")
     return proc, line.split("listening on", 1)[1].strip()
 
 
@@ -163,50 +162,15 @@ def external(urls: list[str]) -> Deployment:
     return Deployment("external", "roomstate", [u.rstrip("/") for u in urls], [])
 
 
-def start_peer(tmp: Path, count: int = 2) -> Deployment:
-    """python-socketio AsyncServer + AsyncRedisManager: `count` processes on one Redis."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer.start(tmp)
-    nodes, entries = [], []
-    try:
-        for i in range(count):
-            port = free_port()
-            proc = ManagedProcess.spawn(
-                f"peer-{i}",
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.peer_server",
-                    "--port",
-                    str(port),
-                    "--redis",
-                    redis.url,
-                ],
-                tmp / f"peer-{i}-{port}.log",
-                env=_python_env({}),
-                cwd=ROOT,
-            )
-            nodes.append(proc)
-            wait_until(lambda p=port: port_accepts(p), timeout=30, what="peer", process=proc)
-            entries.append(f"http://127.0.0.1:{port}")
-    except BaseException:
-        for n in nodes:
-            n.stop()
-        redis.stop()
-        raise
-    stores = [redis.process] if redis.process else []
-    return Deployment("peer-2-nodes-redis", "socketio", entries, nodes, stores, redis)
-
-
 def start_floor(tmp: Path, rooms: bool = False, lib: str = "aiohttp") -> Deployment:
-    """bench/ws_floor.py's bare fan-out server (one process, uvloop; aiohttp, or `lib`): one
+    """bench/systems/ws_floor.py's bare fan-out server (one process, uvloop; aiohttp, or `lib`): one
     sender to every receiver, or (`rooms`) every member of a room to the room's other members."""
     tmp.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess.spawn(
         f"ws-floor-{lib}",
-        [sys.executable, str(ROOT / "bench" / "ws_floor.py"), "--serve", lib],
+        [sys.executable, str(ROOT / "bench" / "systems" / "ws_floor.py"), "--serve", lib],
         tmp / f"floor-{time.monotonic_ns()}.log",
-        env=_python_env({}),
+        env=python_env({}),
         cwd=ROOT,
     )
     port: list[int] = []

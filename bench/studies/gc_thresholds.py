@@ -1,7 +1,7 @@
 """What Python's garbage-collector thresholds do to a node with many connections — the evidence
 behind docs/decisions/0005-gc-thresholds.md.
 
-    python -m bench.gc_thresholds [--thresholds 700,10,10 10000,10,2] [--steps 6] [--cycles 15]
+    python -m bench gc_thresholds [--thresholds 700,10,10 10000,10,2] [--steps 6] [--cycles 15]
 
 For each setting of ``ROOMSTATE_GC_THRESHOLDS``:
 
@@ -12,7 +12,7 @@ For each setting of ``ROOMSTATE_GC_THRESHOLDS``:
   RSS and its full collections after each cycle (unreachable cycles left by closed connections
   wait for a full collection, so fewer full collections hold more memory).
 
-Prints a markdown table, then one JSON line with everything (also bench/results/gc-thresholds.json).
+Prints a markdown table, then one JSON line with everything (also bench/out/gc-thresholds.json).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import proc_rss_bytes
-from bench.deploy import start_topology
-from bench.runner import Scenario, ScenarioRun, gc_pauses, log
+from bench.harness.common import proc_rss_bytes
+from bench.harness.deploy import start_topology
+from bench.harness.report import OUT
+from bench.harness.runner import Scenario, ScenarioRun, gc_pauses, log
 
 CHURN_CLIENTS = 1000
 CHURN_ROOMS = 100
@@ -118,7 +119,7 @@ def churn(thresholds: str, cycles: int, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.gc_thresholds", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bench gc_thresholds", description=__doc__)
     ap.add_argument("--thresholds", nargs="+", default=["700,10,10", "10000,10,10", "10000,10,2"])
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--cycles", type=int, default=15)
@@ -144,7 +145,8 @@ def main() -> None:
             f"{final.get('rss_mb')} | {final.get('gc_full', 0):g}, {final.get('gc_pause_s')} |"
         )
     sys.stdout.flush()
-    out = Path(__file__).resolve().parent / "results" / "gc-thresholds.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / "gc-thresholds.json"
     out.write_text(json.dumps(results, indent=1))
     log(f"results: {out}")
     print(json.dumps(results))

@@ -1,12 +1,13 @@
-"""Time stamps inside a node process, for `python -m bench.hops`; imported by nothing else.
+"""Time stamps inside a node process, for `python -m bench hops`; imported by nothing else.
 
 `install` wraps a few functions of the node (and of aiohttp) so that each call notes
 ``(step, key, time.monotonic_ns())`` in a list, written to a file when the process exits. `key`
 identifies the app message being handled: the generator's actual send time in ns, which the
-bench's payload carries (`bench.common.make_key`; taken just before the generator builds and
-sends the frame, so the first hop includes the generator's own sending). A node handles one
+bench's payload carries (`bench.harness.common.make_key`; taken just before the generator builds
+and sends the frame, so the first hop includes the generator's own sending). A node handles one
 message at a time at light load, so a step that cannot see the message (a write to the clients)
-takes the key of the last one it saw; `bench.hops` leaves out messages whose marks interleave.
+takes the key of the last one it saw; `bench.studies.hops` leaves out messages whose marks
+interleave.
 Each mark costs a wrapper call and a list append (about 1 µs), which the tool reports by running
 the same step without the probe.
 """

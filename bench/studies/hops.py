@@ -1,9 +1,10 @@
 """Where an app message's time goes at light load, step by step through the processes.
 
-    python -m bench.hops [--system 2-nodes-redis] [--rate 100] [--seconds 6]
+    python -m bench hops [--system 2-nodes-redis] [--rate 100] [--seconds 6]
 
 Runs 10 rooms x 10 (256 B) at one light, open-loop rate twice: as is, then with
-`bench.hop_probe` in every node (loaded through a ``sitecustomize`` on the nodes' PYTHONPATH).
+`bench.studies.hop_probe` in every node (loaded through a ``sitecustomize`` on the nodes'
+PYTHONPATH).
 Prints, over the messages of the second run, the time from the generator's send to each step in
 the node that took the message from its client (the sender's node) and in the other nodes (p50
 and p90, µs), then the end-to-end latency of both runs: their difference is the probe's own cost.
@@ -19,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile
-from bench.deploy import TOPOLOGIES
-from bench.runner import Scenario, ScenarioRun
+from bench.harness.common import percentile
+from bench.harness.deploy import TOPOLOGIES
+from bench.harness.runner import Scenario, ScenarioRun
 
 SENDER_STEPS = (
     ("client frame read", "reads the client's frame"),
@@ -140,7 +141,7 @@ def measure(
     hooks, out = tmp / "hooks", tmp / "marks"
     hooks.mkdir(parents=True)
     out.mkdir()
-    (hooks / "sitecustomize.py").write_text("import bench.hop_probe  # noqa: F401\n")
+    (hooks / "sitecustomize.py").write_text("import bench.studies.hop_probe  # noqa: F401\n")
     with ScenarioRun(Scenario("hops: as is", system), tmp / "plain") as run:
         plain = run.run_step(rate, precise=True, duration_s=seconds, tag="light")
     env = {"PYTHONPATH": str(hooks), "ROOMSTATE_BENCH_HOPS": str(out)}
@@ -161,7 +162,7 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bench hops", description=__doc__)
     ap.add_argument("--system", default="2-nodes-redis", choices=sorted(TOPOLOGIES))
     ap.add_argument("--rate", type=float, default=100.0, help="msgs/s (light: at most 200)")
     ap.add_argument("--seconds", type=float, default=6.0)

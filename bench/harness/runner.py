@@ -1,7 +1,7 @@
 """The orchestrator: start a system, start load generator processes, run open-loop steps,
 measure CPU per process over each step's measured window, merge the generators' histograms.
 
-One `Scenario` = one system (a roomstate topology, the peer, or the floor) with one shape
+One `Scenario` = one system (a roomstate topology, a peer, or a floor) with one shape
 (rooms x participants, payload, kind of traffic). `ScenarioRun` starts it, connects the
 participants once, then runs any number of steps (fixed rates, or a ramp) on the same
 connections, and stops everything by PID.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.harness.common import (
     CPU_LATE_MS,
     cdf,
     cpu_stall_s,
@@ -34,10 +34,16 @@ from bench.common import (
     proc_rss_bytes,
     summarize,
 )
-from bench.deploy import ROOT, Deployment, external, start_floor, start_peer, start_topology
+from bench.harness.deploy import ROOT, Deployment, external, start_floor, start_topology
+from bench.harness.peers import start_node_peer, start_peer
 from roomstate.auth import make_token
 
-P99_LIMIT_MS = 50.0
+P99_LIMIT_MS = 50.0  # a step passes with its p99 at most this (and no loss, no error)
+# The reference loads of every run (10 rooms x 10: each app message has 9 deliveries)
+REF_RATE = 1000.0  # msgs/s: the reference load (9,000 deliveries/s)
+LIGHT_RATE = 100.0  # msgs/s: light load (900 deliveries/s)
+RAMP_STEPS = 16  # a bound on rate steps (×1.3 from half the reference); a ramp stops at a failure
+FLOOR_RECEIVERS = 99  # the 1 -> N floor's receivers
 CORES = os.cpu_count() or 1
 SATURATED_PCT = 90.0  # machine busy (of all cores) or one process (of one core) above this
 
@@ -49,7 +55,9 @@ def log(*parts: Any) -> None:
 @dataclass
 class Scenario:
     label: str
-    system: str  # a topology name (bench/deploy.py), "peer", "python-floor", "python-floor-rooms"
+    # a topology name (bench/harness/deploy.py), "peer" (python-socketio), "node-peer-streams" or
+    # "node-peer-pubsub" (Node.js Socket.IO), "python-floor", "python-floor-rooms", "external"
+    system: str
     participants: int = 10  # per room (floor: receivers)
     rooms: int = 10
     payload: int = 256
@@ -64,7 +72,7 @@ class Scenario:
 
 
 class GenProcess:
-    """One `python -m bench.loadgen` child: commands on stdin, JSON lines on stdout."""
+    """One `python -m bench.harness.loadgen` child: commands on stdin, JSON lines on stdout."""
 
     def __init__(self, index: int, config: dict[str, Any], tmp: Path) -> None:
         self.index = index
@@ -74,7 +82,7 @@ class GenProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.stderr_path.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", str(path)],
+                [sys.executable, "-m", "bench.harness.loadgen", str(path)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -233,6 +241,8 @@ class ScenarioRun:
         sc = self.sc
         if sc.system == "peer":
             self.dep = start_peer(self.tmp)
+        elif sc.system.startswith("node-peer-"):
+            self.dep = start_node_peer(self.tmp, sc.system.removeprefix("node-peer-"))
         elif sc.system == "python-floor":
             self.dep = start_floor(self.tmp)
         elif sc.system == "python-floor-rooms":
@@ -643,7 +653,7 @@ def run_redis_floor(tmp: Path, rate: float = 1000, seconds: float = 3.0) -> dict
     reader = writer = None
     try:
         QUIET.wait([redis.pid, os.getpid()], 8.0)
-        argv = [sys.executable, "-m", "bench.redis_floor"]
+        argv = [sys.executable, "-m", "bench.systems.redis_floor"]
         stream = "bench:floor"
         reader = subprocess.Popen(
             [*argv, "read", redis.url, stream, str(count)],
@@ -689,7 +699,7 @@ def idle_memory(
                   rooms=connections // per_room, senders_per_room=1)  # fmt: skip
     dep = None
     run = ScenarioRun(sc, tmp)
-    from bench.deploy import start_topology
+    from bench.harness.deploy import start_topology
 
     dep = start_topology(system, tmp, sc.env)
     try:

@@ -1,6 +1,6 @@
 """The CPU ratios of issue 5's targets, with roomstate, the floor and the peer measured in turn.
 
-    python -m bench.paired [--rounds 3] [--seconds 3] [--knee MSGS_PER_S] [--peer-knee MSGS_PER_S]
+    python -m bench paired [--rounds 3] [--seconds 3] [--knee MSGS_PER_S] [--peer-knee MSGS_PER_S]
 
 A full run measures the floors first, then the peer, then roomstate, minutes apart. On a virtual
 machine whose speed drifts, a ratio of two steps taken minutes apart carries that drift: the
@@ -37,8 +37,9 @@ from typing import Any
 
 import orjson
 
-from bench.common import dig
-from bench.runner import Scenario, ScenarioRun
+from bench.harness.common import dig
+from bench.harness.report import RECORD, paired_tables
+from bench.harness.runner import FLOOR_RECEIVERS, REF_RATE, Scenario, ScenarioRun
 
 FANOUT = 9  # deliveries per app message in 10 rooms x 10
 # (ratio, numerator's system and load, denominator's system and load)
@@ -48,12 +49,6 @@ RATIOS = (
     ("floor_knee", ("ours", "knee"), ("floor", "knee")),
     ("peer_knee", ("ours", "knee"), ("peer", "knee")),
 )
-RATIO_TITLES = {
-    "floor_ref": "roomstate / floor, at the reference load",
-    "peer_ref": "roomstate / peer, at the reference load",
-    "floor_knee": "roomstate / floor, both at our knee's deliveries/s",
-    "peer_knee": "roomstate / peer, each at its own knee",
-}
 
 
 def plan(
@@ -97,30 +92,6 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def steps_table(rows: list[dict[str, Any]]) -> str:
-    head = ["round", "system", "load", "msgs/s", "deliveries/s", "node µs/delivery", "p99 ms",
-            "lost"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["round"], r["system"], r["load"], r["rate"], r["deliveries_per_s"],
-                 r["cpu_us_per_delivery"], r["p99_ms"], r["lost"]]  # fmt: skip
-        flag = " (disturbed)" if r["disturbed"] else ""
-        lines.append("| " + " | ".join(str(c) for c in cells) + flag + " |")
-    return "\n".join(lines)
-
-
-def ratios_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| ratio | median | range | rounds used | each round |", "|---|---|---|---|---|"]
-    for name, s in summary.items():
-        each = ", ".join(
-            f"{r['value']}{' (disturbed)' if r['disturbed'] else ''}" for r in s["rounds"]
-        )
-        span = f"{s['min']}–{s['max']}" if "min" in s else "–"
-        median = f"{s.get('median', '–')}{' (all rounds disturbed)' if s.get('disturbed') else ''}"
-        lines.append(f"| {RATIO_TITLES[name]} | {median} | {span} | {s['used']} | {each} |")
-    return "\n".join(lines)
-
-
 def run(
     tmp: Path,
     knee: float,
@@ -161,15 +132,8 @@ def run(
             "ratios": ratios(rows)}  # fmt: skip
 
 
-def report(result: dict[str, Any]) -> str:
-    return "\n\n".join([steps_table(result["rows"]), ratios_table(result["ratios"])])
-
-
 def main() -> None:
-    # here, not at the top: bench.suite imports this module for the full run
-    from bench.suite import FLOOR_RECEIVERS, REF_RATE, RESULTS
-
-    ap = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench paired", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per step")
@@ -182,7 +146,7 @@ def main() -> None:
         ap.error(f"--seconds must be a finite number above 0, not {args.seconds}")
     last: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        last = json.loads((RESULTS / "full.json").read_text()).get("summary") or {}
+        last = json.loads((RECORD / "full.json").read_text()).get("summary") or {}
     knee = args.knee if args.knee is not None else last.get("max_rate_msgs_per_s")
     peer_knee = (
         args.peer_knee if args.peer_knee is not None else last.get("peer_max_rate_msgs_per_s")
@@ -196,7 +160,7 @@ def main() -> None:
         result = run(Path(tmp), knee, peer_knee, args.rounds, args.seconds, REF_RATE,
                      FLOOR_RECEIVERS)  # fmt: skip
     print(f"knees: roomstate {knee:g} msgs/s, the peer {peer_knee:g} msgs/s")
-    print(report(result))
+    print(paired_tables(result))
     print(orjson.dumps(result).decode())
 
 

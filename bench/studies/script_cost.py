@@ -2,7 +2,7 @@
 commandstats``, `usec_per_call` of EVALSHA) for PUBLISH_MESSAGE (an app message) and PUBLISH (a
 userData write), the working tree's scripts against those of a git revision, in turn.
 
-    python -m bench.script_cost [--rev HEAD] [--rounds 5] [--calls 20000]
+    python -m bench script_cost [--rev HEAD] [--rounds 5] [--calls 20000]
 
 Each round runs `--calls` calls of each of the four (old/new × message/state write) on one room
 with 3 participants present, pipelined 500 at a time, resetting the statistics before each;
@@ -50,7 +50,7 @@ def arguments(script: str, ops: list[str]) -> tuple[int, list[str | int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.script_cost", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench script_cost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--rev", default="HEAD", help="the revision to compare with")
     ap.add_argument("--rounds", type=int, default=5)

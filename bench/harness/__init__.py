@@ -1,0 +1,1 @@
+"""How the bench measures: deployments, load generators, steps and ramps, CPU, the report."""

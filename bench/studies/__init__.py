@@ -1,0 +1,1 @@
+"""One-off measurements, each a `python -m bench STUDY` (= `python -m bench.studies.STUDY`)."""
