@@ -100,16 +100,6 @@ async def test_a_join_that_fails_raises_and_emits_no_meeting_events() -> None:
         assert a.events("left-meeting") == [{"reason": "left"}]
 
 
-async def test_the_resume_position_is_the_latest_app_message_not_the_last_to_arrive() -> None:
-    # A node delivers its own client's message when its publish is answered, and another
-    # node's message can come first: "4" then "3". Quoting "3" replayed "4" again.
-    client = CallClient()
-    for seq in ("1795935294642-3", "1795935294642-10", "1795935294641-99", "9"):
-        frame = {"type": "app-message", "data": 1, "fromId": "x", "seq": seq}
-        client._dispatch(frame)
-    assert client.last_seq == "1795935294642-10"
-
-
 async def test_a_plain_text_rest_error_keeps_its_status_as_code() -> None:
     # aiohttp answers an over-long body with a plain-text 413: it came out as "bad-response"
     async with node_in_process(Settings(), ROOM) as it:

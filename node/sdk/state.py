@@ -1,0 +1,446 @@
+"""What a call knows of its room, sans-I/O: server frames in, daily-js-style events out.
+
+`CallState` is the part of `CallClient` that needs no socket, kept apart from the transport as
+websockets keeps its `Protocol` apart from the asyncio connection: no asyncio, no network, no
+clock. A test drives it with frames and reads the events and replies it gives back.
+
+Theory of operation:
+
+- Requests. Each request method (`join`, `set_user_data`, ...) returns an `Outgoing` with a fresh
+  id, and applies its local write at once. `encode(request)` gives the frame to send, checked
+  against the node's frame limit; from then on a frame with that id is the request's reply. The
+  transport reports a request it gave up on with `abandon(id, sent)`.
+- Frames in. `receive_frame(frame)` applies one server frame and returns the `Reply` it carries
+  when it answers an awaited request; the events it causes wait in `events_received()`.
+- The connection. `connection_lost` (the socket closed), `join_failed` (the join raised),
+  `forget_room` and `end_meeting` (leaving, closing) end what the transport ended.
+
+Local state is kept by rebasing (`LocalWrites`): the last converged state the node sent, plus the
+writes it acknowledged since, plus the writes still waiting for a reply. A write the node refuses,
+or that was never sent, is rolled back; one whose reply never comes (timeout, lost socket) is
+kept, as daily-js does, until the node's next state says otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from roomstate.crdt import Json
+from roomstate.sdk.errors import ConnectionClosed, NotJoined, ServerError, TooLarge, server_error
+from roomstate.wire.positions import position_key
+
+__all__ = ["EVENTS", "CallState", "Event", "LocalWrites", "Outgoing", "Reply"]
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]  # an event's payload, as daily-js gives it
+SessionWrite = tuple[dict[str, Json], str, list[str]]  # (data, mergeStrategy, keysToDelete)
+
+EVENTS: Final = frozenset(
+    {
+        "joined-meeting",
+        "participant-joined",
+        "participant-updated",
+        "participant-left",
+        "app-message",
+        "meeting-session-state-updated",
+        "error",
+        "nonfatal-error",
+        "left-meeting",
+    }
+)
+_REPLIES: Final = frozenset({"ack", "pong", "joined", "error"})
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A request to send: `encode` makes its frame."""
+
+    id: int
+    type: str  # the frame's type: "join", "set-user-data", ...
+    fields: dict[str, Json]  # the frame's other fields
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The node's answer to awaited request `id`: its frame, and for an `error` the exception."""
+
+    id: int
+    frame: dict[str, Json]
+    error: ServerError | None = None
+
+
+class CallState:
+    """One participant's view of one room: participants, userData, session data, positions."""
+
+    def __init__(self, max_frame_bytes: int = 131072) -> None:
+        # the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger request is refused here with
+        # TooLarge, as the node would close the connection for it
+        self.max_frame_bytes = max_frame_bytes
+        self.session_id: str | None = None  # set by the `joined` reply
+        self.resume_token: str | None = None  # the `joined` reply's, if the node sent one
+        self.last_seq: str | None = None  # position of the last app message received
+        self._ids = itertools.count(1)
+        # id -> type of each request sent and not answered, in the order sent
+        self._awaiting: dict[int, str] = {}
+        self._in_meeting = False  # `joined-meeting` emitted, `left-meeting` not yet
+        self._local: dict[str, Json] | None = None
+        self._others: dict[str, dict[str, Json]] = {}  # session id -> participant
+        self._writes = LocalWrites()
+        self._events: list[tuple[str, Event]] = []  # (name, payload) not yet taken
+
+    @property
+    def in_meeting(self) -> bool:
+        """Joined: `joined-meeting` was emitted and `left-meeting` not yet."""
+        return self._in_meeting
+
+    # -- views --
+
+    def participants(self) -> dict[str, dict[str, Json]]:
+        """``{"local": the local participant, session id: participant, ...}`` (copies)."""
+        result = {sid: dict(p) for sid, p in self._others.items()}
+        if self._local is not None:
+            result["local"] = dict(self._local)
+        return result
+
+    def meeting_session_state(self) -> dict[str, Json]:
+        """``{"data": ...}``: the node's converged state with this client's writes applied."""
+        return {"data": dict(self._writes.session_data)}
+
+    def events_received(self) -> list[tuple[str, Event]]:
+        """The events caused since the last call, oldest first, as (name, payload)."""
+        events, self._events = self._events, []
+        return events
+
+    # -- requests --
+
+    def join(
+        self,
+        token: str | None = None,
+        user_name: str | None = None,
+        user_data: Json = None,
+        resume: str | None = None,
+    ) -> Outgoing:
+        """A `join`; with `resume` (an earlier session's resumeToken) the last state known is
+        kept, so what changed meanwhile becomes events, and the app messages after `last_seq`
+        are asked for again."""
+        self._in_meeting, self.session_id = False, None
+        fields = {"token": token, "userName": user_name, "userData": user_data, "resume": resume}
+        if resume is not None:
+            fields["resumeAfter"] = self.last_seq
+        else:
+            self.forget_room()
+        present = {key: value for key, value in fields.items() if value is not None}
+        return self._request("join", present)
+
+    def send_app_message(self, data: Json, to: str | list[str] = "*") -> Outgoing:
+        return self._request("send-app-message", {"data": data, "to": to})
+
+    def set_user_data(self, data: Json) -> Outgoing:
+        """Replace the local participant's userData, locally at once."""
+        if self._local is None:
+            raise NotJoined("not-joined", "join() has not finished")
+        request = self._request("set-user-data", {"data": data})
+        self._writes.add_user_data(request.id, data)
+        self._local["userData"] = data
+        return request
+
+    def set_meeting_session_data(
+        self,
+        data: dict[str, Json],
+        merge_strategy: str = "replace",
+        keys_to_delete: list[str] | None = None,
+    ) -> Outgoing:
+        """Write the room's session data (`replace` or `shallow-merge`), locally at once."""
+        if not isinstance(data, dict):
+            raise TypeError(f"meeting session data must be a dict, not {type(data).__name__}")
+        if isinstance(keys_to_delete, str | bytes):
+            raise TypeError("keys_to_delete must be a list of keys, not one string")
+        keys = list(keys_to_delete or [])
+        fields: dict[str, Json] = {"data": data, "mergeStrategy": merge_strategy}
+        if keys:
+            fields["keysToDelete"] = keys
+        request = self._request("set-meeting-session-data", fields)
+        self._writes.add_session_write(request.id, (data, merge_strategy, keys))
+        return request
+
+    def ping(self) -> Outgoing:
+        return self._request("ping", {})
+
+    def leave(self) -> Outgoing:
+        return self._request("leave", {})
+
+    def encode(self, request: Outgoing) -> bytes:
+        """The request's frame; from now on a frame with its id is its reply. A request that
+        is not JSON (TypeError) or over the frame limit (TooLarge) is dropped, its write undone."""
+        try:
+            frame = orjson.dumps({"type": request.type, "id": request.id, **request.fields})
+            if len(frame) > self.max_frame_bytes:  # the node would close the connection (1009)
+                raise TooLarge(
+                    "too-large",
+                    f"the {request.type} frame is {len(frame)} bytes; the frame limit is "
+                    f"{self.max_frame_bytes}",
+                )
+        except BaseException:
+            self.abandon(request.id, sent=False)
+            raise
+        self._awaiting[request.id] = request.type
+        return frame
+
+    def abandon(self, request_id: int, sent: bool) -> None:
+        """The transport gave up on a request: one not `sent` (no socket, the send failed) is
+        rolled back; one maybe sent (timed out, cancelled) is kept until the node's next state
+        says otherwise. No frame is its reply from now on."""
+        self._awaiting.pop(request_id, None)
+        self._settle(request_id, ok=sent)
+
+    # -- frames in --
+
+    def receive_frame(self, frame: dict[str, Json]) -> Reply | None:
+        """Apply one server frame; returns its reply to an awaited request, if it is one."""
+        kind = frame.get("type")
+        content = {key: value for key, value in frame.items() if key != "type"}
+        if kind in _REPLIES and "id" in frame and frame["id"] in self._awaiting:
+            rid = int(frame["id"])
+            del self._awaiting[rid]
+            if kind == "error":
+                self._settle(rid, ok=False)
+                error = server_error(frame.get("code", ""), frame.get("message", ""))
+                return Reply(rid, frame, error)
+            self._settle(rid, ok=True)
+            if kind == "joined":
+                self._on_joined(frame)
+            return Reply(rid, frame)
+        if kind == "error":  # not the reply to an awaited request
+            self._emit("nonfatal-error", content)
+        elif kind in ("participant-joined", "participant-updated", "participant-left"):
+            self._on_participant(kind, frame["participant"])
+            self._emit(kind, content)
+        elif kind == "meeting-session-state-updated":
+            self._writes.rebase_session(frame["meetingSessionState"]["data"])
+            self._emit(kind, content)
+        elif kind == "app-message":
+            seq = content.pop("seq", None)
+            if isinstance(seq, str) and self._is_latest(seq):
+                self.last_seq = seq  # the latest: two can come out of log order
+            self._emit(kind, content)
+        elif kind == "nonfatal-error":
+            self._emit(kind, content)
+        elif kind not in _REPLIES:
+            logger.debug("ignoring a frame of type %r", kind)
+        return None
+
+    # -- the connection --
+
+    def connection_lost(self, close_code: int | None, expected: bool) -> bool:
+        """The socket closed: every request awaiting its reply counts as maybe applied (the
+        transport fails it with ConnectionClosed). Unless the close was `expected` (leaving,
+        closing, a join given up), a meeting in progress ends with `error` and `left-meeting`;
+        returns whether it did."""
+        for rid in list(self._awaiting):
+            self._settle(rid, ok=True)
+        self._awaiting.clear()
+        if expected or not self._in_meeting:
+            return False
+        self._emit(
+            "error", {"errorMsg": ConnectionClosed(close_code).message, "closeCode": close_code}
+        )
+        self._end({"reason": "connection-closed", "closeCode": close_code})
+        return True
+
+    def join_failed(self) -> None:
+        """The join raised (refused, timed out, cut off): no meeting events for it, even if its
+        `joined` came."""
+        self._in_meeting = False
+
+    def forget_room(self) -> None:
+        """Drop the other participants, the session data and the writes still waiting (after
+        leaving: the room's state is the room's only while in it; before joining anew)."""
+        self._others.clear()
+        self._writes.forget()
+
+    def end_meeting(self, reason: str) -> None:
+        """Emit `left-meeting` with `reason` ("left", "closed"), once per meeting."""
+        self._end({"reason": reason})
+
+    # -- internals --
+
+    def _request(self, frame_type: str, fields: dict[str, Json]) -> Outgoing:
+        return Outgoing(next(self._ids), frame_type, fields)
+
+    def _emit(self, event: str, payload: Event) -> None:
+        self._events.append((event, payload))
+
+    def _end(self, payload: Event) -> None:
+        if self._in_meeting:
+            self._in_meeting = False
+            self._emit("left-meeting", payload)
+
+    def _is_latest(self, seq: str) -> bool:
+        """Whether app message position `seq` comes after `last_seq`. A node can deliver two
+        out of log order (its own after another node's), and a resume replays what follows
+        the position quoted."""
+        try:
+            key = position_key(seq)
+        except ValueError:  # not a position as the node gives them: never quoted back
+            return False
+        try:
+            return self.last_seq is None or key > position_key(self.last_seq)
+        except ValueError:  # (a `joined` frame's `seq` that was none)
+            return True
+
+    def _settle(self, rid: int, ok: bool) -> None:
+        if self._writes.settle(rid, ok) and self._local is not None:
+            self._local["userData"] = self._writes.user_data
+
+    def _on_joined(self, frame: dict[str, Json]) -> None:
+        """A `joined` reply: a first join, a resumed session, or a fresh join after a refused
+        resume. After a resume attempt, what changed while away is emitted as events."""
+        resume = "resumed" in frame  # the node answers a resume attempt with `resumed`
+        before_others, before_session = dict(self._others), dict(self._writes.session_data)
+        asked_replay = self.last_seq is not None
+        sid = frame["sessionId"]
+        participants: dict[str, dict[str, Json]] = dict(frame.get("participants") or {})
+        # Replay from the joined frame's position from now on: what came before it is in its
+        # snapshot or replayed right after it. (Kept at an older position, a resume that replayed
+        # nothing would make every later resume ask for a position the log may have dropped.)
+        seq = frame.get("seq")
+        if isinstance(seq, str):
+            self.last_seq = seq
+        elif frame.get("resumed") is not True:
+            self.last_seq = None
+        self.session_id, self.resume_token = sid, frame.get("resumeToken")
+        mine = participants.pop(sid, None)
+        self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}
+        self._others = participants
+        self._writes.reset(frame["meetingSessionState"]["data"], self._local.get("userData"))
+        self._in_meeting = True
+        self._emit("joined-meeting", {"participants": self.participants()})
+        if resume:
+            self._emit_changes(before_others, before_session)
+            if frame.get("resumed") is not True:
+                message = "the session could not be resumed; joined again as a new session"
+                self._emit(
+                    "nonfatal-error", {"type": "resume", "code": "session-lost", "message": message}
+                )
+            elif frame.get("replayed") is False and asked_replay:
+                message = "app messages sent while disconnected could not be replayed"
+                self._emit(
+                    "nonfatal-error",
+                    {"type": "resume", "code": "messages-lost", "message": message},
+                )
+
+    def _emit_changes(
+        self, before_others: dict[str, dict[str, Json]], before_session: dict[str, Json]
+    ) -> None:
+        """After a resume: the participant and session-data events missed while away."""
+        for sid, participant in self._others.items():
+            old = before_others.get(sid)
+            if old is None:
+                self._emit("participant-joined", {"participant": participant})
+            elif _canonical(old) != _canonical(participant):
+                self._emit("participant-updated", {"participant": participant})
+        for sid, participant in before_others.items():
+            if sid not in self._others:
+                self._emit("participant-left", {"participant": participant})
+        if _canonical(before_session) != _canonical(self._writes.session_data):
+            state = {"data": dict(self._writes.session_data)}
+            self._emit("meeting-session-state-updated", {"meetingSessionState": state})
+
+    def _on_participant(self, kind: str, participant: dict[str, Json]) -> None:
+        sid = participant["session_id"]
+        if sid == self.session_id:
+            return  # the node never echoes our own changes; the local record is ours
+        if kind == "participant-left":
+            self._others.pop(sid, None)
+        else:
+            self._others[sid] = participant
+
+
+class LocalWrites:
+    """This client's writes on top of the node's state: the last state the node sent, plus the
+    writes it acknowledged since, plus those still waiting for a reply (by request id)."""
+
+    def __init__(self) -> None:
+        self._session_base: dict[str, Json] = {}  # the node's last state + writes acked since
+        self._session_pending: dict[int, SessionWrite] = {}  # request id -> write not yet acked
+        # userData as the node has it as far as known (joined, or the last write answered), and
+        # the writes not answered yet
+        self._user_data_base: Json = None
+        self._user_data_pending: dict[int, Json] = {}
+        self.session_data: dict[str, Json] = {}  # base with the pending writes applied
+
+    @property
+    def user_data(self) -> Json:
+        """The newest userData write not answered yet, else the last the node took."""
+        pending = list(self._user_data_pending.values())
+        return pending[-1] if pending else self._user_data_base
+
+    def reset(self, session_data: dict[str, Json], user_data: Json) -> None:
+        """A join's state, with no write pending."""
+        self._user_data_base = user_data
+        self._user_data_pending.clear()
+        self._session_pending.clear()
+        self.rebase_session(session_data)
+
+    def rebase_session(self, session_data: dict[str, Json]) -> None:
+        """The node's converged session data; the writes still pending stay on top."""
+        self._session_base = dict(session_data)
+        self._refresh_session()
+
+    def forget(self) -> None:
+        """Drop the session data and every write still pending."""
+        self._session_base = {}
+        self._session_pending.clear()
+        self._user_data_pending.clear()
+        self._refresh_session()
+
+    def add_user_data(self, rid: int, data: Json) -> None:
+        self._user_data_pending[rid] = data
+
+    def add_session_write(self, rid: int, write: SessionWrite) -> None:
+        self._session_pending[rid] = write
+        self._refresh_session()
+
+    def settle(self, rid: int, ok: bool) -> bool:
+        """A write answered (`ok`: stored, or maybe: no reply) is folded into the base; one
+        refused, or never sent, is dropped. Returns whether it was a userData write (a refused
+        one is undone even when an earlier one, refused too, is still pending)."""
+        if rid in self._user_data_pending:
+            data = self._user_data_pending.pop(rid)
+            if ok:
+                self._user_data_base = data
+            return True
+        write = self._session_pending.pop(rid, None)
+        if write is not None:
+            if ok:
+                self._session_base = _apply_write(self._session_base, write)
+            self._refresh_session()
+        return False
+
+    def _refresh_session(self) -> None:
+        view = self._session_base
+        for write in self._session_pending.values():
+            view = _apply_write(view, write)
+        self.session_data = dict(view)
+
+
+def _canonical(value: Json) -> bytes:
+    """JSON with object keys sorted, as the node encodes state (key order does not count)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _apply_write(base: dict[str, Json], write: SessionWrite) -> dict[str, Json]:
+    """A session-data write applied to a local copy, as the node applies it to the replica."""
+    data, strategy, keys_to_delete = write
+    if strategy == "replace":
+        return dict(data)
+    merged = {**base, **data}
+    for key in keys_to_delete:
+        merged.pop(key, None)
+    return merged
