@@ -4,6 +4,8 @@ The frames are built with the wire's own encoders, as the node builds them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -360,3 +362,17 @@ def test_a_join_that_failed_emits_no_meeting_events() -> None:
     assert not state.connection_lost(1006, expected=False)
     state.end_meeting("left")
     assert state.events_received() == []
+
+
+def test_the_call_state_loads_no_transport() -> None:
+    """`roomstate.sdk` loads its asyncio client on first use only, so another transport can use
+    the state (orjson's own imports are the baseline)."""
+    probe = (
+        "import sys, orjson; before = set(sys.modules); import roomstate.sdk.state; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.split()
+    top = {name.split(".")[0] for name in loaded}
+    assert not top & {"asyncio", "aiohttp", "socket", "time"}, sorted(top)
