@@ -25,7 +25,7 @@ from typing import Any
 from bench.harness import report, runner
 from bench.harness.common import dig
 from bench.harness.machine import machine
-from bench.harness.report import OUT
+from bench.harness.report import COLD_TAG, OUT, WARM_UP_TAG
 from bench.harness.runner import (
     FLOOR_RECEIVERS,
     LIGHT_RATE,
@@ -39,7 +39,6 @@ from bench.harness.runner import (
 from bench.studies import hops, paired, wake_cost
 from bench.summary import (
     BASE,
-    COLD_TAG,
     FLOOR_AT_KNEE_LABEL,
     FLOOR_LABEL,
     NODE_PEER_LABELS,
@@ -49,7 +48,6 @@ from bench.summary import (
     ROOMS_FLOOR_AT_KNEE_LABEL,
     ROOMS_FLOOR_LABEL,
     TOPOLOGY_LABELS,
-    WARM_UP_TAG,
     rooms_target,
     summarize,
     tagged_step,
@@ -57,9 +55,10 @@ from bench.summary import (
 
 PAIRED_ROUNDS = 3  # rounds of the CPU ratios measured in turn (full run)
 WAKE_MESSAGES = 300  # ping-pongs per rate for the machine's wake-up cost (3.3 s in all)
-WARM_UP_FACTORS = (2.0, 4.0, 8.0)  # a Node peer's warm-up ramp, × the reference load
-QUICK_NODE_ADAPTERS = ("streams",)  # the Node peers of the quick run (time budget); full: both
-FULL_NODE_ADAPTERS = ("streams", "pubsub")
+# The Node peers: which adapters, and their warm-up ramps (× the reference load). The quick run
+# has one adapter, one warm-up step and no light step, to stay within its time budget.
+QUICK_NODE_ADAPTERS, QUICK_WARM_UP = ("streams",), (4.0,)
+FULL_NODE_ADAPTERS, FULL_WARM_UP = ("streams", "pubsub"), (2.0, 4.0, 8.0)
 
 
 def _machine_wake() -> list[dict[str, Any]]:
@@ -90,16 +89,16 @@ def _light_and_ramp(
     duration: float,
     light: bool = True,
     after: tuple[tuple[float, str], ...] = (),
-    warm_up: bool = False,
+    warm_up: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """A light-load step (precise timing), a step at the reference load `ref` (msgs/s), a
     ramp from half of it, then a step at each (rate, tag) of `after`; first, with `warm_up`, a
-    cold step and a warm-up ramp (`_warm_up`)."""
+    cold step and a warm-up ramp at those multiples of `ref` (`_warm_up`)."""
     fanout = sc.participants - 1
     ref = ref or REF_RATE * 9 / fanout  # the same deliveries/s as 10 x 10 at REF_RATE
     with ScenarioRun(sc, tmp) as run:
         if warm_up:
-            _warm_up(run, ref, duration)
+            _warm_up(run, ref, warm_up, duration)
         if light:
             rate = max(10.0, LIGHT_RATE * 9 / fanout)
             _measured_step(run, rate, "light", precise=True, duration_s=duration)
@@ -112,15 +111,15 @@ def _light_and_ramp(
         return _scenario_record(run, knee, ramped=True)
 
 
-def _warm_up(run: ScenarioRun, ref: float, duration: float) -> None:
+def _warm_up(run: ScenarioRun, ref: float, factors: tuple[float, ...], duration: float) -> None:
     """A fresh Node.js process runs a handler in V8's interpreter until it is hot enough to be
     compiled, and grows its heap in its first seconds of load: it costs more per delivery than
     the same process warm, as a user's server runs. So a Node peer's first step, at the
     reference load on fresh processes, is kept as its cold cost (tagged `COLD_TAG`), then a
-    warm-up ramp (`WARM_UP_FACTORS` × the reference load, up to the first failed step) runs
+    warm-up ramp (`factors` × the reference load, up to the first failed step) runs
     before the measured steps, which are all warm. Its steps are tagged `WARM_UP_TAG`."""
     run.run_step(round(ref), tag=COLD_TAG, duration_s=duration)
-    for factor in WARM_UP_FACTORS:
+    for factor in factors:
         run.settle()
         if not run.run_step(round(ref * factor), tag=WARM_UP_TAG, duration_s=duration)["ok"]:
             break
@@ -128,16 +127,22 @@ def _warm_up(run: ScenarioRun, ref: float, duration: float) -> None:
 
 
 def _node_peers(
-    results: dict[str, Any], tmp: Path, adapters: tuple[str, ...], duration: float
+    results: dict[str, Any],
+    tmp: Path,
+    adapters: tuple[str, ...],
+    warm_up: tuple[float, ...],
+    duration: float,
+    light: bool = True,
 ) -> None:
     """The Node.js Socket.IO peer with each Redis adapter of `adapters`, measured warm."""
     for adapter in adapters:
         system = f"node-peer-{adapter}"
         log(f"== {NODE_PEER_LABELS[system]}")
         sc = Scenario(NODE_PEER_LABELS[system], system)
-        results["scenarios"].append(
-            _light_and_ramp(sc, tmp / system, REF_RATE, 1.3, RAMP_STEPS, duration, warm_up=True)
+        rec = _light_and_ramp(
+            sc, tmp / system, REF_RATE, 1.3, RAMP_STEPS, duration, light=light, warm_up=warm_up
         )
+        results["scenarios"].append(rec)
 
 
 def _measured_step(
@@ -273,7 +278,7 @@ def quick(tmp: Path) -> dict[str, Any]:
     results["scenarios"].append(
         _light_and_ramp(Scenario(PEER_LABEL, "peer"), tmp / "peer", REF_RATE, 1.3, RAMP_STEPS, 2.0)
     )
-    _node_peers(results, tmp, QUICK_NODE_ADAPTERS, 2.0)
+    _node_peers(results, tmp, QUICK_NODE_ADAPTERS, QUICK_WARM_UP, 2.0, light=False)
     log("== roomstate")
     results["scenarios"].append(
         _light_and_ramp(
@@ -330,7 +335,7 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
             )
         )
     if want("node-peers"):
-        _node_peers(results, tmp, FULL_NODE_ADAPTERS, d)
+        _node_peers(results, tmp, FULL_NODE_ADAPTERS, FULL_WARM_UP, d)
     if want("topologies"):
         for topo, label in TOPOLOGY_LABELS.items():
             log(f"== {label}")

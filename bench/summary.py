@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 from bench.harness.common import dig
+from bench.harness.report import COLD_TAG
 from bench.harness.runner import LIGHT_RATE, REF_RATE
 
 BASE = "2-nodes-redis"
@@ -28,8 +29,6 @@ NODE_PEER_LABELS = {
     "node-peer-streams": "peer: Node.js Socket.IO 2 nodes + Redis Streams adapter",
     "node-peer-pubsub": "peer: Node.js Socket.IO 2 nodes + Redis pub/sub adapter",
 }
-COLD_TAG = "ref (cold)"  # a Node peer's first step, on fresh processes, before its warm-up
-WARM_UP_TAG = "warm-up"  # a step of a Node peer's warm-up ramp (measured, used for nothing)
 PEER_KNEE_TAG = "peer knee load"  # ours at the peer's knee rate
 FLOOR_LABEL = "python floor: aiohttp 1 -> 99"
 # The same shape as ours (10 rooms x 10, every member sends to its room's 9 others) on one bare

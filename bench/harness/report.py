@@ -16,6 +16,8 @@ from bench.harness.common import CPU_LATE_MS
 BENCH = Path(__file__).resolve().parents[1]
 OUT = BENCH / "out"  # every run's files (ignored by git)
 RECORD = BENCH / "results"  # the run of record (tracked)
+# the plots: title in the markdown -> file name after the run's stem
+PLOTS = {"latency CDF per system": "latency-cdf", "p99 against deliveries/s": "p99-vs-throughput"}
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -216,6 +218,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             ),
             "",
         ]
+    lines += _systems_compared(results["scenarios"])
     for name in ("propagation", "memory", "bystander"):
         if results.get(name):
             lines += [f"## {name.capitalize()}", "", "```json",
@@ -254,6 +257,67 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+OURS_SYSTEM = "2-nodes-redis"  # roomstate's deployment the peers are set beside (2 nodes + Redis)
+COLD_TAG = "ref (cold)"  # a Node peer's first step, on fresh processes, before its warm-up
+WARM_UP_TAG = "warm-up"  # a step of a Node peer's warm-up ramp (measured, used for nothing)
+COMPARED_HEADERS = [
+    "system", "deliveries/s at the knee", "roomstate / it", "node µs/delivery at the knee",
+    "roomstate / it", "Redis µs/delivery at the knee", "node µs/delivery at the reference load",
+    "the same, cold",
+]  # fmt: skip
+
+
+def _systems_compared(scenarios: list[dict[str, Any]]) -> list[str]:
+    """roomstate on 2 nodes + Redis beside the peers (python-socketio; Node.js Socket.IO with
+    each Redis adapter), each at its own knee and at the reference load; shown when a Node.js
+    peer was measured (a run from before it had none). Says how the Node peers were warmed."""
+    main = [sc for sc in scenarios if _is_main(sc) and sc.get("ramped")]
+    ours = next((sc for sc in main if sc["system"] == OURS_SYSTEM), None)
+    peers = [sc for sc in main if sc["system"] == "peer" or sc["system"].startswith("node-peer-")]
+    if not any(sc["system"].startswith("node-peer-") for sc in peers):
+        return []
+
+    def tagged(sc: dict[str, Any], tag: str) -> dict[str, Any] | None:
+        return next((s for s in sc["steps"] if s.get("tag") == tag), None)
+
+    def cost(step: dict[str, Any] | None) -> float | None:
+        return step["node_cpu_us_per_delivery"] if step else None
+
+    def per(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    ours_knee = (ours or {}).get("knee") or {}
+    rows = []
+    for sc in [ours, *peers] if ours else peers:
+        knee = sc.get("knee") or {}
+        rows.append([
+            sc["label"], knee.get("deliveries_per_s"),
+            per(ours_knee.get("deliveries_per_s"), knee.get("deliveries_per_s")),
+            knee.get("node_cpu_us_per_delivery"),
+            per(ours_knee.get("node_cpu_us_per_delivery"), knee.get("node_cpu_us_per_delivery")),
+            knee.get("store_cpu_us_per_delivery"), cost(tagged(sc, "ref")),
+            cost(tagged(sc, COLD_TAG)),
+        ])  # fmt: skip
+    lines = [
+        "## roomstate and the peers, each at its knee",
+        "",
+        _table(COMPARED_HEADERS, rows),
+        "",
+    ]
+    for sc in peers:
+        warm = [s for s in sc["steps"] if s.get("tag") == WARM_UP_TAG]
+        if tagged(sc, COLD_TAG) is None:
+            continue
+        top = max((s["rate"] for s in warm if s["ok"]), default=None)
+        lines.append(
+            f"- {sc['label']}: measured warm. Its first step, at the reference load on fresh "
+            f"processes, is the cold figure; then a warm-up ramp of {len(warm)} steps"
+            + (f" (up to {top:,.0f} msgs/s passed)" if top else "")
+            + "; its light, reference and ramp steps came after."
+        )
+    return [*lines, ""] if len(lines) > 4 else lines
 
 
 def _is_main(sc: dict[str, Any]) -> bool:
@@ -306,7 +370,7 @@ def plot(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
             ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("percentile")
     if drawn:
-        path = out_dir / f"{stem}-latency-cdf.png"
+        path = out_dir / f"{stem}-{PLOTS['latency CDF per system']}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         paths["latency CDF per system"] = str(path)
@@ -344,7 +408,7 @@ def plot(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     if drawn:
-        path = out_dir / f"{stem}-p99-vs-throughput.png"
+        path = out_dir / f"{stem}-{PLOTS['p99 against deliveries/s']}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         paths["p99 against deliveries/s"] = str(path)
