@@ -154,11 +154,12 @@ class Node:
         room = self.hosting.rooms.get(conn.room or "")
         if conn.session_id is None or room is None:
             raise RequestError("not-joined", "send 'join' first")
-        sid, now = conn.session_id, self.now_ms()
+        sid = conn.session_id
         if isinstance(request, SendAppMessage):
             await self.hosting.send_app_message(room, sid, request.data, request.to)
             conn.send(encode("ack", id=request.id))
             return
+        now = self.now_ms()
         if isinstance(request, SetUserData):
             out = room.set_user_data(sid, request.data, now)
         elif isinstance(request, SetMeetingSessionData):
