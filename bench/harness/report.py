@@ -307,15 +307,15 @@ def _systems_compared(scenarios: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     for sc in peers:
-        warm = [s for s in sc["steps"] if s.get("tag") == WARM_UP_TAG]
-        if tagged(sc, COLD_TAG) is None:
+        cold, warm = tagged(sc, COLD_TAG), [s for s in sc["steps"] if s.get("tag") == WARM_UP_TAG]
+        if cold is None:
             continue
-        top = max((s["rate"] for s in warm if s["ok"]), default=None)
+        rates = ", ".join(f"{s['rate']:,.0f}" for s in warm) or "none"
         lines.append(
             f"- {sc['label']}: measured warm. Its first step, at the reference load on fresh "
-            f"processes, is the cold figure; then a warm-up ramp of {len(warm)} steps"
-            + (f" (up to {top:,.0f} msgs/s passed)" if top else "")
-            + "; its light, reference and ramp steps came after."
+            f"processes, gives the cold figure ({_fmt(cost(cold))} µs per delivery); then "
+            f"warm-up steps at {rates} msgs/s (up to the first that failed); every other step "
+            "of it ran after them."
         )
     return [*lines, ""] if len(lines) > 4 else lines
 

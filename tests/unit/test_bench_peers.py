@@ -59,7 +59,10 @@ def test_the_report_sets_roomstate_beside_every_peer_and_says_how_warm() -> None
     assert f"| {NODE_PEER_LABELS['node-peer-streams']} | 45,000 | 4.00 | 10.00 | 0.75 |" in text
     assert f"| {PEER_LABEL} | 18,000 | 10.00 | 20.00 | 0.38 |" in text
     assert "| 40.00 | 80.00 |" in text  # warm, then cold, at the reference load
-    assert "measured warm" in text and "warm-up ramp of 3 steps (up to 4,000 msgs/s" in text
+    assert (
+        "measured warm" in text
+        and "(80.00 µs per delivery); then warm-up steps at 2,000, 4,000, 8,000 msgs/s" in text
+    )
 
 
 def test_a_run_without_a_node_peer_reports_as_before() -> None:
