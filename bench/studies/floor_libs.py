@@ -11,8 +11,8 @@ bare aiohttp server saturates a core; what counts there is CPU per delivery, not
 - ``aiohttp``: ``await ws.send_frame(...)`` to each other member (the rooms floor of the quick
   and full runs);
 - ``aiohttp, direct writes``: aiohttp receives the same way, and sends in the style of
-  roomstate's node (node/connection.py): the frame is built once, header included, and the same
-  bytes are written to each member's transport;
+  roomstate's node (node/server/connection.py): the frame is built once, header included, and
+  the same bytes are written to each member's transport;
 - ``picows``: callbacks and Cython framing for both directions.
 
 The node already sends the second way, so what it could gain by moving its client side to picows

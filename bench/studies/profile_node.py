@@ -27,20 +27,22 @@ from pathlib import Path
 
 from bench.harness.runner import Scenario, ScenarioRun
 
-# Where a sample's time goes: the first of these patterns (in this order) found in its stack.
+# Where a sample's time goes: the first of these patterns (in this order) found in its stack (a
+# function's qualified name, or its file, as py-spy prints them; files under node/ by their
+# place in the roomstate package).
 CATEGORIES = (
     ("prometheus_client", "metrics (prometheus_client)"),
     ("_send_packed_command", "Redis command writes (redis-py: leases, snapshots)"),
     ("Connection._drain", "WebSocket writes to clients (queued, drain task)"),
     ("Connection.deliver", "WebSocket writes to clients (straight to the socket)"),
-    ("RespConnection._flush", "Redis writes (node/resp.py: one write per loop iteration)"),
-    ("RedisBus.publish", "publish: EVALSHA call (node/redis_bus.py, node/resp.py)"),
+    ("RespConnection._flush", "Redis writes (bus/redis/resp.py: one write per loop iteration)"),
+    ("RedisBus.publish", "publish: EVALSHA call (bus/redis/bus.py, resp.py)"),
     ("RedisBus._on_push", "pushed events: split, decode, room logic, frames"),
-    ("RespConnection", "Redis replies: reading and parsing (node/resp.py)"),
-    ("parse (node/protocol", "parsing client frames (node/protocol.py)"),
+    ("RespConnection", "Redis replies: reading and parsing (bus/redis/resp.py)"),
+    ("wire/protocol.py", "parsing client frames (wire/protocol.py)"),
     ("Node._deliver", "frames for local recipients (Node._deliver)"),
-    ("Node.handle", "request handling (node/node.py, room logic)"),
-    ("_handle_frame", "request handling (node/node.py, room logic)"),
+    ("Node.handle", "request handling (edge/node.py, room logic)"),
+    ("_handle_frame", "request handling (edge/node.py, room logic)"),
     ("web_ws.py", "aiohttp WebSocket receive"),
     ("_websocket/reader", "aiohttp WebSocket receive"),
     ("web_protocol.py", "aiohttp WebSocket receive"),

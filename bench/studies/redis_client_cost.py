@@ -1,11 +1,11 @@
 """What one Redis call costs the client: redis-py (asyncio, hiredis) CPU per EVALSHA and per
 XREAD, sequential, with and without ``socket_timeout``, and pipelined, against the bus's own
-pipelining connection (node/resp.py: hiredis's packer and parser on an asyncio.Protocol) — the
-evidence behind docs/decisions/0004-redis-hot-path-connection.md.
+pipelining connection (node/bus/redis/resp.py: hiredis's packer and parser on an
+asyncio.Protocol) — the evidence behind docs/decisions/0004-redis-hot-path-connection.md.
 
     python -m bench redis_client_cost [--calls 3000]
 
-Starts its own redis-server (tests/servers.py) and stops it by PID.
+Starts its own redis-server (deploy/local/servers.py) and stops it by PID.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from deploy.local.servers import RedisServer
 from roomstate.bus.redis.resp import RespConnection
 
-# The shape of node/redis_scripts.py PUBLISH for an app message: read, append, persist.
+# The shape of node/bus/redis/scripts.py PUBLISH for an app message: read, append, persist.
 SCRIPT = """
 local n = tonumber(redis.call("HGET", KEYS[2], "n") or "0")
 local id = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "*", "e", ARGV[1])

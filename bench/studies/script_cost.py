@@ -7,7 +7,7 @@ userData write), the working tree's scripts against those of a git revision, in 
 Each round runs `--calls` calls of each of the four (old/new × message/state write) on one room
 with 3 participants present, pipelined 500 at a time, resetting the statistics before each;
 it prints the median over the rounds and every round. Starts its own redis-server
-(tests/servers.py) and stops it by PID. The revision's scripts are read with ``git show``, so
+(deploy/local/servers.py) and stops it by PID. The revision's scripts are read with ``git show``, so
 run it from the repository. Scripts of either layout are driven: before the lease check
 (fencing, 3 keys) and with it (4 keys, the incarnation as ARGV[4]).
 """
@@ -32,13 +32,21 @@ EVENT = "x" * 300  # about an encoded 256 B app message
 USERDATA_OP = ["u", "s1", "0001", '{"a":1}']
 
 
+# Where the scripts were, newest first: node/bus/redis/scripts.py since the layout of b848918
+SCRIPT_PATHS = ("node/bus/redis/scripts.py", "node/redis_scripts.py")
+
+
 def scripts_at(rev: str) -> tuple[str, str]:
-    """PUBLISH_MESSAGE and PUBLISH as node/redis_scripts.py has them at `rev`."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:node/redis_scripts.py"], capture_output=True, text=True, check=True
-    ).stdout
+    """PUBLISH_MESSAGE and PUBLISH as the scripts' module has them at `rev` (CalledProcessError
+    if no path of `SCRIPT_PATHS` has them there)."""
+    for i, path in enumerate(SCRIPT_PATHS):
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+        if i == len(SCRIPT_PATHS) - 1:
+            shown.check_returncode()
     names: dict[str, object] = {}
-    exec(compile(source, f"{rev}:node/redis_scripts.py", "exec"), names)
+    exec(compile(shown.stdout, f"{rev}:{path}", "exec"), names)
     return str(names["PUBLISH_MESSAGE"]), str(names["PUBLISH"])
 
 

@@ -109,7 +109,7 @@ async def serve_aiohttp() -> int:
 
 async def serve_direct() -> int:
     """aiohttp receiving, as in `serve_aiohttp`'s rooms, but sending in the style of roomstate's
-    node when a client keeps up (node/connection.py's fast path): each frame is built once,
+    node when a client keeps up (node/server/connection.py's fast path): each frame is built once,
     header included (`ws_frame`), and the same bytes are written straight to every other
     member's transport: no `send_frame`, no await. Not the node's batching per loop iteration
     nor its send queue for a slow client (this server has none: writes are not bounded)."""

@@ -25,6 +25,14 @@ def test_scripts_before_the_lease_check_get_three_keys() -> None:
     assert numkeys == 3 and LEASE not in keys_and_args and keys_and_args[6:] == USERDATA_OP
 
 
+def test_the_scripts_are_found_where_they_are_now() -> None:
+    try:
+        message, state = scripts_at("HEAD")  # node/bus/redis/scripts.py since b848918
+    except subprocess.CalledProcessError:  # no repository
+        return
+    assert "KEYS[4]" in message and "KEYS[4]" in state
+
+
 # The two scripts' heads before the lease check (the rest does not matter to `arguments`).
 OLD_MESSAGE = 'local n_and_last = redis.call("HMGET", KEYS[2], "n", "l")'
 OLD_STATE = "local log, state = KEYS[1], KEYS[2]\nfor i = 4, #ARGV, 4 do"
