@@ -10,8 +10,10 @@ step per ``{"cmd": "run", ...}`` line on stdin and prints one ``{"result": ...}`
 - ``roomstate``: the wire protocol v1 (join, then send-app-message / set-user-data /
   set-meeting-session-data without waiting for each ack; acks and errors are counted);
 - ``socketio``: Engine.IO 4 / Socket.IO 5 over a WebSocket, spoken directly (open, connect to
-  ``/``, ``join`` with an ack, then ``42["msg", DATA]``; pings are answered);
-- ``floor``: the bare fan-out server of bench/ws_floor.py (``/recv`` receivers, ``/send`` senders);
+  ``/``, ``join`` with an ack, then ``42["msg", DATA]``; pings are answered): the peers, the
+  python-socketio one and the Node.js one (bench/harness/peers.py);
+- ``floor``: the bare fan-out server of bench/systems/ws_floor.py (``/recv`` receivers,
+  ``/send`` senders);
 - ``floor-rooms``: the same server's ``/room/NAME``: every member sends and receives, like a room.
 
 Schedule: a step of `rate` messages/s over ``warmup_s + duration_s`` has messages
