@@ -16,7 +16,7 @@
 # ROOMSTATE_PYTHON=/path/to/python3 picks the interpreter of .venv, and a .venv made with another
 # one is made anew (without it: $PYTHON, else python3 on PATH, for a new .venv only). Benchmark on
 # an optimized build, as the Docker image's official Python is: ROOMSTATE_PYTHON=/usr/bin/python3
-# on Debian/Ubuntu, whose build is one too (docs/performance.md, "The interpreter build").
+# on Debian/Ubuntu, whose build is one too (docs/decisions/0009-optimized-interpreter.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,4 +1,4 @@
-"""Tests of tests/servers.py: they start real redis-server, Redis Cluster and haproxy processes."""
+"""Tests of deploy/local/servers.py: they start real redis-server, Cluster and haproxy processes."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ __all__ = ["AppMessage", "BusEvent", "decode_event", "encode_event"]
 
 
 # Named tuples rather than frozen dataclasses: as immutable, and made in half the time (a node
-# makes or decodes one of each per app message; docs/performance.md, "Where the node's time goes")
+# makes or decodes one of each per app message; docs/decisions/0008-hot-path-levers.md)
 class AppMessage(NamedTuple):
     data: Any
     from_id: str  # the sender's session id, or "API" for the REST endpoint
