@@ -67,7 +67,7 @@ def install(out: str) -> None:
 
     from roomstate.bus.redis.resp import RespConnection
     from roomstate.edge.node import Node
-    from roomstate.server.connection import WriteBatch
+    from roomstate.server.fastpath import WriteBatch
 
     handler = web_protocol.RequestHandler
     handler.data_received = _before("client frame read", handler.data_received)  # type: ignore[method-assign]

@@ -115,7 +115,7 @@ async def serve_direct() -> int:
     nor its send queue for a slow client (this server has none: writes are not bounded)."""
     from aiohttp import WSMsgType, web
 
-    from roomstate.server.connection import ws_frame
+    from roomstate.server.fastpath import ws_frame
 
     rooms: dict[str, list[tuple[web.WebSocketResponse, asyncio.Transport]]] = {}
 

@@ -1,4 +1,4 @@
-"""The load generator's receive side (bench/loadgen.py), fed frames by hand: what it counts as
+"""The load generator's receive side (bench/harness/loadgen.py), fed frames by hand: what it counts as
 a delivery, and which latencies it records."""
 
 from __future__ import annotations

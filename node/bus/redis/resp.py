@@ -1,7 +1,7 @@
 """A pipelining Redis connection for the bus's hot path: publishing events and blocking reads.
 
 redis-py stays the client for everything else (snapshots, leases, Cluster topology); this is the
-part it does slowly. Measured on this machine (`python -m bench.redis_client_cost`, one
+part it does slowly. Measured on this machine (`python -m bench redis_client_cost`, one
 ``EVALSHA`` shaped like PUBLISH, sequential): redis-py 8.1 asyncio + hiredis spends ~130 µs of
 client CPU per call, this connection ~50 µs; commands issued in the same event-loop iteration
 go out in one ``write`` and their replies are parsed from one read (auto-pipelining). See
