@@ -1,5 +1,5 @@
-"""The load generator's receive side (bench/harness/loadgen.py), fed frames by hand: what it counts as
-a delivery, and which latencies it records."""
+"""The load generator's receive side (bench/harness/loadgen.py), fed frames by hand: what it
+counts as a delivery, and which latencies it records."""
 
 from __future__ import annotations
 
