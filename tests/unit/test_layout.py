@@ -48,3 +48,29 @@ def test_the_documented_error_tree_names_every_exception(module: object) -> None
     ]
     missing = [name for name in classes if f" {name} " not in f" {tree} ".replace("\n", " ")]
     assert classes and not missing, f"{missing} are missing from the tree in the docstring"
+
+
+def _class_lengths(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text())
+    return [
+        (node.name, (node.end_lineno or node.lineno) - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    ]
+
+
+def test_modules_and_classes_stay_small_enough_to_read() -> None:
+    """A module of node/ or crdt/ is read in one sitting: under 500 lines, classes under 350."""
+    long_modules = [
+        (path.relative_to(ROOT).as_posix(), lines)
+        for path in _modules()
+        if (lines := len(path.read_text().splitlines())) > 500
+    ]
+    long_classes = [
+        (path.relative_to(ROOT).as_posix(), name, lines)
+        for path in _modules()
+        for name, lines in _class_lengths(path)
+        if lines > 350
+    ]
+    assert not long_modules, f"split by responsibility: {long_modules}"
+    assert not long_classes, f"split by responsibility: {long_classes}"
