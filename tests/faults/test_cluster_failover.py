@@ -4,7 +4,7 @@ The cluster has 3 masters and 3 replicas (cluster-node-timeout 2 s); three nodes
 `--redis-cluster`. The master killed is the one that owns the slot of `rs:lease:node-0` (a fixed
 choice; the nodes keep a copy of their lease per shard); it holds about a third of the shards.
 
-`test_r6_…_under_load` (issue 7, row R6): in room V, whose shard is on that master, one member
+`test_r6_…_under_load` (reliability.md, R6): in room V, whose shard is on that master, one member
 per node writes all the time (app message to everyone, a session-data key of its own, its
 userData, in turn, one at a time); in three rooms on the other masters, a cross-node probe sends
 an app message every 20 ms. Checks:

@@ -5,7 +5,7 @@ The clients are light: one raw aiohttp WebSocket each, parsing only the frames t
 so that hundreds of them cost the test process little CPU (the machine has two cores, shared
 with the nodes, Redis and haproxy).
 
-What the design promises when a node dies (DESIGN.md, Membership): its lease expires after 5 s
+What a node promises when another dies (architecture.md, Membership): its lease expires after 5 s
 and the surviving nodes then remove exactly the participants whose record still names the dead
 node's incarnation (`participant-left`, reason `node-lost`). A participant that resumed on
 another node before that is kept: nobody sees it leave. One that comes back after it was removed

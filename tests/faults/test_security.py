@@ -1,4 +1,4 @@
-"""Security and hostile input, rows S3-S9 of issue 7 (S1: tests/integration/test_tokens.py;
+"""Security and hostile input, rows S3-S9 of reliability.md (S1: tests/integration/test_tokens.py;
 S2: test_fuzz.py). One development-mode node process per module; figures are printed."""
 
 from __future__ import annotations

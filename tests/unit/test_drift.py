@@ -1,5 +1,5 @@
 """Clock drift: measuring a node's clock against the store's (crdt.hlc.clock_skew_ms), and the
-delivery rule (a delta already in the log is merged whatever its stamps; DESIGN.md)."""
+delivery rule (a delta already in the log is merged whatever its stamps: docs/crdt.md)."""
 
 from __future__ import annotations
 
