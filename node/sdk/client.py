@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Callable
 from types import TracebackType
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -83,6 +83,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The largest frame the client takes from the node. The node does not bound its `joined` reply:
+# it lists every present participant, each up to the userData limit (4 KiB by default) plus a
+# few hundred bytes of name and ids, so a large room's `joined` outgrows aiohttp's default 4 MiB
+# and would be refused here. 256 MiB is about 60,000 present participants at the userData limit:
+# far past any room the node serves, while a broken peer still cannot grow one message unbounded.
+MAX_RECEIVE_BYTES: Final = 256 * 1024 * 1024
 
 
 def room_ws_url(url: str) -> str:
@@ -195,7 +202,7 @@ class CallClient:
         try:
             try:
                 async with asyncio.timeout_at(deadline):  # connecting and the reply, together
-                    self._ws = await self._http.ws_connect(ws_url)
+                    self._ws = await self._http.ws_connect(ws_url, max_msg_size=MAX_RECEIVE_BYTES)
                     self._reader = asyncio.create_task(
                         self._read(self._ws), name=f"roomstate {ws_url}"
                     )
@@ -277,6 +284,11 @@ class CallClient:
     def meeting_session_state(self) -> dict[str, Json]:
         """``{"data": ...}``: the node's converged state with this client's writes applied."""
         return self._state.meeting_session_state()
+
+    def participant_counts(self) -> dict[str, Json]:
+        """``{"present": P, "hidden": H}``, this participant included (daily-js's
+        participantCounts()); hidden participants are never in `participants()` but "local"."""
+        return self._state.participant_counts()
 
     # -- events --
 

@@ -13,7 +13,7 @@ Exception tree::
     │   ├── Unauthorized        unauthorized
     │   ├── Forbidden           forbidden
     │   ├── RateLimited         rate-limited
-    │   ├── Unavailable         unavailable
+    │   ├── Unavailable         unavailable; `retry_after`: seconds the node asks to wait, or None
     │   └── Internal            internal
     ├── ConnectionClosed        the socket closed before the reply; `close_code`
     ├── RequestTimeout          no reply in time (also a `TimeoutError`)
@@ -94,7 +94,14 @@ class Forbidden(ServerError): ...
 class RateLimited(ServerError): ...
 
 
-class Unavailable(ServerError): ...
+class Unavailable(ServerError):
+    """The node cannot take the request now (busy, shedding joins, its store unreachable): a
+    retryable refusal. `retry_after` is how long it asks the client to wait first, in seconds
+    (the frame's `retryAfter`, in ms), or None when it named no delay."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(code, message)
+        self.retry_after = retry_after
 
 
 class Internal(ServerError): ...
@@ -151,7 +158,13 @@ SERVER_ERRORS: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
 )
 
 
-def server_error(code: str, message: str) -> ServerError:
+def server_error(code: str, message: str, retry_after_ms: Json = None) -> ServerError:
     """The exception for an `error` frame: its code's class (`ServerError` for a code the wire
-    does not list)."""
-    return SERVER_ERRORS.get(code, ServerError)(code, message)
+    does not list). `retry_after_ms`: the frame's `retryAfter`, kept by `Unavailable` in seconds
+    (a value that is no non-negative number counts as none)."""
+    cls = SERVER_ERRORS.get(code, ServerError)
+    if issubclass(cls, Unavailable):
+        valid = isinstance(retry_after_ms, int | float) and not isinstance(retry_after_ms, bool)
+        seconds = retry_after_ms / 1000 if valid and retry_after_ms >= 0 else None
+        return cls(code, message, seconds)
+    return cls(code, message)

@@ -12,6 +12,12 @@ Theory of operation:
   transport reports a request it gave up on with `abandon(id, sent)`.
 - Frames in. `receive_frame(frame)` applies one server frame and returns the `Reply` it carries
   when it answers an awaited request; the events it causes wait in `events_received()`.
+- Large rooms. A hidden participant (Daily's ``hasPresence: false``: its object carries
+  ``permissions.hasPresence: false``) is never in `participants()` but the local one; an owner
+  still gets `participant-updated` about hidden ones (raised hands), emitted and not kept.
+  `participant_counts()` comes from `joined` and each `participant-counts-updated`; a
+  `participant-events` frame (one loop turn's membership events, batched) is unpacked into the
+  same events, in order.
 - The connection. `connection_lost` (the socket closed), `join_failed` (the join raised),
   `forget_room` and `end_meeting` (leaving, closing) end what the transport ended.
 
@@ -49,12 +55,14 @@ EVENTS: Final = frozenset(
         "participant-left",
         "app-message",
         "meeting-session-state-updated",
+        "participant-counts-updated",
         "error",
         "nonfatal-error",
         "left-meeting",
     }
 )
 _REPLIES: Final = frozenset({"ack", "pong", "joined", "error"})
+_PARTICIPANT_EVENTS: Final = ("participant-joined", "participant-updated", "participant-left")
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ class CallState:
         self._awaiting: dict[int, str] = {}
         self._in_meeting = False  # `joined-meeting` emitted, `left-meeting` not yet
         self._local: dict[str, Json] | None = None
-        self._others: dict[str, dict[str, Json]] = {}  # session id -> participant
+        self._others: dict[str, dict[str, Json]] = {}  # session id -> present participant
+        self._counts: dict[str, Json] = {"hidden": 0, "present": 0}  # the node's, latest
         self._writes = LocalWrites()
         self._events: list[tuple[str, Event]] = []  # (name, payload) not yet taken
 
@@ -107,6 +116,11 @@ class CallState:
         if self._local is not None:
             result["local"] = dict(self._local)
         return result
+
+    def participant_counts(self) -> dict[str, Json]:
+        """``{"present": P, "hidden": H}``: the room's participants, this one included, as the
+        node last counted them (hidden ones are never in `participants()` but the local one)."""
+        return dict(self._counts)
 
     def meeting_session_state(self) -> dict[str, Json]:
         """``{"data": ...}``: the node's converged state with this client's writes applied."""
@@ -210,7 +224,9 @@ class CallState:
             del self._awaiting[rid]
             if kind == "error":
                 self._settle(rid, ok=False)
-                error = server_error(frame.get("code", ""), frame.get("message", ""))
+                error = server_error(
+                    frame.get("code", ""), frame.get("message", ""), frame.get("retryAfter")
+                )
                 return Reply(rid, frame, error)
             self._settle(rid, ok=True)
             if kind == "joined":
@@ -218,9 +234,16 @@ class CallState:
             return Reply(rid, frame)
         if kind == "error":  # not the reply to an awaited request
             self._emit("nonfatal-error", content)
-        elif kind in ("participant-joined", "participant-updated", "participant-left"):
-            self._on_participant(kind, frame["participant"])
-            self._emit(kind, content)
+        elif kind in _PARTICIPANT_EVENTS:
+            self._on_participant(kind, content)
+        elif kind == "participant-events":  # one loop turn's, in order; ours are skipped
+            for entry in frame["events"]:
+                if entry.get("type") in _PARTICIPANT_EVENTS:
+                    inner = {key: value for key, value in entry.items() if key != "type"}
+                    self._on_participant(entry["type"], inner)
+        elif kind == "participant-counts-updated":
+            self._counts = dict(frame["participantCounts"])
+            self._emit(kind, {"participantCounts": dict(self._counts)})
         elif kind == "meeting-session-state-updated":
             self._writes.rebase_session(frame["meetingSessionState"]["data"])
             self._emit(kind, content)
@@ -317,7 +340,13 @@ class CallState:
         self.session_id, self.resume_token = sid, frame.get("resumeToken")
         mine = participants.pop(sid, None)
         self._local = dict(mine) if mine is not None else {"session_id": sid, "userData": None}
-        self._others = participants
+        self._others = {s: p for s, p in participants.items() if not _hidden(p)}
+        counts = frame.get("participantCounts")
+        if isinstance(counts, dict):
+            self._counts = dict(counts)
+        else:  # a node from before counts: the listed ones, and this one if hidden
+            hidden = int(_hidden(self._local))
+            self._counts = {"hidden": hidden, "present": len(self._others) + 1 - hidden}
         self._writes.reset(frame["meetingSessionState"]["data"], self._local.get("userData"))
         self._in_meeting = True
         self._emit("joined-meeting", {"participants": self.participants()})
@@ -352,14 +381,18 @@ class CallState:
             state = {"data": dict(self._writes.session_data)}
             self._emit("meeting-session-state-updated", {"meetingSessionState": state})
 
-    def _on_participant(self, kind: str, participant: dict[str, Json]) -> None:
+    def _on_participant(self, kind: str, content: dict[str, Json]) -> None:
+        """One participant event (alone, or from a batch), about someone else: applied, then
+        emitted. One about a hidden participant (an owner's) is emitted but not kept."""
+        participant = content["participant"]
         sid = participant["session_id"]
         if sid == self.session_id:
-            return  # the node never echoes our own changes; the local record is ours
-        if kind == "participant-left":
+            return  # never about us (a batch lists ours too); the local record is ours
+        if kind == "participant-left" or _hidden(participant):
             self._others.pop(sid, None)
         else:
             self._others[sid] = participant
+        self._emit(kind, content)
 
 
 class LocalWrites:
@@ -428,6 +461,12 @@ class LocalWrites:
         for write in self._session_pending.values():
             view = _apply_write(view, write)
         self.session_data = dict(view)
+
+
+def _hidden(participant: Json) -> bool:
+    """Whether a participant object is a hidden one's (``permissions.hasPresence: false``)."""
+    permissions = participant.get("permissions") if isinstance(participant, dict) else None
+    return isinstance(permissions, dict) and permissions.get("hasPresence") is False
 
 
 def _canonical(value: Json) -> bytes:
