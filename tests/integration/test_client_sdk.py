@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
+from aiohttp import web
 
+from roomstate.auth import make_token
 from roomstate.sdk.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
 from roomstate.settings import Settings
 
@@ -111,3 +114,104 @@ async def test_a_plain_text_rest_error_keeps_its_status_as_code() -> None:
         finally:
             await rest.close()
     assert (refused.value.status, refused.value.code) == (413, "http-413")
+
+
+# -- large rooms --
+
+KEY = "sdk-test-api-key-0123456789abcdef"
+
+
+async def test_a_hidden_participant_is_counted_and_heard_but_never_listed() -> None:
+    settings = Settings(api_key=KEY, counts_interval_ms=50)
+    async with (
+        node_in_process(settings, ROOM) as it,
+        CallClient() as host,
+        CallClient() as ann,
+        CallClient() as hid,
+    ):
+        await host.join(it.url, token=make_token(KEY, ROOM, user_name="host", owner=True))
+        await ann.join(it.url, token=make_token(KEY, ROOM, user_name="ann"))
+        joined = await hid.join(it.url, token=make_token(KEY, ROOM, has_presence=False))
+        assert joined["participantCounts"] == {"present": 2, "hidden": 1}
+        assert hid.participant_counts() == {"present": 2, "hidden": 1}
+        local = hid.participants()["local"]
+        assert local["permissions"] == {"hasPresence": False}
+        assert set(hid.participants()) == {"local", host.session_id, ann.session_id}
+        for other in (host, ann):
+            await other.next_event(
+                "participant-counts-updated",
+                predicate=lambda e: e["participantCounts"] == {"present": 2, "hidden": 1},
+            )
+            assert other.participant_counts() == {"present": 2, "hidden": 1}
+            assert hid.session_id not in other.participants()
+
+        # the hidden one speaks and is spoken to, by session id too
+        await hid.send_app_message({"q": "hello?"})
+        heard = await ann.next_event("app-message")
+        assert heard == {"data": {"q": "hello?"}, "fromId": hid.session_id}
+        await ann.send_app_message("answer", to=hid.session_id)
+        assert (await hid.next_event("app-message"))["data"] == "answer"
+
+        # a raised hand: the owner hears of it, the hidden one stays out of participants()
+        await hid.set_user_data({"hand": "up"})
+        update = await host.next_event(
+            "participant-updated",
+            predicate=lambda e: e["participant"]["session_id"] == hid.session_id,
+        )
+        assert update["participant"]["userData"] == {"hand": "up"}
+        assert hid.session_id not in host.participants()
+        await hid.set_meeting_session_data({"after": "hand"})
+        await ann.next_event("meeting-session-state-updated")  # sent after the hand's update
+        await hid.leave()
+        await ann.next_event(
+            "participant-counts-updated",
+            predicate=lambda e: e["participantCounts"] == {"present": 2, "hidden": 0},
+        )
+        about_hidden = [
+            name
+            for name in ("participant-joined", "participant-updated", "participant-left")
+            for event in ann.events(name)
+            if event["participant"]["session_id"] == hid.session_id
+        ]
+        assert about_hidden == []
+
+
+async def test_a_joined_bigger_than_aiohttps_default_message_cap_is_taken() -> None:
+    # aiohttp's client refuses a message over 4 MiB by default; a large room's joined is more
+    crowd = {
+        f"s-{i}": {"session_id": f"s-{i}", "user_name": f"p{i}", "userData": "x" * 4000}
+        for i in range(1500)
+    }
+
+    async def answer_join(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        join = orjson.loads((await ws.receive()).data)
+        joined = {
+            "type": "joined",
+            "id": join["id"],
+            "sessionId": "s-0",
+            "participants": crowd,
+            "participantCounts": {"present": len(crowd), "hidden": 0},
+            "meetingSessionState": {"data": {}},
+        }
+        await ws.send_bytes(orjson.dumps(joined))
+        leave = orjson.loads((await ws.receive()).data)
+        await ws.send_bytes(orjson.dumps({"type": "ack", "id": leave["id"]}))
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/rooms/{room}/ws", answer_join)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with CallClient() as call:
+            await call.join(f"ws://127.0.0.1:{port}/v1/rooms/{ROOM}/ws")
+            assert len(call.participants()) == len(crowd)
+            assert call.participant_counts() == {"present": 1500, "hidden": 0}
+    finally:
+        await runner.cleanup()
