@@ -1,8 +1,9 @@
 """Meeting tokens (JWT, HS256, signed with the API key) and the REST API key check.
 
 Claims follow Daily's short names: ``r`` room, ``u`` user name, ``ud`` user id, ``o`` owner,
-``exp`` and ``nbf``. PyJWT verifies the signature, the algorithm (HS256 only: ``alg: none`` and
-every other algorithm are refused) and the time claims.
+``exp`` and ``nbf``, and ``p`` permissions: ``{"hp": false}`` for a participant without presence
+(hidden: Daily's ``hasPresence: false``). PyJWT verifies the signature, the algorithm (HS256
+only: ``alg: none`` and every other algorithm are refused) and the time claims.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class TokenClaims:
     user_name: str | None
     user_id: str | None
     owner: bool
+    has_presence: bool = True  # False: hidden (never listed to the others)
 
 
 def make_token(
@@ -38,6 +40,7 @@ def make_token(
     owner: bool = False,
     exp: int | None = None,
     nbf: int | None = None,
+    has_presence: bool = True,
 ) -> str:
     """A meeting token for `room`; `exp` and `nbf` are Unix times in seconds. ValueError
     for a room name or a user name or id that a join would refuse."""
@@ -49,6 +52,8 @@ def make_token(
     claims: dict[str, Any] = {"r": room, "o": owner}
     optional = {"u": user_name, "ud": user_id, "exp": exp, "nbf": nbf}
     claims.update({name: value for name, value in optional.items() if value is not None})
+    if not has_presence:  # (present: no claim, so such tokens stay as they were)
+        claims["p"] = {"hp": False}
     return jwt.encode(claims, api_key, algorithm=ALGORITHM)
 
 
@@ -72,11 +77,18 @@ def verify_token(api_key: str, token: str, room: str) -> TokenClaims:
         if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:  # (signed elsewhere)
             info = f"the meeting token's {claim!r} is longer than {MAX_NAME_LENGTH} characters"
             raise RequestError("unauthorized", info)
+    permissions = claims.get("p", {})
+    if not isinstance(permissions, dict):
+        raise RequestError("unauthorized", "the meeting token's 'p' must be an object")
+    has_presence = permissions.get("hp", True)
+    if not isinstance(has_presence, bool):
+        raise RequestError("unauthorized", "the meeting token's 'p.hp' must be a boolean")
     return TokenClaims(
         room=room,
         user_name=user_name if isinstance(user_name, str) else None,
         user_id=user_id if isinstance(user_id, str) else None,
         owner=claims.get("o") is True,
+        has_presence=has_presence,
     )
 
 

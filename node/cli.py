@@ -24,7 +24,8 @@ Every option can also be set with an environment variable (the option wins):
   ROOMSTATE_MAX_HEADERS (100), ROOMSTATE_HANDSHAKE_TIMEOUT_S (10),
   timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
-  ROOMSTATE_MAX_DRIFT_MS (500),
+  ROOMSTATE_MAX_DRIFT_MS (500), ROOMSTATE_COUNTS_INTERVAL_MS (1000),
+  participants: ROOMSTATE_DEFAULT_HAS_PRESENCE (true; false: tokenless joins are hidden),
   process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
   tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         "--redis-cluster", help="HOST:PORT[,HOST:PORT...] Cluster seeds (ROOMSTATE_REDIS_CLUSTER)"
     )
     serve.add_argument("--node-id", help="this node's id (ROOMSTATE_NODE_ID; random)")
+    serve.add_argument(
+        "--default-has-presence",
+        choices=("true", "false"),
+        help="false: tokenless (development) joins are hidden (ROOMSTATE_DEFAULT_HAS_PRESENCE)",
+    )
     serve.add_argument(
         "--log-level",
         default=os.environ.get("ROOMSTATE_LOG_LEVEL") or "INFO",  # (empty: unset, as for all)
@@ -114,6 +120,9 @@ def _serve(args: argparse.Namespace) -> None:
             redis=args.redis,
             redis_cluster=args.redis_cluster,
             node_id=args.node_id,
+            default_has_presence=(
+                None if args.default_has_presence is None else args.default_has_presence == "true"
+            ),
         )
     except ValueError as exc:
         sys.exit(f"roomstate: {exc}")

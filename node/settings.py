@@ -40,6 +40,9 @@ class Settings:
     rate_burst: int = 200  # requests a connection may send at once (token bucket size)
     max_headers: int = 100  # HTTP request header lines; more: 400 before any handler runs
 
+    # Participants
+    default_has_presence: bool = True  # tokenless joins (development mode): False joins hidden
+
     # Timeouts
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
     session_data_interval_ms: int = 1000  # at most one session-state event per room per this
@@ -48,6 +51,7 @@ class Settings:
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
     handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
     max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
+    counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
 
     # Process
     # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700);
@@ -152,15 +156,22 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     ),
 }
 
+            "counts_interval_ms",
 
 def _convert(name: str, raw: str, default: Any) -> Any:
     variable = f"ROOMSTATE_{name.upper()}={raw!r}"
     if name == "allowed_origins":
         return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
     if isinstance(default, bool):
-        return raw.lower() in ("1", "true", "yes", "on")
+        if raw.lower() not in _BOOLEANS:
+            raise ValueError(f"{variable} is not a boolean (true or false)")
+        return _BOOLEANS[raw.lower()]
     if not isinstance(default, int | float):
         return raw
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS.update({"0": False, "false": False, "no": False, "off": False})
+
+
     try:
         value = int(raw) if isinstance(default, int) else float(raw)
     except ValueError:

@@ -87,6 +87,7 @@ class Node:
             limits=self.limits,
             user_data_interval_ms=settings.user_data_interval_ms,
             session_data_interval_ms=settings.session_data_interval_ms,
+            counts_interval_ms=settings.counts_interval_ms,
         )
         self.connections: dict[str, Client] = {}  # joined clients by session id (see sessions)
         self.admission = Admission(bus, self.identity, settings.max_drift_ms, self.now_ms)
@@ -202,7 +203,8 @@ class Node:
         else:
             await self.hosting.publish_unhosted_app_message(room_name, data, to)
 
-    async def presence(self, room_name: str) -> list[dict[str, Any]]:
+    async def presence(self, room_name: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The listed participants (hidden ones are not) and the counts of both."""
         room = await self.hosting.view(room_name)
         return list(room.participants().values())
 

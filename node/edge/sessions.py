@@ -76,6 +76,7 @@ class Sessions:
         info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
         if not self.settings.development:
             if request.token is None:
+        has_presence = self.settings.default_has_presence
                 raise RequestError("unauthorized", "a meeting token is required to join")
             claims = verify_token(self.settings.api_key or "", request.token, room_name)
             info["owner"] = claims.owner
@@ -85,6 +86,9 @@ class Sessions:
                 info["user_id"] = claims.user_id
         # While this join waits (for the snapshot, for a resume's move to be stored), the room
         # is not closed for having nobody here; if the join fails, it is closed after it.
+            has_presence = claims.has_presence
+        if not has_presence:  # (only then: a present participant's info is as it was)
+            info["hidden"] = True
         self._joining[room_name] = self._joining.get(room_name, 0) + 1
         try:
             room = await self.hosting.open(room_name)
@@ -174,7 +178,7 @@ class Sessions:
         # The snapshot stands where the hold starts: a change made while the log is read
         # reaches the client once, as a held event after the snapshot, not in both.
         conn.hold()
-        snapshot, seq = room.snapshot(), self.bus.position(room.name)
+        snapshot, seq = room.snapshot(sid), self.bus.position(room.name)
         replayed: set[str] = set()
         missed = None
         try:
@@ -196,10 +200,10 @@ class Sessions:
             for position, event in missed or ():
                 if event.message is None:
                     continue
-                for recipients, frame in room.deliver_app_message(event.message, position).sends:
-                    if sid in recipients:
-                        conn.send_first(frame)
-                        replayed.add(position)
+                missed_frame = room.replay_app_message(event.message, position, sid)
+                if missed_frame is not None:
+                    conn.send_first(missed_frame)
+                    replayed.add(position)
         finally:
             conn.release(frozenset(replayed))
         log.info("room %s: %s resumed (%d events read back)", room.name, sid, len(missed or ()))
@@ -256,7 +260,7 @@ class Sessions:
             return
         room = self.hosting.rooms.get(room_name)
         if stored is not None and room is not None:
-            self.hosting.deliver(room, room.remove_lost(sid, "disconnected"))
+            self.hosting.deliver(room, room.remove_lost(sid, "disconnected", self.now_ms()))
         self.close_room_if_unused(room_name)
 
     def _wait_for_resume(self, room_name: str, sid: str, seconds: float) -> None:

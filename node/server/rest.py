@@ -128,8 +128,9 @@ async def rest_send_app_message(request: web.Request) -> web.Response:
 
 @rest
 async def rest_presence(request: web.Request) -> web.Response:
-    participants = await request.app[NODE_KEY].presence(room_name(request))
-    return json_response({"total_count": len(participants), "data": participants})
+    participants, counts = await request.app[NODE_KEY].presence(room_name(request))
+    body = {"total_count": len(participants), "data": participants, "participant_counts": counts}
+    return json_response(body)
 
 
 @rest
@@ -170,6 +171,13 @@ async def rest_meeting_token(request: web.Request) -> web.Response:
         value = props.get(field)
         if value is not None and type(value) is not kind:  # (True is not an int here)
             raise rest_error(400, "invalid-request-error", f"'{field}' must be {names[kind]}")
+    permissions = props.get("permissions", {})
+    if not isinstance(permissions, dict):
+        raise rest_error(400, "invalid-request-error", "'permissions' must be an object")
+    has_presence = permissions.get("hasPresence", True)
+    if not isinstance(has_presence, bool):
+        info = "'permissions.hasPresence' must be a boolean"
+        raise rest_error(400, "invalid-request-error", info)
     try:
         token = make_token(
             node.settings.api_key,
@@ -179,6 +187,7 @@ async def rest_meeting_token(request: web.Request) -> web.Response:
             owner=props.get("is_owner") is True,
             exp=props.get("exp"),
             nbf=props.get("nbf"),
+            has_presence=has_presence,
         )
     except ValueError as exc:  # a room name or user name a join would refuse
         raise rest_error(400, "invalid-request-error", str(exc)) from None

@@ -41,6 +41,7 @@ async def test_join_and_app_message_frames_are_exactly_as_documented(
         "id",
         "sessionId",
         "participants",
+        "participantCounts",
         "meetingSessionState",
         "resumeToken",
         "seq",
@@ -50,6 +51,7 @@ async def test_join_and_app_message_frames_are_exactly_as_documented(
     assert set(me) == {"session_id", "user_id", "user_name", "userData", "joined_at", "owner"}
     assert (me["user_name"], me["userData"], me["owner"]) == ("ann", {"hand": False}, False)
     assert reply["meetingSessionState"] == {"data": {}}
+    assert reply["participantCounts"] == {"hidden": 0, "present": 1}
 
     b, _ = await joined(http, node, room, userName="bob")
     joined_event = await recv(a)

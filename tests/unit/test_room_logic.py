@@ -31,9 +31,9 @@ def send_app_message(room: Room, from_id: str, data: Any, to: Any, now_ms: int) 
 
 
 def make_room(node: str = "n1", config: RoomConfig | None = None) -> Room:
-    return Room(
-        "lobby", RoomState(), HybridLogicalClock(node), f"{node}/i1", config or RoomConfig()
-    )
+    # Counts at once unless a test says otherwise: most tests are about other frames.
+    config = config or RoomConfig(counts_interval_ms=0)
+    return Room("lobby", RoomState(), HybridLogicalClock(node), f"{node}/i1", config)
 
 
 def info(sid: str, owner: bool = False) -> dict[str, Any]:
@@ -88,6 +88,7 @@ def room_with(*sids: str, now_ms: int = 0, config: RoomConfig | None = None) -> 
     room = make_room(config=config)
     for sid in sids:
         join(room, sid, now_ms)
+        room.poll(now_ms)  # each join in a loop turn of its own
     return room
 
 
@@ -141,6 +142,7 @@ def test_joined_frame_has_session_id_every_participant_and_session_state() -> No
             "s1": expected_participant("s1", {"a": 1}, 10),
             "s2": expected_participant("s2", [2], 12),
         },
+        "participantCounts": {"hidden": 0, "present": 2},
         "meetingSessionState": {"data": {"topic": "x"}},
     }
 
@@ -238,6 +240,7 @@ def test_receive_ignores_events_of_this_rooms_own_origin() -> None:
 def burst_of_user_data(room: Room, sid: str, start: int, count: int = 50) -> list[Output]:
     """`count` writes by `sid`, one per ms from `start`, then a poll at the next deadline."""
     outs = [room.set_user_data(sid, {"n": n}, start + n) for n in range(count)]
+    outs.append(room.poll(start + count))  # the end of the loop turn
     deadline = room.next_deadline()
     assert deadline is not None and deadline <= start + 100
     outs.append(room.poll(deadline))
@@ -292,6 +295,7 @@ def test_every_user_data_write_is_published_and_applied_at_once() -> None:
 def test_a_user_data_write_after_the_interval_goes_out_at_once() -> None:
     room = room_with("s1", "s2")
     room.set_user_data("s1", 1, 1000)
+    room.poll(1000)
     out = room.set_user_data("s1", 2, 1100)
     assert [f["participant"]["userData"] for _, f in sends(out, "participant-updated")] == [2]
 
@@ -309,6 +313,7 @@ def test_a_write_within_the_interval_waits_for_the_deadline() -> None:
     room = room_with("s1", "s2")
     room.set_user_data("s1", 1, 1000)
     assert room.set_user_data("s1", 2, 1040).sends == []
+    room.poll(1040)
     assert room.next_deadline() == 1100
     assert room.poll(1099).sends == []
     found = sends(room.poll(1100), "participant-updated")
@@ -319,6 +324,7 @@ def test_a_write_within_the_interval_waits_for_the_deadline() -> None:
 def test_user_data_throttling_is_per_participant() -> None:
     room = room_with("s1", "s2", "s3")
     first = room.set_user_data("s1", "a", 1000)
+    room.poll(1000)
     second = room.set_user_data("s2", "b", 1001)
     assert len(sends(first, "participant-updated")) == 1
     assert len(sends(second, "participant-updated")) == 1
@@ -441,7 +447,7 @@ def test_session_events_are_at_least_a_second_apart_under_steady_writes() -> Non
     assert all(b - a >= 1000 for a, b in itertools.pairwise(sent_at))
 
 
-TINY = RoomConfig(limits=Limits(session_data_bytes=100))
+TINY = RoomConfig(limits=Limits(session_data_bytes=100), counts_interval_ms=0)
 
 
 @pytest.mark.parametrize(
@@ -456,6 +462,7 @@ def test_a_session_write_whose_result_is_too_large_is_refused_and_changes_nothin
 ) -> None:
     room = room_with("s1", "s2", config=TINY)
     room.set_session_data(replace({"k": "x" * 50}), 100)
+    room.poll(100)
     before, state_before = room.session_data(), room.state.copy()
     with pytest.raises(RequestError) as caught:
         room.set_session_data(write, 5000)
@@ -478,9 +485,9 @@ def test_a_session_write_that_shrinks_the_data_under_the_limit_is_accepted() -> 
 
 def test_leave_tells_the_others_with_the_reason() -> None:
     room = make_room()
-    join(room, "s1", 10)
-    join(room, "s2", 11, user_data="u")
-    join(room, "s3", 12)
+    for sid, now, data in (("s1", 10, None), ("s2", 11, "u"), ("s3", 12, None)):
+        join(room, sid, now, user_data=data)
+        room.poll(now)
     out = room.leave("s2", "left", 20)
     assert sends(out) == [
         (
@@ -508,8 +515,10 @@ def test_leave_drops_a_pending_coalesced_user_data_update() -> None:
     room = room_with("s1", "s2")
     room.set_user_data("s1", 1, 1000)
     room.set_user_data("s1", 2, 1010)
+    room.poll(1010)
     assert room.next_deadline() == 1100
     room.leave("s1", "left", 1020)
+    room.poll(1020)
     assert room.next_deadline() is None
     assert sends(room.poll(1100), "participant-updated") == []
 
@@ -566,7 +575,9 @@ def test_a_remote_join_is_sent_to_the_locals(pair: tuple[Room, Room]) -> None:
 def test_remote_user_data_is_throttled_to_the_locals(pair: tuple[Room, Room]) -> None:
     a, b = pair
     deliver(join(b, "r1", 500).publish, a, 500)
+    a.poll(500)
     outs = [deliver(b.set_user_data("r1", n, 1000 + n).publish, a, 1000 + n) for n in range(50)]
+    outs.append(a.poll(1050))
     deadline = a.next_deadline()
     assert deadline is not None and deadline <= 1100
     outs.append(a.poll(deadline))
@@ -580,6 +591,7 @@ def test_remote_user_data_is_throttled_to_the_locals(pair: tuple[Room, Room]) ->
 def test_a_remote_leave_is_sent_with_the_events_reason(pair: tuple[Room, Room]) -> None:
     a, b = pair
     deliver(join(b, "r1", 500, user_data="d").publish, a, 500)
+    a.poll(500)
     out = deliver(b.leave("r1", "disconnected", 600).publish, a, 600)
     assert sends(out) == [
         (
@@ -599,8 +611,10 @@ def test_a_remote_leave_drops_a_pending_user_data_update(pair: tuple[Room, Room]
     deliver(join(b, "r1", 500).publish, a, 500)
     deliver(b.set_user_data("r1", 1, 1000).publish, a, 1000)
     deliver(b.set_user_data("r1", 2, 1010).publish, a, 1010)
+    a.poll(1010)
     assert a.next_deadline() == 1100
     deliver(b.leave("r1", "left", 1020).publish, a, 1020)
+    a.poll(1020)
     assert a.next_deadline() is None
     assert a.poll(1100).sends == []
 

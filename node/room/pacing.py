@@ -1,0 +1,153 @@
+"""Pacing: how often events go out, and participant events batched per loop turn.
+
+- `Throttle`: at most one event per key per interval; the first change after a quiet interval
+  goes out at once, later ones are coalesced into one, due when the interval is over.
+- `EventBatch`: the participant events (joined, updated, left) of one event-loop turn. The first
+  one after a quiet turn goes out at once, as its own frame; those that follow in the same turn
+  wait, and go out together when the node polls the room (its timer runs on the next loop turn)
+  or before any other frame of the room: one ``participant-events`` frame per group of
+  recipients, or the event's own frame if it is alone. A storm of joins then costs each local
+  participant two frames per turn, not one per join.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Container, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from roomstate.room.outputs import Output
+
+__all__ = ["CountsPacer", "EventBatch", "Throttle"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Throttle(Generic[K]):
+    """At most one event per key per `interval_ms`."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self.sent: dict[K, int] = {}  # key -> when its last event went out
+        self.due: dict[K, int] = {}  # key -> when its coalesced event goes out
+
+    def changed(self, key: K, now_ms: int) -> bool:
+        """Note a change; True if its event goes out now (then it counts as sent)."""
+        if key in self.due:
+            return False  # already scheduled: it will carry the latest value
+        sent = self.sent.get(key)
+        if sent is None or now_ms - sent >= self.interval_ms:
+            self.sent[key] = now_ms
+            return True
+        self.due[key] = sent + self.interval_ms
+        return False
+
+    def take_due(self, now_ms: int) -> list[K]:
+        """The keys whose coalesced event is due; they count as sent now."""
+        if not self.due:
+            return []
+        keys = [key for key, due in self.due.items() if due <= now_ms]
+        for key in keys:
+            del self.due[key]
+            self.sent[key] = now_ms
+        return keys
+
+    def next_deadline(self) -> int | None:
+        return min(self.due.values()) if self.due else None
+
+    def forget(self, key: K) -> None:
+        self.sent.pop(key, None)
+        self.due.pop(key, None)
+
+
+class CountsPacer:
+    """``participant-counts-updated``: at most one per interval, the first change after a quiet
+    interval at the end of the turn (after its participant events); only if the counts differ
+    from the last ones sent."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self.sent: int | None = None  # when the last counts event went out
+        self.due: int | None = None  # when the next one goes out
+        self.shown: dict[str, int] | None = None  # the counts it carried
+
+    def changed(self, now_ms: int) -> None:
+        if self.due is None:
+            sent, gap = self.sent, self.interval_ms
+            self.due = now_ms if sent is None or now_ms - sent >= gap else sent + gap
+
+    def take(self, now_ms: int, read: Callable[[], dict[str, int]]) -> dict[str, int] | None:
+        """The counts to send now, if due and changed (`read` gives them: called only then)."""
+        if self.due is None or self.due > now_ms:
+            return None
+        self.due = None
+        counts = read()
+        if counts == self.shown:
+            return None
+        self.shown, self.sent = counts, now_ms
+        return counts
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A participant event waiting for the end of the turn."""
+
+    tick: int  # its place among events and local arrivals (`EventBatch.tick`)
+    subject: str  # the session id it is about
+    frame: bytes  # its own frame, as sent when alone
+    owners_only: bool  # about a hidden participant: for owners only
+
+
+class EventBatch:
+    """The participant events of one loop turn, and who receives which."""
+
+    def __init__(self) -> None:
+        self.events: list[Pending] = []
+        self.since: int | None = None  # when the turn's first event went out; None: quiet
+        self._tick = 0
+
+    def tick(self) -> int:
+        """The next number of a sequence shared by events and participants becoming local: a
+        participant receives the events that came after it."""
+        self._tick += 1
+        return self._tick
+
+    def add(self, subject: str, frame: bytes, owners_only: bool) -> None:
+        self.events.append(Pending(self.tick(), subject, frame, owners_only))
+
+    def flush(self, local: dict[str, int], owners: Container[str], out: Output) -> None:
+        """Send the pending events to `local` (session id -> its tick, in tick order), owners
+        included in owners-only events. Recipients that became local meanwhile get only the
+        events after that (the rest is in their `joined`)."""
+        events = self.events
+        if not events:
+            return
+        self.events = []
+        first = events[0].tick
+        late: list[tuple[str, int]] = []
+        for sid, tick in reversed(local.items()):
+            if tick < first:
+                break
+            late.append((sid, tick))
+        everyone = list(local)
+        early = everyone[: len(everyone) - len(late)]
+        groups: dict[tuple[int, bool], list[str]] = {}
+        if any(e.owners_only for e in events):
+            groups[(0, True)] = [sid for sid in early if sid in owners]
+            groups[(0, False)] = [sid for sid in early if sid not in owners]
+        else:
+            groups[(0, False)] = early
+        ticks = [e.tick for e in events]
+        for sid, tick in reversed(late):
+            start = bisect.bisect_right(ticks, tick)
+            groups.setdefault((start, sid in owners), []).append(sid)
+        for (start, owner), recipients in groups.items():
+            chosen = [e for e in events[start:] if owner or not e.owners_only]
+            if len(chosen) == 1:
+                one = chosen[0]
+                out.send([sid for sid in recipients if sid != one.subject], one.frame)
+            elif chosen:
+                # The entries are the single frames' own bytes (each with its "type").
+                body = b",".join(e.frame for e in chosen)
+                out.send(recipients, b'{"type":"participant-events","events":[' + body + b"]}")
