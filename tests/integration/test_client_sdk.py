@@ -149,6 +149,7 @@ async def test_a_hidden_participant_is_counted_and_heard_but_never_listed() -> N
         await hid.send_app_message({"q": "hello?"})
         heard = await ann.next_event("app-message")
         assert heard == {"data": {"q": "hello?"}, "fromId": hid.session_id}
+        assert hid.session_id is not None
         await ann.send_app_message("answer", to=hid.session_id)
         assert (await hid.next_event("app-message"))["data"] == "answer"
 

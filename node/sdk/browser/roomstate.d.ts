@@ -10,6 +10,15 @@ export interface Participant {
   userData: Json;
   joined_at: number;
   owner: boolean;
+  /** Only on a hidden participant (Daily's `hasPresence: false`, from its meeting token): the
+   * local one sees itself with it; owners get `participant-updated` about hidden ones. */
+  permissions?: { hasPresence: false };
+}
+
+/** The room's participants, the local one included (daily-js's participantCounts()). */
+export interface ParticipantCounts {
+  present: number;
+  hidden: number;
 }
 
 /** `local` is this client's participant; every other key is a session id. */
@@ -58,21 +67,29 @@ export class RoomstateError extends Error {
   fromServer: boolean;
   /** The WebSocket close code, for `connection-closed`. */
   closeCode?: number | null;
+  /** For `unavailable` (a busy node shedding joins): milliseconds it asks to wait, if it said. */
+  retryAfter?: number;
 }
 
 export interface EventMap {
   "joined-meeting": { participants: Participants };
   "participant-joined": { participant: Participant };
+  /** Also about a hidden participant, to owners only; it is not added to participants(). */
   "participant-updated": { participant: Participant };
   /** `reason`: left, disconnected, node-shutdown or node-lost (absent when seen on a reconnect). */
   "participant-left": { participant: Participant; reason?: string };
   "app-message": { data: Json; fromId: string };
   "meeting-session-state-updated": { meetingSessionState: MeetingSessionState };
+  /** The counts changed (at most about once a second per room). */
+  "participant-counts-updated": {
+    action: "participant-counts-updated";
+    participantCounts: ParticipantCounts;
+  };
   /** Fatal: the call object gave up (session taken over, rejoin refused); `left-meeting` follows. */
   error: { errorMsg: string; closeCode?: number; code?: string };
   /** A node `error` not answering a request (e.g. rate-limited), or a resume that lost something
    * (`type: "resume"`, `code: "session-lost" | "messages-lost"`). */
-  "nonfatal-error": { type?: string; code: string; message: string };
+  "nonfatal-error": { type?: string; code: string; message: string; retryAfter?: number };
   "left-meeting": { reason: "left" | "error"; closeCode?: number };
   /** The socket dropped (`interrupted`) or the session is back (`connected`). */
   "network-connection": {
@@ -110,7 +127,9 @@ export class CallObject {
     mergeStrategy?: MergeStrategy,
     keysToDelete?: string[],
   ): Promise<void>;
+  /** Present participants only (hidden ones never appear, but `local` may be hidden). */
   participants(): Participants;
+  participantCounts(): ParticipantCounts;
   meetingSessionState(): MeetingSessionState;
   meetingState(): MeetingState;
   on<E extends EventName>(event: E, handler: (event: EventMap[E]) => void): this;

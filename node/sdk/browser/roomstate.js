@@ -19,14 +19,22 @@
  * Requests made while it reconnects are sent once it is back; those in flight when the socket
  * dropped reject with `connection-closed`. It does not reconnect after `leave()` or when the
  * session was taken over by another connection (close 4003).
+ *
+ * Large rooms: a hidden participant (Daily's `hasPresence: false`, from its meeting token) is
+ * never in participants() but as `local`; an owner still gets `participant-updated` about hidden
+ * ones, emitted and not kept. participantCounts() and `participant-counts-updated` give the
+ * node's counts; a `participant-events` frame (one loop turn's membership events) is unpacked
+ * into the same events, in order. A node shedding joins answers `unavailable` with `retryAfter`
+ * (ms): the error carries it, and a reconnect waits at least that long before trying again.
  */
 
 export const EVENTS = Object.freeze([
   "joined-meeting", "participant-joined", "participant-updated", "participant-left",
-  "app-message", "meeting-session-state-updated", "error", "nonfatal-error", "left-meeting",
-  "network-connection",
+  "app-message", "meeting-session-state-updated", "participant-counts-updated", "error",
+  "nonfatal-error", "left-meeting", "network-connection",
 ]);
 const REPLIES = new Set(["joined", "ack", "pong", "error"]);
+const PARTICIPANT_EVENTS = new Set(["participant-joined", "participant-updated", "participant-left"]);
 const ROOM_PATH = /^(.*)\/rooms\/([A-Za-z0-9._-]{1,64})\/?$/;
 const WS_PATH = /\/v1\/rooms\/[A-Za-z0-9._-]{1,64}\/ws$/;
 const CLOSE_REPLACED = 4003; // the session was resumed on another connection: never reconnect
@@ -44,6 +52,7 @@ export class RoomstateError extends Error {
     this.code = code;
     this.fromServer = false; // true: the node answered `error`; the request had no effect
     this.closeCode = undefined; // the WebSocket close code, for `connection-closed`
+    this.retryAfter = undefined; // ms the node asks to wait, for `unavailable` (when it said)
     Object.assign(this, extra);
   }
 }
@@ -95,6 +104,17 @@ function seqAfter(a, b) {
   return false;
 }
 
+/** Whether a participant object is a hidden one's (Daily's `hasPresence: false`). */
+const isHidden = (participant) => participant?.permissions?.hasPresence === false;
+
+/** The error for an `error` frame; `retryAfter` (ms) only when the node gave a usable one. */
+function serverError(frame) {
+  const extra = { fromServer: true };
+  const { retryAfter } = frame;
+  if (typeof retryAfter === "number" && retryAfter >= 0) extra.retryAfter = retryAfter;
+  return new RoomstateError(frame.code, frame.message, extra);
+}
+
 function checkEvent(event) {
   if (!EVENTS.includes(event)) throw new TypeError(`unknown event ${event}; the events are ${EVENTS.join(", ")}`);
   return event;
@@ -128,7 +148,8 @@ export class CallObject {
     this._local = null;
     this._userDataBase = null; // the node's userData for us as far as known: joined, or the last write answered
     this._userDataPending = new Map(); // request id -> userData written, not answered yet
-    this._others = new Map(); // session id -> participant
+    this._others = new Map(); // session id -> present participant (hidden ones are never kept)
+    this._counts = { present: 0, hidden: 0 }; // the node's participantCounts, latest
     this._sessionBase = {}; // the node's last state + writes acknowledged since
     this._sessionPending = new Map(); // request id -> [data, mergeStrategy, keysToDelete]
     this._sessionView = {}; // the base with the pending writes applied
@@ -145,6 +166,7 @@ export class CallObject {
     this._wsUrl = roomWsUrl(url);
     this._joinArgs = { token, userName, userData };
     Object.assign(this, { sessionId: null, resumeToken: null, lastSeq: null, _local: null, _attempt: 0 });
+    this._counts = { present: 0, hidden: 0 };
     this._others.clear();
     this._forgetSession();
     this._state = "joining";
@@ -205,6 +227,12 @@ export class CallObject {
     for (const [sid, participant] of this._others) result[sid] = { ...participant };
     if (this._local) result.local = { ...this._local };
     return result;
+  }
+
+  /** `{present, hidden}`: the room's participants, this one included, as the node last counted
+   * them (daily-js's participantCounts()). */
+  participantCounts() {
+    return { ...this._counts };
   }
 
   /** `{data}`: the node's converged state with this client's writes applied. */
@@ -286,7 +314,7 @@ export class CallObject {
   }
 
   /** Reconnect after a delay: exponential backoff with "equal jitter" (half fixed, half random). */
-  _retry() {
+  _retry(retryAfter = 0) {
     const { baseMs = 250, capMs = 5000, maxAttempts = Infinity } = this.backoff;
     if (this._attempt >= maxAttempts) {
       this._fail(`could not reconnect to the room in ${maxAttempts} attempts`, undefined, "reconnect-failed");
@@ -302,10 +330,10 @@ export class CallObject {
         const attempt = this._ws; // still open if the node refused the join
         this._ws = null;
         attempt?.close();
-        if (!FATAL_JOIN_CODES.has(err.code)) return this._retry();
+        if (!FATAL_JOIN_CODES.has(err.code)) return this._retry(err.retryAfter ?? 0);
         this._fail(`could not rejoin the room: ${err.message}`, undefined, err.code);
       }
-    }, ceiling / 2 + (Math.random() * ceiling) / 2);
+    }, Math.max(retryAfter, ceiling / 2 + (Math.random() * ceiling) / 2)); // a busy node's delay first
   }
 
   /** Give up: the meeting is over for this call object. */
@@ -455,7 +483,7 @@ export class CallObject {
       clearTimeout(pending.timer);
       if (type === "error") {
         this._settle(frame.id, false);
-        pending.reject(new RoomstateError(frame.code, frame.message, { fromServer: true }));
+        pending.reject(serverError(frame));
         return;
       }
       this._settle(frame.id, true);
@@ -463,13 +491,15 @@ export class CallObject {
       pending.resolve(content);
     } else if (type === "error" || type === "nonfatal-error") {
       this._emit("nonfatal-error", content); // an error not answering a waiting request
-    } else if (type === "participant-joined" || type === "participant-updated" || type === "participant-left") {
-      const sid = content.participant.session_id;
-      if (sid !== this.sessionId) {
-        if (type === "participant-left") this._others.delete(sid);
-        else this._others.set(sid, content.participant);
+    } else if (PARTICIPANT_EVENTS.has(type)) {
+      this._onParticipant(type, content);
+    } else if (type === "participant-events") { // one loop turn's, in order
+      for (const { type: kind, ...entry } of content.events) {
+        if (PARTICIPANT_EVENTS.has(kind)) this._onParticipant(kind, entry);
       }
-      this._emit(type, content);
+    } else if (type === "participant-counts-updated") {
+      this._counts = { ...content.participantCounts };
+      this._emit(type, { action: type, participantCounts: this.participantCounts() });
     } else if (type === "meeting-session-state-updated") {
       this._sessionBase = { ...content.meetingSessionState.data };
       this._refreshSession();
@@ -479,6 +509,17 @@ export class CallObject {
       if (typeof seq === "string" && (this.lastSeq === null || seqAfter(seq, this.lastSeq))) this.lastSeq = seq;
       this._emit(type, event);
     }
+  }
+
+  /** One participant event about someone else (alone or from a batch): applied, then emitted.
+   * A batch lists our own too: skipped. One about a hidden participant (an owner gets them) is
+   * emitted but not kept. */
+  _onParticipant(type, content) {
+    const sid = content.participant.session_id;
+    if (sid === this.sessionId) return;
+    if (type === "participant-left" || isHidden(content.participant)) this._others.delete(sid);
+    else this._others.set(sid, content.participant);
+    this._emit(type, content);
   }
 
   /** A `joined` reply: the first join, a resumed session, or a fresh join after a refused resume. */
@@ -501,7 +542,11 @@ export class CallObject {
     this._userDataBase = this._local.userData;
     const waitingWrites = [...this._userDataPending.values()]; // shown at once, sent after this
     if (waitingWrites.length) this._local.userData = waitingWrites[waitingWrites.length - 1];
-    this._others = new Map(Object.entries(participants));
+    this._others = new Map(Object.entries(participants).filter(([, p]) => !isHidden(p)));
+    const hidden = isHidden(this._local) ? 1 : 0; // a node from before counts: the ones listed
+    this._counts = frame.participantCounts
+      ? { ...frame.participantCounts }
+      : { present: this._others.size + 1 - hidden, hidden };
     this._sessionBase = { ...frame.meetingSessionState.data };
     this._refreshSession(); // keeps the writes queued while reconnecting
     this._connected = true;

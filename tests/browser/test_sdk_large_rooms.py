@@ -1,0 +1,173 @@
+"""The browser SDK in a large room, in a real headless Chromium against a real node: hidden
+participants (Daily's `hasPresence: false`, from the meeting token), participantCounts(), batched
+membership events and the retry delay of an `unavailable` refusal."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser
+
+from roomstate.auth import make_token
+
+from ..integration.conftest import API_KEY, FAST, NodeProcess, start_node
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node with an API key: hidden participants come from their tokens."""
+    env = {**FAST, "ROOMSTATE_API_KEY": API_KEY, "ROOMSTATE_COUNTS_INTERVAL_MS": "100"}
+    node = start_node(tmp_path_factory.mktemp("keyed"), env)
+    yield node
+    node.stop()
+
+
+def run(browser: Browser, node: NodeProcess, script: str, args: dict[str, Any]) -> Any:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{node.url}/rooms/{args['room']}")  # the SDK's origin
+        return page.evaluate(script, args)
+    finally:
+        context.close()
+
+
+HIDDEN_AND_PRESENT = """async ({ url, present, hidden }) => {
+    const { createCallObject } = await import("/sdk/roomstate.js");
+    const until = async (check) => {
+        for (let i = 0; i < 250 && !check(); i++) await new Promise((r) => setTimeout(r, 20));
+        return check();
+    };
+    const a = createCallObject(), h = createCallObject();
+    const seenByA = { counts: [], joined: [], left: [], messages: [] };
+    a.on("participant-counts-updated", (e) => seenByA.counts.push(e));
+    a.on("participant-joined", (e) => seenByA.joined.push(e.participant.session_id));
+    a.on("participant-left", (e) => seenByA.left.push(e.participant.session_id));
+    a.on("app-message", (e) => seenByA.messages.push(e));
+    const hMessages = [];
+    h.on("app-message", (e) => hMessages.push(e));
+    const out = {};
+    await a.join({ url, token: present });
+    out.aCountsAlone = a.participantCounts();
+    const hJoined = await h.join({ url, token: hidden });
+    out.hLocalPermissions = hJoined.local.permissions ?? null;
+    out.hSeesA = a.sessionId in h.participants();
+    out.hCounts = h.participantCounts();
+    out.aCountsUpdated = await until(() => a.participantCounts().hidden === 1);
+    out.aCounts = a.participantCounts();
+    out.aCountEvent = seenByA.counts.at(-1);
+    await h.sendAppMessage({ q: "hi" });
+    await a.sendAppMessage("to you", h.sessionId);
+    await until(() => seenByA.messages.length > 0 && hMessages.length > 0);
+    out.aHeard = seenByA.messages;
+    out.hHeard = hMessages.map((e) => e.data);
+    out.aParticipants = Object.keys(a.participants()).filter((k) => k !== "local");
+    out.hSessionId = h.sessionId;
+    await h.leave();
+    out.aCountsAfter = await until(() => a.participantCounts().hidden === 0)
+        && a.participantCounts();
+    out.aJoined = seenByA.joined;
+    out.aLeft = seenByA.left;
+    await a.leave();
+    return out;
+}"""
+
+
+def test_a_hidden_participant_is_counted_by_both_and_listed_by_neither(
+    browser: Browser, keyed: NodeProcess
+) -> None:
+    room = f"big-{uuid.uuid4().hex[:8]}"
+    args = {
+        "room": room,
+        "url": f"{keyed.url}/rooms/{room}",
+        "present": make_token(API_KEY, room, user_name="ann"),
+        "hidden": make_token(API_KEY, room, user_name="hal", has_presence=False),
+    }
+    out = run(browser, keyed, HIDDEN_AND_PRESENT, args)
+    hid = out["hSessionId"]
+    assert out["aCountsAlone"] == {"present": 1, "hidden": 0}
+    assert out["hLocalPermissions"] == {"hasPresence": False}
+    assert out["hSeesA"] is True
+    assert out["hCounts"] == {"present": 1, "hidden": 1}
+    assert out["aCountsUpdated"] is True
+    assert out["aCounts"] == {"present": 1, "hidden": 1}
+    assert out["aCountEvent"] == {
+        "action": "participant-counts-updated",
+        "participantCounts": {"present": 1, "hidden": 1},
+    }
+    assert out["aHeard"] == [{"data": {"q": "hi"}, "fromId": hid}]
+    assert out["hHeard"] == ["to you"]
+    assert out["aParticipants"] == []
+    assert out["aCountsAfter"] == {"present": 1, "hidden": 0}
+    assert hid not in out["aJoined"] and hid not in out["aLeft"]
+
+
+FRAMES = """async ({ url, present }) => {
+    const { createCallObject } = await import("/sdk/roomstate.js");
+    const a = createCallObject();
+    await a.join({ url, token: present });
+    const events = [];
+    for (const name of ["participant-joined", "participant-updated", "participant-left"]) {
+        a.on(name, (e) => events.push([name, e.participant.session_id, e.participant.userData]));
+    }
+    const p = (sid, userData = null, hidden = false) => ({
+        session_id: sid, user_name: sid, userData,
+        ...(hidden ? { permissions: { hasPresence: false } } : {}),
+    });
+    const out = {};
+    // one loop turn's membership events, batched; the entry about us is skipped
+    a._onFrame(JSON.stringify({ type: "participant-events", events: [
+        { type: "participant-joined", participant: p("s-bob") },
+        { type: "participant-joined", participant: p(a.sessionId) },
+        { type: "participant-updated", participant: p("s-bob", { hand: "up" }) },
+        { type: "participant-joined", participant: p("s-carol") },
+        { type: "participant-left", participant: p("s-carol") },
+    ] }));
+    out.batch = events.splice(0);
+    out.afterBatch = Object.keys(a.participants()).sort();
+    // an owner's update about a hidden participant: an event, never a participant
+    a._onFrame(JSON.stringify({ type: "participant-updated", participant: p("s-hid", 1, true) }));
+    out.hidden = events.splice(0);
+    out.afterHidden = Object.keys(a.participants()).sort();
+    // a busy node's refusal names how long to wait
+    const refused = a._send("ping");
+    a._onFrame(JSON.stringify({ type: "error", id: a._ids, code: "unavailable",
+                                message: "busy", retryAfter: 1500 }));
+    try { await refused; } catch (err) {
+        const { code, retryAfter, fromServer } = err;
+        out.unavailable = { code, retryAfter, fromServer };
+    }
+    const plain = a._send("ping");
+    a._onFrame(JSON.stringify({ type: "error", id: a._ids, code: "unavailable", message: "x" }));
+    try { await plain; } catch (err) { out.withoutDelay = err.retryAfter ?? null; }
+    await a.leave();
+    return out;
+}"""
+
+
+def test_batched_events_hidden_updates_and_retry_after(
+    browser: Browser, keyed: NodeProcess
+) -> None:
+    room = f"big-{uuid.uuid4().hex[:8]}"
+    args = {
+        "room": room,
+        "url": f"{keyed.url}/rooms/{room}",
+        "present": make_token(API_KEY, room, user_name="ann", owner=True),
+    }
+    out = run(browser, keyed, FRAMES, args)
+    assert out["batch"] == [
+        ["participant-joined", "s-bob", None],
+        ["participant-updated", "s-bob", {"hand": "up"}],
+        ["participant-joined", "s-carol", None],
+        ["participant-left", "s-carol", None],
+    ]
+    assert out["afterBatch"] == ["local", "s-bob"]
+    assert out["hidden"] == [["participant-updated", "s-hid", 1]]
+    assert out["afterHidden"] == ["local", "s-bob"]
+    assert out["unavailable"] == {"code": "unavailable", "retryAfter": 1500, "fromServer": True}
+    assert out["withoutDelay"] is None
