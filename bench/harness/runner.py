@@ -72,9 +72,12 @@ class Scenario:
 
 
 class GenProcess:
-    """One `python -m bench.harness.loadgen` child: commands on stdin, JSON lines on stdout."""
+    """One `python -m bench.harness.loadgen` child (or another generator `module`): commands
+    on stdin, JSON lines on stdout."""
 
-    def __init__(self, index: int, config: dict[str, Any], tmp: Path) -> None:
+    def __init__(
+        self, index: int, config: dict[str, Any], tmp: Path, module: str = "bench.harness.loadgen"
+    ) -> None:
         self.index = index
         path = tmp / f"gen-{index}-{time.monotonic_ns()}.json"
         path.write_text(json.dumps(config))
@@ -82,7 +85,7 @@ class GenProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.stderr_path.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.harness.loadgen", str(path)],
+                [sys.executable, "-m", module, str(path)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
