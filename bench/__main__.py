@@ -2,7 +2,7 @@
 
 Progress goes to stderr; a run's files to bench/out/ (ignored by git); the last stdout line is
 the summary JSON. `full --only PART,...` runs a part of the matrix (floors, peer, node-peers,
-topologies, participants, rooms, payloads, bystander, propagation, memory, hops); the CPU
+topologies, participants, rooms, payloads, bystander, propagation, memory, hops, webinar); the CPU
 ratios measured in turn (`bench.studies.paired`) run when both peer and topologies do.
 
 `python -m bench STUDY [ARGS]` runs one study or tool, the same as `python -m

@@ -36,7 +36,8 @@ from bench.harness.runner import (
     log,
     run_redis_floor,
 )
-from bench.studies import hops, paired, wake_cost
+from bench.harness.webinar_report import write as write_webinar
+from bench.studies import hops, paired, wake_cost, webinar
 from bench.summary import (
     BASE,
     FLOOR_AT_KNEE_LABEL,
@@ -445,6 +446,12 @@ def full(tmp: Path, only: set[str] | None = None) -> dict[str, Any]:
     if want("hops"):
         log("== light load, hop by hop (bench.studies.hops)")
         results["hops"] = hops.measure(tmp / "hops", BASE, LIGHT_RATE)
+    if want("webinar"):
+        log("== large rooms (bench.studies.webinar)")
+        large = webinar.measure(tmp / "webinar")
+        large["command"] = results["command"]
+        # its own files beside the run's (phases, not rate steps); the summary goes in the run's
+        results["webinar"], _ = write_webinar(large, OUT, "full-webinar")
     stem = "full" if only is None else "full-" + "-".join(sorted(only))
     return _finish(results, started, stem)
 

@@ -219,7 +219,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "",
         ]
     lines += _systems_compared(results["scenarios"])
-    for name in ("propagation", "memory", "bystander"):
+    for name in ("propagation", "memory", "bystander", "webinar"):  # webinar: full-webinar.md
         if results.get(name):
             lines += [f"## {name.capitalize()}", "", "```json",
                       json.dumps(results[name], indent=1), "```", ""]  # fmt: skip
