@@ -282,9 +282,11 @@ class CallState:
         self._in_meeting = False
 
     def forget_room(self) -> None:
-        """Drop the other participants, the session data and the writes still waiting (after
-        leaving: the room's state is the room's only while in it; before joining anew)."""
+        """Drop the other participants, the counts, the session data and the writes still
+        waiting (after leaving: the room's state is the room's only while in it; before joining
+        anew)."""
         self._others.clear()
+        self._counts = {"hidden": 0, "present": 0}
         self._writes.forget()
 
     def end_meeting(self, reason: str) -> None:

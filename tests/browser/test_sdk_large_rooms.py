@@ -74,6 +74,7 @@ HIDDEN_AND_PRESENT = """async ({ url, present, hidden }) => {
     out.aJoined = seenByA.joined;
     out.aLeft = seenByA.left;
     await a.leave();
+    out.aCountsAfterLeave = a.participantCounts();
     return out;
 }"""
 
@@ -105,6 +106,7 @@ def test_a_hidden_participant_is_counted_by_both_and_listed_by_neither(
     assert out["aParticipants"] == []
     assert out["aCountsAfter"] == {"present": 1, "hidden": 0}
     assert hid not in out["aJoined"] and hid not in out["aLeft"]
+    assert out["aCountsAfterLeave"] == {"present": 0, "hidden": 0}
 
 
 FRAMES = """async ({ url, present }) => {

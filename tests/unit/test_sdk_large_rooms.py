@@ -82,6 +82,8 @@ def test_counts_come_from_joined_then_from_each_update_which_is_an_event() -> No
         ("participant-counts-updated", {"participantCounts": {"hidden": 41, "present": 3}})
     ]
     assert "participant-counts-updated" in EVENTS
+    state.forget_room()  # left: the counts were the room's
+    assert state.participant_counts() == {"hidden": 0, "present": 0}
 
 
 def test_the_counts_given_out_are_copies() -> None:

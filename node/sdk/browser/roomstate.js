@@ -215,6 +215,7 @@ export class CallObject {
     if (connected) await this._send("leave").catch(() => {}); // best effort: we go either way
     this._teardown();
     this._forgetSession(); // meetingSessionState() is the room's only while in it
+    this._counts = { present: 0, hidden: 0 }; // and so are the counts
     this._state = "left-meeting";
     this._emit("left-meeting", { reason: "left" });
   }
