@@ -19,6 +19,7 @@ Wire error codes (the closed list of ``error.code`` values a client can see):
 | `forbidden`      | valid credentials that do not allow this (token for another room)  |
 | `rate-limited`   | too many requests on this connection                               |
 | `unavailable`    | the node cannot store writes right now (bus down); retry later     |
+|                  | (a join shed for load carries `retryAfter`, ms)                    |
 | `internal`       | a bug in the node; the connection stays usable                     |
 """
 
@@ -52,12 +53,19 @@ class NodeError(Exception):
 class RequestError(NodeError):
     """A request broke a protocol rule; `code` is one of `ERROR_CODES`."""
 
-    def __init__(self, code: str, message: str, request_id: str | int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: str | int | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id  # the `id` of the request that failed, for the reply
+        self.retry_after_ms = retry_after_ms  # a refusal for load: when to try again (ms)
 
 
 class BusError(NodeError):

@@ -157,6 +157,19 @@ class Metrics:
             " the drift bound (merged anyway: they are already history)",
             registry=r,
         )
+        self.loop_lag = PlainHistogram(
+            "roomstate_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms (a busy loop runs it late)",
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        r.register(self.loop_lag)
+        self.joins_shed = Counter(
+            "roomstate_joins_shed",
+            "Joins refused for load (a retryable unavailable with retryAfter), by reason:"
+            " loop-lag or joins-in-flight",
+            ["reason"],
+            registry=r,
+        )
         self.slow_consumers = Counter(
             "roomstate_slow_consumer_disconnects",
             "Connections closed because their send queue passed the limit",

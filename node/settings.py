@@ -40,6 +40,11 @@ class Settings:
     rate_burst: int = 200  # requests a connection may send at once (token bucket size)
     max_headers: int = 100  # HTTP request header lines; more: 400 before any handler runs
 
+    # Load (a node over its capacity sheds new joins with a retryable refusal)
+    max_loop_lag_ms: int = 500  # event-loop lag (ms) over which new joins are shed
+    max_joins_in_flight: int = 200  # joins under way (not yet stored) past which joins are shed
+    loop_stuck_s: float = 30.0  # event loop silent this long (s): stuck, the lease is let go
+
     # Participants
     default_has_presence: bool = True  # tokenless joins (development mode): False joins hidden
 
@@ -143,6 +148,9 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
         (1, None, False),
     ),
     **dict.fromkeys(("rate_per_s", "heartbeat_s", "handshake_timeout_s"), (0, None, True)),
+    **dict.fromkeys(("max_loop_lag_ms", "max_joins_in_flight"), (1, None, False)),
+    # well above any lag load makes: below the lease TTL a busy node would be let go of
+    "loop_stuck_s": (10, None, False),
     # 0: no batching, no resume, an empty room's state dropped at once
     **dict.fromkeys(
         (

@@ -3,6 +3,17 @@ implementation. The Redis implementation is `roomstate.bus.redis.RedisBus` (need
 extra)."""
 
 from roomstate.bus.base import Bus, EventHandler, LeaseState, Membership, RoomLog, Snapshot
+from roomstate.bus.keeper import LeaseKeeper, LeaseRound
 from roomstate.bus.memory import MemoryBus
 
-__all__ = ["Bus", "EventHandler", "LeaseState", "Membership", "MemoryBus", "RoomLog", "Snapshot"]
+__all__ = [
+    "Bus",
+    "EventHandler",
+    "LeaseKeeper",
+    "LeaseRound",
+    "LeaseState",
+    "Membership",
+    "MemoryBus",
+    "RoomLog",
+    "Snapshot",
+]

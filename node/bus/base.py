@@ -17,10 +17,12 @@ Handlers are called on the event loop, in log order per room.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from roomstate.bus.keeper import LeaseKeeper
 from roomstate.crdt import RoomState
 from roomstate.wire.events import BusEvent
 
@@ -91,6 +93,21 @@ class Membership(abc.ABC):
         of several servers (a Redis Cluster) keeps a copy per lease group (`lease_group`):
         "taken" if any copy is, else "missing" if any is; copies that cannot be reached now
         are left out (`BusError` only if none can)."""
+
+    _keeper_task: asyncio.Task[None] | None = None
+
+    def keep_lease(self, keeper: LeaseKeeper) -> None:
+        """Run `keeper`'s renewal rounds until `stop_keeping_lease`, its reports called on the
+        running loop. Here: as a task on that loop (a store nobody else shares cannot judge the
+        node lost, so no load can cost it its lease); a shared store runs them where the
+        node's own work cannot make them late."""
+        self._keeper_task = asyncio.get_running_loop().create_task(keeper.run())
+
+    def stop_keeping_lease(self) -> None:
+        """No more renewals (the lease expires after its TTL unless the node registers again)."""
+        if self._keeper_task is not None:
+            self._keeper_task.cancel()
+            self._keeper_task = None
 
     def lease_group(self, room: str) -> object:
         """Which copy of a node's lease the node renews for `room`'s store server (its

@@ -1,15 +1,16 @@
 """Membership: this node's lease on the bus, the upkeep that runs while it holds it, and fencing.
 
-Two tasks run from `start` to `stop`:
-
-- `_keep_lease` renews the lease every `LEASE_RENEW_S`, on its own task so that no other work
-  can make it late; a lease lost (paused or cut off too long: the others have removed this
-  node's participants) makes the node fence: close every client, forget every room, and come
-  back as a new incarnation;
-- `_upkeep`, while the lease is held: merge replicas back into a store that lost them
-  (`restore_lost_rooms`), check the clock, and remove the participants of nodes whose lease
-  expired (`remove_lost_participants`), but only after a whole lease period of holding its own
-  lease: after an outage of the store, the other nodes must be given the time to renew theirs.
+- The lease is renewed every `LEASE_RENEW_S` by a `LeaseKeeper` that the bus runs where this
+  node's own work cannot make it late (the Redis bus: a thread of its own). A busy node is not
+  a paused one: fanning out a join storm must not cost it its lease. Each round is reported
+  here (`_on_lease_round`); a lease lost (the node was paused or cut off too long: the others
+  have removed its participants) makes the node fence: close every client, forget every room,
+  and come back as a new incarnation;
+- `_upkeep`, on the node's loop while the lease is held: merge replicas back into a store that
+  lost them (`restore_lost_rooms`), check the clock, and remove the participants of nodes whose
+  lease expired (`remove_lost_participants`), but only after a whole lease period of holding
+  its own lease: after an outage of the store, the other nodes must be given the time to renew
+  theirs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from roomstate.bus import Bus
+from roomstate.bus import Bus, LeaseKeeper, LeaseRound
 from roomstate.crdt import RoomState
 from roomstate.edge.admission import Admission
 from roomstate.edge.clients import CLOSE_FENCED
@@ -47,6 +48,7 @@ class Membership:
         hosting: Hosting,
         sessions: Sessions,
         now_ms: Callable[[], int],
+        loop_stuck_s: float = 30.0,
     ) -> None:
         self.bus = bus
         self.identity = identity
@@ -54,9 +56,10 @@ class Membership:
         self.hosting = hosting
         self.sessions = sessions
         self.now_ms = now_ms
-        self._lease_task: asyncio.Task[None] | None = None
+        self.loop_stuck_s = loop_stuck_s  # the loop silent this long: the lease is let go
+        self._keeping = False  # the bus runs the lease keeper (between `start` and `stop`)
+        self._fencing: asyncio.Task[None] | None = None  # a fence under way
         self._upkeep_task: asyncio.Task[None] | None = None
-        self._lease_checked_at = math.inf  # monotonic time of the last lease round
         # Since when the lease has been held without a break (inf: it is not held now). Lost
         # nodes are judged only after a whole lease period of it.
         self._held_since = math.inf
@@ -67,13 +70,28 @@ class Membership:
         """Register this incarnation's lease (at start, and for a new incarnation)."""
         identity = self.identity
         await self.bus.renew_lease(identity.node_id, identity.incarnation, LEASE_TTL_MS, True)
-        self._held_since = self._lease_checked_at = time.monotonic()
+        self._held_since = time.monotonic()
 
     def start(self) -> None:
-        """Start renewing the lease and the upkeep (after `register`)."""
-        loop = asyncio.get_running_loop()
-        self._lease_task = loop.create_task(self._keep_lease())
-        self._upkeep_task = loop.create_task(self._upkeep())
+        """Start renewing the lease, measuring the loop's lag, and the upkeep (after
+        `register`)."""
+        loop_lag = self.admission.loop_lag
+        loop_lag.start()
+        identity = self.identity
+        keeper = LeaseKeeper(
+            node_id=identity.node_id,
+            incarnation=lambda: identity.incarnation,
+            renew=self.bus.renew_lease,
+            report=self._on_lease_round,
+            ttl_ms=LEASE_TTL_MS,
+            renew_s=LEASE_RENEW_S,
+            retry_s=LEASE_RETRY_S,
+            loop_turned_at=lambda: loop_lag.turned_at,
+            stuck_s=self.loop_stuck_s,
+        )
+        self.bus.keep_lease(keeper)
+        self._keeping = True
+        self._upkeep_task = asyncio.get_running_loop().create_task(self._upkeep())
 
     def stop_upkeep(self) -> None:
         """No more upkeep rounds (a shutdown: the lease is still renewed until `stop`)."""
@@ -83,57 +101,45 @@ class Membership:
     def stop(self) -> None:
         """Stop renewing the lease (the upkeep too)."""
         self.stop_upkeep()
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        if self._keeping:
+            self.bus.stop_keeping_lease()
+            self._keeping = False
+        self.admission.loop_lag.stop()
 
     @property
     def renewing(self) -> bool:
         """Whether the lease is being renewed (between `start` and `stop`)."""
-        return self._lease_task is not None and not self._lease_task.done()
+        return self._keeping
 
     # -- the lease --
 
-    async def _keep_lease(self) -> None:
-        """Renew the lease every second (0.2 s after a failure), fencing if it was lost. On its
-        own task, so that no other work can make it late: with 500 ms of latency to Redis, a
-        round of the upkeep below takes seconds, and a late renewal would let the lease expire
-        and the other nodes remove this node's participants."""
-        next_at = time.monotonic() + LEASE_RENEW_S
-        while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            try:
-                if not await self._renew_lease():
-                    if self.admission.draining:  # shutting down: its participants are leaving
-                        log.warning("lease lost while shutting down: not fencing")
-                    else:
-                        await self.fence()
-                # Every LEASE_RENEW_S however long a renewal takes (at once if it took longer).
-                next_at = max(next_at + LEASE_RENEW_S, time.monotonic())
-            except BusError as exc:
-                self._held_since = math.inf
-                log.warning("lease renewal failed: %s", exc)
-                next_at = time.monotonic() + LEASE_RETRY_S
-            except Exception:
-                log.exception("lease renewal failed")
-                next_at = time.monotonic() + LEASE_RETRY_S
+    def _on_lease_round(self, lease_round: LeaseRound) -> None:
+        """What a renewal found (called on the node's loop): the lease held (lost nodes may be
+        judged once it has been for a whole lease period), or lost (fence), or unknown (the
+        store did not answer: nothing may be judged until it does)."""
+        if lease_round.incarnation != self.identity.incarnation or self._fencing is not None:
+            return  # about an incarnation already fenced
+        state = lease_round.state
+        if state is None:
+            self._held_since = math.inf
+            log.warning("lease renewal failed: %s", lease_round.error)
+        elif state == "held":
+            if lease_round.retaken:  # the other nodes need a moment to re-register too
+                self._held_since = lease_round.sent
+            self._held_since = min(self._held_since, lease_round.sent)
+        elif self.admission.draining:  # shutting down: its participants are leaving
+            log.warning("lease lost while shutting down: not fencing")
+        else:
+            self._fencing = asyncio.get_running_loop().create_task(self._fence_once())
 
-    async def _renew_lease(self) -> bool:
-        """Whether this incarnation still holds its lease. A lease that vanished while this
-        node kept trying to renew it (the store was unreachable or lost its data) is taken
-        again: participants that others removed meanwhile are removed here by their events.
-        A node that did not even try for a whole lease period (paused) must fence."""
-        now = time.monotonic()
-        paused = now - self._lease_checked_at > LEASE_TTL_MS / 1000
-        self._lease_checked_at = now
-        node_id, incarnation = self.identity.node_id, self.identity.incarnation
-        state = await self.bus.renew_lease(node_id, incarnation, LEASE_TTL_MS, False)
-        if state == "missing" and not paused:
-            log.warning("the lease vanished while this node kept renewing it: taking it again")
-            state = await self.bus.renew_lease(node_id, incarnation, LEASE_TTL_MS, True)
-            self._held_since = now  # the other nodes need a moment to re-register too
-        if state == "held":
-            self._held_since = min(self._held_since, now)
-        return state == "held"
+    async def _fence_once(self) -> None:
+        try:
+            await self.fence()
+        except BusError as exc:
+            # The new incarnation is not registered: its renewals find it missing and take it
+            log.warning("could not register the new incarnation: %s", exc)
+        finally:
+            self._fencing = None
 
     async def fence(self) -> None:
         """Our lease was lost (we were paused or cut off too long): others have removed our

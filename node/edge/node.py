@@ -90,7 +90,15 @@ class Node:
             counts_interval_ms=settings.counts_interval_ms,
         )
         self.connections: dict[str, Client] = {}  # joined clients by session id (see sessions)
-        self.admission = Admission(bus, self.identity, settings.max_drift_ms, self.now_ms)
+        self.admission = Admission(
+            bus,
+            self.identity,
+            settings.max_drift_ms,
+            self.now_ms,
+            max_loop_lag_ms=settings.max_loop_lag_ms,
+            max_joins_in_flight=settings.max_joins_in_flight,
+            metrics=self.metrics,
+        )
         self.hosting = Hosting(
             bus,
             self.identity,
@@ -113,7 +121,13 @@ class Node:
             self.now_ms,
         )
         self.membership = Membership(
-            bus, self.identity, self.admission, self.hosting, self.sessions, self.now_ms
+            bus,
+            self.identity,
+            self.admission,
+            self.hosting,
+            self.sessions,
+            self.now_ms,
+            loop_stuck_s=settings.loop_stuck_s,
         )
 
     @property

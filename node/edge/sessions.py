@@ -73,6 +73,8 @@ class Sessions:
         if conn.session_id is not None:
             raise RequestError("already-joined", f"this connection already joined {conn.room!r}")
         self.admission.refuse_if_draining()
+        if request.resume is None:  # a resume is someone already in: not shed for load
+            self.admission.refuse_if_at_capacity()
         info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
         if not self.settings.development:
             if request.token is None:
@@ -90,12 +92,14 @@ class Sessions:
         if not has_presence:  # (only then: a present participant's info is as it was)
             info["hidden"] = True
         self._joining[room_name] = self._joining.get(room_name, 0) + 1
+        self.admission.joins_in_flight += 1
         try:
             room = await self.hosting.open(room_name)
             if request.resume is not None and await self._resume(conn, request, room):
                 return
             await self._join_fresh(conn, request, room, info)
         finally:
+            self.admission.joins_in_flight -= 1
             left = self._joining.pop(room_name) - 1
             if left:
                 self._joining[room_name] = left

@@ -81,7 +81,7 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
         await node.handle(conn, request, room)
     except RequestError as exc:
         request_id = request_id if request_id is not None else exc.request_id
-        _send_error(node, conn, request_id, exc.code, exc.message)
+        _send_error(node, conn, request_id, exc.code, exc.message, exc.retry_after_ms)
     except BusError as exc:
         _send_error(node, conn, request_id, "unavailable", f"the write was not stored: {exc}")
     except Exception:
@@ -89,6 +89,13 @@ async def _handle_frame(node: Node, conn: Connection, frame: bytes, room: str) -
         _send_error(node, conn, request_id, "internal", "internal error; the request was not done")
 
 
-def _send_error(node: Node, conn: Connection, request_id: Any, code: str, message: str) -> None:
+def _send_error(
+    node: Node,
+    conn: Connection,
+    request_id: Any,
+    code: str,
+    message: str,
+    retry_after_ms: int | None = None,
+) -> None:
     node.metrics.errors.labels(code).inc()
-    conn.send(encode_error(request_id, code, message))
+    conn.send(encode_error(request_id, code, message, retry_after_ms))

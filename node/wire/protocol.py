@@ -377,8 +377,13 @@ def _present(fields: dict[str, Json]) -> dict[str, Json]:
     return fields
 
 
-def encode_error(request_id: RequestId, code: str, message: str) -> bytes:
-    return encode("error", id=request_id, code=code, message=message)
+def encode_error(
+    request_id: RequestId, code: str, message: str, retry_after_ms: int | None = None
+) -> bytes:
+    """An ``error`` frame; `retry_after_ms` (a refusal for load) adds ``retryAfter``."""
+    if retry_after_ms is None:
+        return encode("error", id=request_id, code=code, message=message)
+    return encode("error", id=request_id, code=code, message=message, retryAfter=retry_after_ms)
 
 
 def frame_type(frame: bytes) -> str:

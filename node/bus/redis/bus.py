@@ -11,6 +11,7 @@ The package's parts, each owning one thing (docs/architecture.md has the whole p
     feed.py         each read room's position, held-back events, lost writes, gaps (sans-I/O)
     reader.py       subscriptions, pushed events, catch-up reads and resyncs (uses the feed)
     leases.py       node leases, and the rooms whose stored state Redis lost
+    keeper.py       the lease's renewals, on a thread of their own (load cannot delay them)
 
 Writing: events go out as ``EVALSHA`` of the PUBLISH script (PUBLISH_MESSAGE for an event that
 changes no state, such as an app message) over the hot path's connections, and are pushed to
@@ -25,9 +26,10 @@ import logging
 import uuid
 from typing import Any
 
-from roomstate.bus import Bus, EventHandler, LeaseState, Snapshot
+from roomstate.bus import Bus, EventHandler, LeaseKeeper, LeaseState, Snapshot
 from roomstate.bus.redis.connections import REDIS_ERRORS, Connections
 from roomstate.bus.redis.feed import Feed
+from roomstate.bus.redis.keeper import KeeperThread
 from roomstate.bus.redis.keys import channel as channel
 from roomstate.bus.redis.keys import epoch_key, fence, publish_keys, shard_of
 from roomstate.bus.redis.keys import lease_key as lease_key
@@ -59,6 +61,7 @@ class RedisBus(Bus):
         self._feed = Feed()  # where each room read stands: the reader's, the leases' gaps
         self._reader = Reader(self._conns, self._feed, self.snapshot)
         self._leases = Leases(self._conns, self._feed)
+        self._keeper = KeeperThread(settings, self._conns)  # renews the lease once it is kept
         self._publish = self._conns.script(PUBLISH, 4)
         self._publish_message = self._conns.script(PUBLISH_MESSAGE, 4)
         self._snapshot = self._conns.client.register_script(SNAPSHOT)
@@ -79,6 +82,7 @@ class RedisBus(Bus):
         self._reader.start(origin)
 
     async def close(self) -> None:
+        await self._keeper.close()
         await self._reader.close()
         await self._conns.close()
 
@@ -172,7 +176,15 @@ class RedisBus(Bus):
         return self._leases.lease_group(room)
 
     def lease_confirmed_at(self, room: str) -> float:
-        return self._leases.lease_confirmed_at(room)
+        # The registration is made here, the renewals on the keeper's thread.
+        mine = self._leases.lease_confirmed_at(room)
+        return max(mine, self._keeper.leases.lease_confirmed_at(room))
+
+    def keep_lease(self, keeper: LeaseKeeper) -> None:
+        self._keeper.start(keeper)
+
+    def stop_keeping_lease(self) -> None:
+        self._keeper.stop()
 
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool
