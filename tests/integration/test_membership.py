@@ -21,11 +21,13 @@ from aiohttp import web
 
 from deploy.local.servers import RedisServer
 from roomstate.bus.redis.bus import RedisBus, state_key
+from roomstate.bus.redis.connections import WRITE_TIMEOUT_S
 from roomstate.edge.identity import LEASE_TTL_MS
 from roomstate.edge.node import Node
 from roomstate.sdk.client import CallClient, ConnectionClosed
 from roomstate.server.app import build_app, make_node
 from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent
 
 from .conftest import FAST, NodeProcess, start_node
 
@@ -135,3 +137,23 @@ async def test_a_node_whose_loop_is_stuck_past_the_bound_is_judged_lost_and_fenc
         assert node.incarnation != incarnation, "the node came back without fencing"
         with pytest.raises(ConnectionClosed):
             await ada.set_user_data({"after": "the fence"})
+
+
+async def test_a_write_under_way_while_the_loop_stalls_past_its_timeout_is_not_failed(
+    redis: RedisServer, room: str
+) -> None:
+    """The time the node's own loop stood still is not Redis's: a publish sent (or about to be
+    sent) when the loop stalls for longer than a write may take is answered, not failed with
+    "Redis did not answer in time" after Redis stored it."""
+    bus = RedisBus(Settings(redis=redis.url))
+    await bus.start()
+    try:
+        await bus.publish(room, BusEvent("probe/x", 1))  # the connection is open
+        write = asyncio.ensure_future(bus.publish(room, BusEvent("probe/x", 2)))
+        await asyncio.sleep(0)  # the command is queued on the connection, not yet written
+        block_the_loop(WRITE_TIMEOUT_S + 1)
+        position = await write
+        assert position is not None
+        assert [event.sent_ms for _, event in await bus.read_range(room, "0-0") or []] == [1, 2]
+    finally:
+        await bus.close()

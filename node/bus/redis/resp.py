@@ -63,6 +63,7 @@ class RespConnection(asyncio.Protocol):
         self._out: list[bytes] = []  # commands packed in this loop iteration
         self._flush_scheduled = False
         self._watch: asyncio.TimerHandle | None = None
+        self._watch_due = 0.0  # (loop time) when `_watch` is due
         self.closed = False
 
     @property
@@ -112,6 +113,7 @@ class RespConnection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         self._pending.append((future, self._loop.time() + timeout))
         if self._watch is None:
+            self._watch_due = self._loop.time() + WATCH_INTERVAL_S
             self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._check_deadlines)
         return future
 
@@ -134,9 +136,17 @@ class RespConnection(asyncio.Protocol):
         self._watch = None
         if not self._pending:
             return
-        if self._pending[0][1] <= self._loop.time():
+        now = self._loop.time()
+        stalled = now - self._watch_due - WATCH_INTERVAL_S
+        if stalled > 0:
+            # The loop itself ran late (a busy node): that time is not Redis's. The commands
+            # may not even have been written yet, and their replies may wait unread; failing
+            # them would fail writes Redis stored (and close the connection).
+            self._pending = deque((future, at + stalled) for future, at in self._pending)
+        elif self._pending[0][1] <= now:
             self._fail(RespTimeoutError("Redis did not answer in time"))
             return
+        self._watch_due = now + WATCH_INTERVAL_S
         self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._check_deadlines)
 
     def close(self) -> None:
