@@ -99,6 +99,7 @@ PURE = _selected(
     "roomstate.bus.redis.keys",
     "roomstate.bus.redis.state_hash",
     "roomstate.sdk.state",
+    "roomstate.sdk.writes",
 )
 
 
