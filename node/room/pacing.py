@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Container, Hashable
+from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -71,22 +71,31 @@ class CountsPacer:
         self.sent: int | None = None  # when the last counts event went out
         self.due: int | None = None  # when the next one goes out
         self.shown: dict[str, int] | None = None  # the counts it carried
+        # the counts each local participant was last given (in `joined` or an update): nobody
+        # gets an update that tells it nothing new (a lone joiner, say)
+        self.seen: dict[str, dict[str, int]] = {}
 
     def changed(self, now_ms: int) -> None:
         if self.due is None:
             sent, gap = self.sent, self.interval_ms
             self.due = now_ms if sent is None or now_ms - sent >= gap else sent + gap
 
-    def take(self, now_ms: int, read: Callable[[], dict[str, int]]) -> dict[str, int] | None:
-        """The counts to send now, if due and changed (`read` gives them: called only then)."""
+    def take(
+        self, now_ms: int, read: Callable[[], dict[str, int]], local: Iterable[str]
+    ) -> tuple[dict[str, int] | None, list[str]]:
+        """The counts to send now, if due and changed (`read` gives them: called only then),
+        and those of `local` to send them to."""
         if self.due is None or self.due > now_ms:
-            return None
+            return None, []
         self.due = None
         counts = read()
         if counts == self.shown:
-            return None
+            return None, []
         self.shown, self.sent = counts, now_ms
-        return counts
+        seen = self.seen
+        recipients = [sid for sid in local if seen.get(sid) != counts]
+        seen.update(dict.fromkeys(recipients, counts))
+        return counts, recipients
 
 
 @dataclass(frozen=True)

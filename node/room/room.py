@@ -109,6 +109,7 @@ class Room:
         if snapshot is None:
             participants = orjson.Fragment(self.roster.listing(session_id))
             data, counts = self.session_data(), self.participant_counts()
+            self._counts.seen[session_id] = counts
         else:
             participants, data, kept = snapshot
             counts = kept if kept is not None else self.participant_counts()
@@ -227,6 +228,7 @@ class Room:
         """A participant's connection dropped; it stays present while it may resume."""
         self.local.pop(session_id, None)
         self._owners.pop(session_id, None)
+        self._counts.seen.pop(session_id, None)
 
     def resume_digest(self, session_id: str) -> str | None:
         """The digest of the participant's resume secret, if it is present and has one."""
@@ -310,10 +312,10 @@ class Room:
         self._batch.since = None  # the turn is over: the next participant event goes at once
         if self._session.take_due(now_ms):
             self._send_session_data(out)
-        counts = self._counts.take(now_ms, self.participant_counts)
+        counts, recipients = self._counts.take(now_ms, self.participant_counts, self.local)
         if counts is not None:
             frame = encode_state("participant-counts-updated", participantCounts=counts)
-            self._emit(out, list(self.local), frame)
+            self._emit(out, recipients, frame)
         return out
 
     # -- internals --

@@ -13,12 +13,17 @@ from .conftest import NodeProcess
 pytestmark = pytest.mark.integration
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
-    message = await ws.receive(timeout=timeout)
-    assert message.type == aiohttp.WSMsgType.TEXT, (message.type, message.data, message.extra)
-    frame = orjson.loads(message.data)
-    assert isinstance(frame, dict)
-    return frame
+async def recv(
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0, counts: bool = False
+) -> dict[str, Any]:
+    """The next frame (`participant-counts-updated` skipped unless `counts`)."""
+    while True:
+        message = await ws.receive(timeout=timeout)
+        assert message.type == aiohttp.WSMsgType.TEXT, (message.type, message.data, message.extra)
+        frame = orjson.loads(message.data)
+        assert isinstance(frame, dict)
+        if counts or frame.get("type") != "participant-counts-updated":
+            return frame
 
 
 async def joined(

@@ -1,0 +1,158 @@
+"""Room logic for large rooms: hidden participants, counts, participant events batched per
+loop turn, `joined` from kept encodings. Sans-I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from roomstate.crdt import HybridLogicalClock, RoomState
+from roomstate.room import Output, Room, RoomConfig
+from roomstate.wire.protocol import encode_state
+
+
+def make_room(config: RoomConfig | None = None) -> Room:
+    config = config or RoomConfig()
+    return Room("webinar", RoomState(), HybridLogicalClock("n1"), "n1/i1", config)
+
+
+def join(room: Room, sid: str, now: int, hidden: bool = False, owner: bool = False) -> Output:
+    info: dict[str, Any] = {"user_id": f"u-{sid}", "user_name": sid, "owner": owner}
+    if hidden:
+        info["hidden"] = True
+    return room.join(sid, info, {"node": "n1", "incarnation": "i1"}, None, now)
+
+
+def frames(out: Output) -> list[tuple[list[str], dict[str, Any]]]:
+    return [(recipients, orjson.loads(frame)) for recipients, frame in out.sends]
+
+
+def settled(room: Room, now: int, *joins: tuple[str, bool, bool]) -> None:
+    for sid, hidden, owner in joins:
+        join(room, sid, now, hidden, owner)
+        room.poll(now)
+
+
+def test_a_hidden_participant_is_neither_announced_nor_listed_but_sees_itself() -> None:
+    room = make_room()
+    settled(room, 0, ("host", False, True), ("guest", False, False))
+    out = join(room, "h1", 10, hidden=True)
+    assert frames(out) == []
+    assert "h1" not in room.participants()
+    mine = orjson.loads(room.joined_frame(1, "h1"))
+    assert set(mine["participants"]) == {"host", "guest", "h1"}
+    assert mine["participants"]["h1"]["permissions"] == {"hasPresence": False}
+    assert "permissions" not in mine["participants"]["host"]
+    theirs = orjson.loads(room.joined_frame(2, "guest"))
+    assert set(theirs["participants"]) == {"host", "guest"}
+    assert mine["participantCounts"] == {"hidden": 1, "present": 2}
+    room.poll(10)
+    assert frames(room.leave("h1", "left", 20)) == []
+
+
+def test_only_owners_get_a_hidden_participants_user_data_update() -> None:
+    room = make_room()
+    settled(room, 0, ("host", False, True), ("guest", False, False), ("h1", True, False))
+    found = frames(room.set_user_data("h1", {"hand": True}, 100))
+    assert [(r, f["type"]) for r, f in found] == [(["host"], "participant-updated")]
+    assert found[0][1]["participant"]["permissions"] == {"hasPresence": False}
+
+
+def test_an_app_message_reaches_a_hidden_participant() -> None:
+    room = make_room()
+    settled(room, 0, ("host", False, True), ("h1", True, False))
+    event = room.app_message("host", "hi", "h1", 5)
+    assert event.message is not None
+    assert frames(room.deliver_app_message(event.message, "1-0"))[0][0] == ["h1"]
+
+
+def test_counts_go_out_once_per_interval_carrying_the_latest() -> None:
+    room = make_room(RoomConfig(counts_interval_ms=1000))
+    settled(room, 0, ("host", False, True))
+    join(room, "h1", 2000, hidden=True)
+    first = [f for _, f in frames(room.poll(2000)) if f["type"] == "participant-counts-updated"]
+    assert first == [
+        {"type": "participant-counts-updated", "participantCounts": {"hidden": 1, "present": 1}}
+    ]
+    for n in range(2, 6):
+        join(room, f"h{n}", 2000 + n, hidden=True)
+        room.joined_frame(None, f"h{n}")  # as the node answers the join
+        assert room.poll(2000 + n).sends == []
+    assert room.next_deadline() == 3000
+    later = frames(room.poll(3000))
+    assert [f["participantCounts"] for _, f in later] == [{"hidden": 5, "present": 1}]
+    assert later[0][0] == ["host", "h1", "h2", "h3", "h4"], "h5 got these counts in joined"
+
+
+def test_participant_events_of_one_turn_after_the_first_go_out_as_one_batch() -> None:
+    room = make_room()
+    settled(room, 0, ("a", False, False), ("b", False, False))
+    first = frames(join(room, "c", 10))
+    assert [(r, f["type"]) for r, f in first] == [(["a", "b"], "participant-joined")]
+    assert frames(join(room, "d", 10)) == []
+    assert frames(join(room, "e", 10)) == []
+    assert room.next_deadline() == 10, "polled on the next loop turn"
+    sent = [(r, f) for r, f in frames(room.poll(10)) if f["type"] == "participant-events"]
+    by_recipients = {
+        tuple(r): [e["participant"]["session_id"] for e in f["events"]] for r, f in sent
+    }
+    assert by_recipients == {("a", "b", "c"): ["d", "e"]}
+    assert room.poll(11).sends == [], "nothing is sent twice"
+
+
+def test_a_late_joiner_of_the_turn_gets_only_the_events_after_it() -> None:
+    room = make_room()
+    settled(room, 0, ("a", False, False))
+    join(room, "b", 10)
+    join(room, "c", 10)
+    join(room, "d", 10)
+    sent = {tuple(r): orjson.loads(f) for r, f in room.poll(10).sends}
+    assert sent[("a", "b")]["type"] == "participant-events"
+    assert sent[("c",)]["type"] == "participant-joined"
+    assert sent[("c",)]["participant"]["session_id"] == "d"
+
+
+def test_an_app_message_never_overtakes_a_pending_participant_event() -> None:
+    room = make_room()
+    settled(room, 0, ("a", False, False), ("b", False, False))
+    join(room, "c", 10)
+    join(room, "d", 10)
+    event = room.app_message("d", "hello", "*", 10)
+    assert event.message is not None
+    kinds = [f["type"] for _, f in frames(room.deliver_app_message(event.message, "1-0"))]
+    assert kinds == ["participant-joined", "app-message"]
+
+
+def test_joined_from_kept_encodings_is_byte_for_byte_encode_state() -> None:
+    room = make_room()
+    settled(room, 0, ("b", False, True), ("a", False, False), ("h", True, False))
+    room.set_user_data("a", {"hand": [1, {"z": 1, "y": 2}]}, 50)
+    for sid in ("a", "h"):
+        snapshot = room.snapshot(sid)
+        expected = encode_state(
+            "joined",
+            id=3,
+            sessionId=sid,
+            participants=snapshot.participants,
+            participantCounts=snapshot.participant_counts,
+            meetingSessionState={"data": snapshot.session_data},
+        )
+        assert room.joined_frame(3, sid) == expected
+        assert room.joined_frame(3, sid, snapshot=snapshot) == expected
+
+
+def test_counts_follow_remote_joins_and_leaves_without_a_walk_and_match_one() -> None:
+    a, b = (
+        make_room(),
+        Room("webinar", RoomState(), HybridLogicalClock("n2"), "n2/i1", RoomConfig()),
+    )
+    settled(a, 0, ("host", False, True))
+    for n in range(5):
+        for event in join(b, f"r{n}", 10 + n, hidden=n % 2 == 0).publish:
+            a.receive(event, 10 + n, "1-0")
+    for event in b.leave("r0", "left", 30).publish:
+        a.receive(event, 30, "2-0")
+    assert a.participant_counts() == {"hidden": 2, "present": 3}
+    fresh = Room("webinar", a.state.copy(), HybridLogicalClock("n3"), "n3/i1", RoomConfig())
+    assert fresh.participant_counts() == a.participant_counts()
