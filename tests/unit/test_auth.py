@@ -50,3 +50,22 @@ def test_a_token_issued_in_the_future_is_not_valid_yet() -> None:
     token = jwt.encode({"r": "demo", "iat": 4102444800}, KEY, algorithm="HS256")
     with pytest.raises(RequestError, match=r"not valid yet \(nbf or iat is in the future\)"):
         verify_token(KEY, token, "demo")
+
+
+def test_has_presence_false_is_the_p_hp_claim_and_present_tokens_have_none() -> None:
+    key = "k" * 32
+    hidden = make_token(key, "lobby", has_presence=False)
+    assert jwt.decode(hidden, key, algorithms=["HS256"])["p"] == {"hp": False}
+    assert verify_token(key, hidden, "lobby").has_presence is False
+    present = make_token(key, "lobby")
+    assert "p" not in jwt.decode(present, key, algorithms=["HS256"])
+    assert verify_token(key, present, "lobby").has_presence is True
+
+
+@pytest.mark.parametrize("claim", [["x"], {"hp": "no"}])
+def test_a_bad_p_claim_is_unauthorized_naming_it(claim: object) -> None:
+    key = "k" * 32
+    signed = jwt.encode({"r": "lobby", "p": claim}, key, algorithm="HS256")
+    with pytest.raises(RequestError) as caught:
+        verify_token(key, signed, "lobby")
+    assert caught.value.code == "unauthorized" and "'p" in caught.value.message
