@@ -51,12 +51,12 @@ class Settings:
     # Timeouts
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
     session_data_interval_ms: int = 1000  # at most one session-state event per room per this
+    counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
     room_grace_s: float = 30.0  # an empty room's state is dropped after this
     resume_grace_s: float = 15.0  # a dropped participant may resume this long; 0: leave at once
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
     handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
     max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
-    counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
 
     # Process
     # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700);
@@ -156,6 +156,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
         (
             "user_data_interval_ms",
             "session_data_interval_ms",
+            "counts_interval_ms",
             "room_grace_s",
             "resume_grace_s",
             "max_drift_ms",
@@ -164,7 +165,10 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     ),
 }
 
-            "counts_interval_ms",
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS.update({"0": False, "false": False, "no": False, "off": False})
+
 
 def _convert(name: str, raw: str, default: Any) -> Any:
     variable = f"ROOMSTATE_{name.upper()}={raw!r}"
@@ -176,10 +180,6 @@ def _convert(name: str, raw: str, default: Any) -> Any:
         return _BOOLEANS[raw.lower()]
     if not isinstance(default, int | float):
         return raw
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLEANS.update({"0": False, "false": False, "no": False, "off": False})
-
-
     try:
         value = int(raw) if isinstance(default, int) else float(raw)
     except ValueError:

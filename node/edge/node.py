@@ -220,7 +220,7 @@ class Node:
     async def presence(self, room_name: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """The listed participants (hidden ones are not) and the counts of both."""
         room = await self.hosting.view(room_name)
-        return list(room.participants().values())
+        return list(room.participants().values()), room.participant_counts()
 
     async def session_data(self, room_name: str) -> dict[str, Any]:
         return (await self.hosting.view(room_name)).session_data()

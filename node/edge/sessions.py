@@ -76,9 +76,9 @@ class Sessions:
         if request.resume is None:  # a resume is someone already in: not shed for load
             self.admission.refuse_if_at_capacity()
         info: dict[str, Any] = {"user_name": request.user_name or "", "owner": False}
+        has_presence = self.settings.default_has_presence
         if not self.settings.development:
             if request.token is None:
-        has_presence = self.settings.default_has_presence
                 raise RequestError("unauthorized", "a meeting token is required to join")
             claims = verify_token(self.settings.api_key or "", request.token, room_name)
             info["owner"] = claims.owner
@@ -86,11 +86,11 @@ class Sessions:
                 info["user_name"] = claims.user_name
             if claims.user_id is not None:
                 info["user_id"] = claims.user_id
-        # While this join waits (for the snapshot, for a resume's move to be stored), the room
-        # is not closed for having nobody here; if the join fails, it is closed after it.
             has_presence = claims.has_presence
         if not has_presence:  # (only then: a present participant's info is as it was)
             info["hidden"] = True
+        # While this join waits (for the snapshot, for a resume's move to be stored), the room
+        # is not closed for having nobody here; if the join fails, it is closed after it.
         self._joining[room_name] = self._joining.get(room_name, 0) + 1
         self.admission.joins_in_flight += 1
         try:
