@@ -26,6 +26,8 @@ Every option can also be set with an environment variable (the option wins):
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
   ROOMSTATE_MAX_DRIFT_MS (500), ROOMSTATE_COUNTS_INTERVAL_MS (1000),
   participants: ROOMSTATE_DEFAULT_HAS_PRESENCE (true; false: tokenless joins are hidden),
+  load: ROOMSTATE_MAX_LOOP_LAG_MS (500), ROOMSTATE_MAX_JOINS_IN_FLIGHT (200) (over them new
+  joins are shed, retryable), ROOMSTATE_LOOP_STUCK_S (30; a silent loop lets the lease go),
   process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
   tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
