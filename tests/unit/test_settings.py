@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from roomstate import cli
+from roomstate.server import app
 from roomstate.settings import Settings
 
 
@@ -126,3 +130,156 @@ def test_a_node_id_a_stamp_cannot_carry_stops_the_node_with_its_name(node_id: st
     # it stopped with a traceback from the clock, after connecting to Redis
     with pytest.raises(ValueError, match="ROOMSTATE_NODE_ID / --node-id: node id must be 1-64"):
         Settings(node_id=node_id)
+
+
+# -- large rooms: presence, counts and load --
+
+
+def test_the_large_room_settings_are_read_from_their_variables() -> None:
+    defaults = Settings()
+    assert defaults.default_has_presence is True
+    assert (defaults.counts_interval_ms, defaults.max_loop_lag_ms) == (1000, 500)
+    assert (defaults.max_joins_in_flight, defaults.loop_stuck_s) == (200, 30.0)
+    env = {
+        "ROOMSTATE_DEFAULT_HAS_PRESENCE": "false",
+        "ROOMSTATE_COUNTS_INTERVAL_MS": "250",
+        "ROOMSTATE_MAX_LOOP_LAG_MS": "75",
+        "ROOMSTATE_MAX_JOINS_IN_FLIGHT": "4",
+        "ROOMSTATE_LOOP_STUCK_S": "12.5",
+    }
+    s = Settings.from_env(env)
+    assert s.default_has_presence is False
+    assert (s.counts_interval_ms, s.max_loop_lag_ms, s.max_joins_in_flight) == (250, 75, 4)
+    assert s.loop_stuck_s == 12.5
+    # the ends of the ranges: 0 sends every counts change at once; 10 s is the shortest stall
+    ends = {"ROOMSTATE_COUNTS_INTERVAL_MS": "0", "ROOMSTATE_LOOP_STUCK_S": "10"}
+    assert (Settings.from_env(ends).counts_interval_ms, Settings.from_env(ends).loop_stuck_s) == (
+        0,
+        10.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        *[("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True)],
+        *[("false", False), ("False", False), ("0", False), ("no", False), ("off", False)],
+    ],
+)
+def test_default_has_presence_takes_the_usual_spellings_of_a_boolean(raw: str, value: bool) -> None:
+    settings = Settings.from_env({"ROOMSTATE_DEFAULT_HAS_PRESENCE": raw})
+    assert settings.default_has_presence is value
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "hidden", "t"])
+def test_a_default_has_presence_that_is_not_a_boolean_is_refused_with_its_name(raw: str) -> None:
+    with pytest.raises(
+        ValueError, match=rf"ROOMSTATE_DEFAULT_HAS_PRESENCE='{raw}' is not a boolean"
+    ):
+        Settings.from_env({"ROOMSTATE_DEFAULT_HAS_PRESENCE": raw})
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "rule"),
+    [
+        ("COUNTS_INTERVAL_MS", "-1", "at least 0"),
+        ("MAX_LOOP_LAG_MS", "0", "at least 1"),
+        ("MAX_LOOP_LAG_MS", "-50", "at least 1"),
+        ("MAX_JOINS_IN_FLIGHT", "0", "at least 1"),
+        # below the lease's lifetime a node merely busy would let its lease go
+        ("LOOP_STUCK_S", "9.5", "at least 10"),
+        ("LOOP_STUCK_S", "0", "at least 10"),
+    ],
+)
+def test_a_large_room_setting_out_of_its_range_is_refused_with_its_name(
+    variable: str, raw: str, rule: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"ROOMSTATE_{variable}={raw} .*must be {rule}"):
+        Settings.from_env({f"ROOMSTATE_{variable}": raw})
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "words"),
+    [
+        ("COUNTS_INTERVAL_MS", "1s", "is not a valid int"),
+        ("COUNTS_INTERVAL_MS", "2.5", "is not a valid int"),
+        ("MAX_LOOP_LAG_MS", "lots", "is not a valid int"),
+        ("MAX_JOINS_IN_FLIGHT", "1e3", "is not a valid int"),
+        ("LOOP_STUCK_S", "half a minute", "is not a valid float"),
+        ("LOOP_STUCK_S", "inf", "is not a finite number"),
+    ],
+)
+def test_a_large_room_setting_that_is_not_a_number_is_refused_with_its_name(
+    variable: str, raw: str, words: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"ROOMSTATE_{variable}='{raw}' {words}"):
+        Settings.from_env({f"ROOMSTATE_{variable}": raw})
+
+
+# -- the same settings through the `roomstate serve` command line --
+
+
+@pytest.fixture
+def serve_settings(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The CLI's `serve` stops at the Settings it would run with (the server is not started):
+    the list receives them."""
+    seen: list[Settings] = []
+
+    async def stop_here(settings: Settings, started: object) -> None:
+        seen.append(settings)
+
+    for name in list(os.environ):
+        if name.startswith("ROOMSTATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROOMSTATE_GC_THRESHOLDS", "python")  # leave this process's gc alone
+    monkeypatch.setattr(app, "serve", stop_here)
+    return seen
+
+
+def test_the_cli_reads_default_has_presence_and_wins_over_the_environment(
+    serve_settings: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROOMSTATE_DEFAULT_HAS_PRESENCE", "true")
+    monkeypatch.setenv("ROOMSTATE_COUNTS_INTERVAL_MS", "400")
+    monkeypatch.setenv("ROOMSTATE_MAX_JOINS_IN_FLIGHT", "7")
+    cli.main(["serve", "--port", "0", "--default-has-presence", "false"])
+    cli.main(["serve", "--port", "0"])
+    given, from_env = serve_settings
+    assert given.default_has_presence is False
+    assert from_env.default_has_presence is True
+    assert (given.counts_interval_ms, given.max_joins_in_flight) == (400, 7)
+
+
+def test_the_cli_refuses_a_default_has_presence_that_is_not_true_or_false(
+    serve_settings: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--default-has-presence", "no"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--default-has-presence: invalid choice: 'no'" in error
+    assert serve_settings == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "words"),
+    [
+        ("COUNTS_INTERVAL_MS", "-5", "ROOMSTATE_COUNTS_INTERVAL_MS=-5 is out of range"),
+        ("LOOP_STUCK_S", "1", "ROOMSTATE_LOOP_STUCK_S=1 is out of range: must be at least 10"),
+        ("DEFAULT_HAS_PRESENCE", "nope", "ROOMSTATE_DEFAULT_HAS_PRESENCE='nope' is not a boolean"),
+    ],
+)
+def test_the_cli_stops_with_the_settings_name_for_a_bad_value(
+    serve_settings: list[Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    raw: str,
+    words: str,
+) -> None:
+    monkeypatch.setenv(f"ROOMSTATE_{variable}", raw)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--port", "0"])
+    assert isinstance(exit_.value.code, str)
+    assert exit_.value.code.startswith("roomstate: ")
+    assert words in exit_.value.code
+    assert serve_settings == []
