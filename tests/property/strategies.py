@@ -46,6 +46,14 @@ tie_values = st.sampled_from([0, 0.0, -0.0, 1, 1.0, True, False, {"a": 1}, {"a":
 registers = st.builds(LWWRegister, json_values, stamps)
 
 
+def counts(state: RoomState) -> dict[str, int]:
+    """``{"hidden": H, "present": P}`` of a replica, counted by walking it (the model of what
+    the room logic's `Roster` keeps step by step)."""
+    infos = [p.info.value if p.info is not None else None for p in state.present().values()]
+    hidden = sum(1 for info in infos if isinstance(info, dict) and info.get("hidden") is True)
+    return {"hidden": hidden, "present": len(infos) - hidden}
+
+
 def canonical(state: LWWRegister | LWWMap | RoomState) -> bytes:
     """A state as canonical JSON bytes (keys sorted): two states are the same if these are.
     Python's == is not enough: it takes 1, 1.0 and True for one value, which the wire does not."""
@@ -103,6 +111,8 @@ def room_ops(
     sid = draw(st.sampled_from(SESSIONS))
     if kind == "join":
         info = {"user_name": draw(st.text(max_size=3)), "owner": draw(st.booleans())}
+        if draw(st.booleans()):
+            info["hidden"] = True  # Daily's hasPresence: false (only a hidden one has the key)
         location = {"node": draw(st.sampled_from(NODES)), "incarnation": "1"}
         return ("join", sid, info, location, draw(values), draw(stamp))
     if kind == "user-data":

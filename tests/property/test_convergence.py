@@ -2,11 +2,13 @@
 
 A `RuleBasedStateMachine` runs 3-5 replicas of one room. Each replica has its own HLC whose wall
 clock is the shared true time plus a fixed skew within the drift bound. Rules write at a random
-replica (join, leave, set userData, replace, shallow-merge, delete keys), and the network then
+replica (join, present or hidden, leave, set userData, replace, shallow-merge, delete keys), and
+the network then
 delivers, duplicates, reorders or drops the encoded deltas; a dropped delta is made up for later
 by a full-state resync (anti-entropy). When every message is delivered and every drop resynced,
 all replicas must be equal, and equal to the model: the same writes applied to plain dicts in
-stamp order.
+stamp order. Each replica also keeps the room logic's `Roster` (who is listed, who is hidden) step
+by step, as a node does: its counts must always be the replica's, and converge with it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from roomstate.crdt import (
     decode,
     encode,
 )
+from roomstate.room.roster import Roster
 
-from .strategies import KEYS, canonical, json_values, objects
+from .strategies import KEYS, canonical, counts, json_values, objects
 
 DRIFT = DEFAULT_MAX_DRIFT_MS
 
@@ -43,6 +46,10 @@ class Replica:
     skew_ms: int  # this replica's wall clock minus true time
     clock: HybridLogicalClock
     state: RoomState = field(default_factory=RoomState)
+    roster: Roster = field(init=False)  # kept step by step, as the room logic keeps it
+
+    def __post_init__(self) -> None:
+        self.roster = Roster(self.state)
 
 
 @dataclass
@@ -92,16 +99,20 @@ class RoomConvergence(RuleBasedStateMachine):
 
     # -- writes --
 
-    @rule(data=st.data(), user_data=json_values)
-    def join(self, data: st.DataObject, user_data: Any) -> None:
+    @rule(data=st.data(), user_data=json_values, hidden=st.booleans())
+    def join(self, data: st.DataObject, user_data: Any, hidden: bool) -> None:
         index = data.draw(st.integers(0, len(self.replicas) - 1))
         replica = self.replicas[index]
         sid = f"s{self.next_session}"
         self.next_session += 1
         stamp = replica.clock.tick(self.wall(replica))
         info = {"user_name": sid, "joined_at": stamp.wall_ms, "owner": False}
+        if hidden:
+            info["hidden"] = True  # as the node writes it: the key only for a hidden one
         location = {"node": replica.name, "incarnation": "1"}
+        version = replica.state.membership_version
         self.publish(index, replica.state.join(sid, info, location, user_data, stamp))
+        replica.roster.track(version, [sid], [])
         self.joins[sid] = (stamp, info)
         self.user_data[sid] = [(stamp, user_data)]
 
@@ -125,7 +136,9 @@ class RoomConvergence(RuleBasedStateMachine):
         if not present:
             return
         sid = data.draw(st.sampled_from(present))
+        version = replica.state.membership_version
         self.publish(index, replica.state.remove([sid]))
+        replica.roster.track(version, [], [sid])
         self.removed.add(sid)
 
     @rule(
@@ -157,8 +170,10 @@ class RoomConvergence(RuleBasedStateMachine):
         replica = self.replicas[message.receiver]
         delta = decode(message.payload, RoomState)
         for stamp in delta.stamps():
-            replica.clock.observe(stamp)  # as a node does with what it reads (node/room.py)
-        replica.state.merge(delta)
+            replica.clock.observe(stamp)  # as a node does with what it reads (node/room/room.py)
+        version = replica.state.membership_version
+        changes = replica.state.merge(delta)
+        replica.roster.track(version, changes.joined, changes.left)
 
     @precondition(lambda self: self.network)
     @rule(data=st.data())
@@ -197,6 +212,14 @@ class RoomConvergence(RuleBasedStateMachine):
             assert replica.state.removed <= self.removed
 
     @invariant()
+    def the_kept_counts_are_the_replicas_own(self) -> None:
+        for replica in self.replicas:
+            assert replica.roster.counts() == counts(replica.state), replica.name
+            present = replica.state.present().items()
+            listed = {sid for sid, p in present if p.info and "hidden" not in p.info.value}
+            assert set(replica.roster.listed()) == listed, replica.name
+
+    @invariant()
     def clocks_stay_within_the_drift_bound(self) -> None:
         for replica in self.replicas:
             assert replica.clock.last.wall_ms - self.wall(replica) <= DRIFT
@@ -214,6 +237,12 @@ class RoomConvergence(RuleBasedStateMachine):
                 f"{replica.name} differs from {self.replicas[0].name}"
             )
         assert self.observed(first) == self.model()
+        # counts converge with the replicas, and are the model's
+        model_counts = {"hidden": 0, "present": 0}
+        for info, _ in self.model()["participants"].values():
+            model_counts["hidden" if info.get("hidden") else "present"] += 1
+        for replica in self.replicas:
+            assert replica.roster.counts() == model_counts, replica.name
 
     def teardown(self) -> None:
         if self.replicas:
