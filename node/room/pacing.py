@@ -63,8 +63,8 @@ class Throttle(Generic[K]):
 
 class CountsPacer:
     """``participant-counts-updated``: at most one per interval, the first change after a quiet
-    interval at the end of the turn (after its participant events); only if the counts differ
-    from the last ones sent."""
+    interval at the end of the turn (after its participant events); only to the participants
+    whose last counts (in `joined` or an update) differ."""
 
     def __init__(self, interval_ms: int) -> None:
         self.interval_ms = interval_ms
@@ -89,11 +89,13 @@ class CountsPacer:
             return None, []
         self.due = None
         counts = read()
-        if counts == self.shown:
-            return None, []
-        self.shown, self.sent = counts, now_ms
+        # Whom to tell is per participant, not "differs from the last broadcast": a joiner's
+        # `joined` may show counts that a leave in the same interval has already undone.
         seen = self.seen
         recipients = [sid for sid in local if seen.get(sid) != counts]
+        if not recipients:
+            return None, []
+        self.shown, self.sent = counts, now_ms
         seen.update(dict.fromkeys(recipients, counts))
         return counts, recipients
 
