@@ -102,13 +102,11 @@ class Peer:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 data = message.data
-                if data.startswith('{"type":"participant-joined"'):
-                    self.present.add(orjson.loads(data)["participant"]["session_id"])
-                elif data.startswith('{"type":"participant-left"'):
+                if data.startswith('{"type":"participant-'):
                     frame = orjson.loads(data)
-                    sid = frame["participant"]["session_id"]
-                    self.present.discard(sid)
-                    self.left[sid] = (time.monotonic(), frame.get("reason", ""))
+                    # one loop turn's membership events come batched, in order
+                    for event in frame.get("events", [frame]):
+                        self._membership(event)
                 elif data.startswith('{"type":"app-message"'):
                     frame = orjson.loads(data)
                     self.messages.append(frame["data"])
@@ -116,6 +114,14 @@ class Peer:
         finally:
             self.dropped_at = time.monotonic()
             self.dropped.set()
+
+    def _membership(self, event: dict[str, Any]) -> None:
+        sid = event.get("participant", {}).get("session_id")
+        if event["type"] == "participant-joined":
+            self.present.add(sid)
+        elif event["type"] == "participant-left":
+            self.present.discard(sid)
+            self.left[sid] = (time.monotonic(), event.get("reason", ""))
 
     async def come_back(
         self, http: aiohttp.ClientSession, base: str, rng: random.Random, away: float = 0.0
