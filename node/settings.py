@@ -52,6 +52,7 @@ class Settings:
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
     session_data_interval_ms: int = 1000  # at most one session-state event per room per this
     counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
+    membership_batch_ms: int = 50  # a storm's participant events: one batch per room per this
     room_grace_s: float = 30.0  # an empty room's state is dropped after this
     resume_grace_s: float = 15.0  # a dropped participant may resume this long; 0: leave at once
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
@@ -157,6 +158,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
             "user_data_interval_ms",
             "session_data_interval_ms",
             "counts_interval_ms",
+            "membership_batch_ms",
             "room_grace_s",
             "resume_grace_s",
             "max_drift_ms",

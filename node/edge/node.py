@@ -88,6 +88,7 @@ class Node:
             user_data_interval_ms=settings.user_data_interval_ms,
             session_data_interval_ms=settings.session_data_interval_ms,
             counts_interval_ms=settings.counts_interval_ms,
+            membership_batch_ms=settings.membership_batch_ms,
         )
         self.connections: dict[str, Client] = {}  # joined clients by session id (see sessions)
         self.admission = Admission(

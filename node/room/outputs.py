@@ -17,6 +17,8 @@ class RoomConfig:
     user_data_interval_ms: int = 100  # at most one participant-updated per participant per this
     session_data_interval_ms: int = 1000  # at most one session-state event per room per this
     counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
+    # participant events are batched per loop turn, and while they keep coming, per this window
+    membership_batch_ms: int = 0
 
 
 @dataclass

@@ -6,8 +6,10 @@
   one after a quiet turn goes out at once, as its own frame; those that follow in the same turn
   wait, and go out together when the node polls the room (its timer runs on the next loop turn)
   or before any other frame of the room: one ``participant-events`` frame per group of
-  recipients, or the event's own frame if it is alone. A storm of joins then costs each local
-  participant two frames per turn, not one per join.
+  recipients, or the event's own frame if it is alone. With a window (`membership_batch_ms`),
+  a batch that had events keeps the next window open: while a storm lasts, each local
+  participant gets one frame per window, whatever the rate of joins; a window without events
+  ends it, and the next event goes out at once again.
 """
 
 from __future__ import annotations
@@ -113,10 +115,26 @@ class Pending:
 class EventBatch:
     """The participant events of one loop turn, and who receives which."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_ms: int = 0) -> None:
         self.events: list[Pending] = []
-        self.since: int | None = None  # when the turn's first event went out; None: quiet
+        self.window_ms = window_ms  # 0: one batch per loop turn
+        self.since: int | None = None  # when the open batch began; None: quiet, send at once
         self._tick = 0
+
+    def closes_at(self) -> int | None:
+        """When the open batch is due to go out (None: no batch is open)."""
+        return None if self.since is None else self.since + self.window_ms
+
+    def over(self, now_ms: int) -> bool:
+        """Whether the open batch's window has passed (a batch of one turn ends by `close`)."""
+        return (
+            self.window_ms > 0 and self.since is not None and now_ms >= self.since + self.window_ms
+        )
+
+    def close(self, now_ms: int, had_events: bool) -> None:
+        """The open batch goes out: a window that had events opens the next one (a storm goes
+        on being batched), else the next event goes out at once."""
+        self.since = now_ms if had_events and self.window_ms > 0 else None
 
     def tick(self) -> int:
         """The next number of a sequence shared by events and participants becoming local: a

@@ -59,7 +59,8 @@ class Room:
         # in that order
         self.local: dict[str, int] = {}
         self._owners: dict[str, None] = {}  # the local participants that are owners
-        self._batch = EventBatch()  # participant events waiting for the end of the turn
+        # participant events waiting for the end of the turn (or of the window, in a storm)
+        self._batch = EventBatch(config.membership_batch_ms)
         self._user_data: Throttle[str] = Throttle(config.user_data_interval_ms)
         self._session: Throttle[None] = Throttle(config.session_data_interval_ms)
         self._counts = CountsPacer(config.counts_interval_ms)
@@ -296,9 +297,10 @@ class Room:
     # -- timers --
 
     def next_deadline(self) -> int | None:
-        """When `poll` next has something to send, if ever: now, while participant events of
-        this turn may follow (the batch closes on the next loop turn)."""
-        times = [self._batch.since, self._counts.due, self._session.next_deadline()]
+        """When `poll` next has something to send, if ever: the end of the open batch of
+        participant events (the next loop turn, or the end of its window), or a coalesced
+        event."""
+        times = [self._batch.closes_at(), self._counts.due, self._session.next_deadline()]
         if self._user_data.due:
             times.append(self._user_data.next_deadline())
         return min((t for t in times if t is not None), default=None)
@@ -308,8 +310,10 @@ class Room:
         out = Output()
         for sid in self._user_data.take_due(now_ms):
             self._send_user_data(sid, now_ms, out)
-        self._flush(out)
-        self._batch.since = None  # the turn is over: the next participant event goes at once
+        closes_at = self._batch.closes_at()
+        if closes_at is not None and closes_at <= now_ms:
+            self._batch.close(now_ms, had_events=bool(self._batch.events))
+            self._flush(out)
         if self._session.take_due(now_ms):
             self._send_session_data(out)
         counts, recipients = self._counts.take(now_ms, self.participant_counts, self.local)
@@ -354,7 +358,10 @@ class Room:
     def _event(
         self, out: Output, subject: str, frame: bytes, owners_only: bool, now_ms: int
     ) -> None:
-        """A participant event: at once if it is the turn's first, else at the end of it."""
+        """A participant event: at once if it is the turn's first, else at the end of it (or
+        of the window, in a storm)."""
+        if self._batch.over(now_ms):  # its poll has not run yet
+            self._batch.close(now_ms, had_events=bool(self._batch.events))
         self._batch.add(subject, frame, owners_only)
         if self._batch.since is None:
             self._batch.since = now_ms

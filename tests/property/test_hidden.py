@@ -73,6 +73,13 @@ def test_counts_are_the_same_whatever_order_the_deltas_came_in(
 
 NODES = ("n1", "n2")
 CONFIG = RoomConfig(user_data_interval_ms=50, session_data_interval_ms=50, counts_interval_ms=100)
+# a storm's participant events batched per window, not per loop turn
+WINDOWED = RoomConfig(
+    user_data_interval_ms=50,
+    session_data_interval_ms=50,
+    counts_interval_ms=100,
+    membership_batch_ms=40,
+)
 STEPS = st.one_of(
     st.tuples(st.just("join"), st.sampled_from(NODES), st.booleans(), st.booleans()),
     st.tuples(st.just("user-data"), st.integers(0, 20), st.integers(0, 3)),
@@ -84,10 +91,10 @@ STEPS = st.one_of(
 
 
 class Node:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, config: RoomConfig) -> None:
         self.name = name
         origin = f"{name}/i1"
-        self.room = Room("webinar", RoomState(), HybridLogicalClock(name), origin, CONFIG)
+        self.room = Room("webinar", RoomState(), HybridLogicalClock(name), origin, config)
         self.read = 0  # how much of the shared log this node has read
         self.clients: dict[str, CallState] = {}  # its local participants' SDK states
 
@@ -95,9 +102,9 @@ class Node:
 class TwoNodes:
     """Two nodes' `Room`s sharing one log, and every local participant's view of the room."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: RoomConfig = CONFIG) -> None:
         self.now = 1_700_000_000_000
-        self.nodes = {name: Node(name) for name in NODES}
+        self.nodes = {name: Node(name, config) for name in NODES}
         self.log: list[bytes] = []  # encoded bus events, in the order stored
         self.hidden: set[str] = set()
         self.owners: set[str] = set()
@@ -236,7 +243,15 @@ class TwoNodes:
 def test_hidden_participants_stay_unlisted_and_every_view_converges(
     steps: list[tuple[Any, ...]],
 ) -> None:
-    world = TwoNodes()
+    run(TwoNodes(), steps)
+
+
+@given(steps=st.lists(STEPS, max_size=40))
+def test_with_a_batch_window_every_view_converges_too(steps: list[tuple[Any, ...]]) -> None:
+    run(TwoNodes(WINDOWED), steps)
+
+
+def run(world: TwoNodes, steps: list[tuple[Any, ...]]) -> None:
     for step in steps:
         kind = step[0]
         if kind == "join":

@@ -156,3 +156,52 @@ def test_counts_follow_remote_joins_and_leaves_without_a_walk_and_match_one() ->
     assert a.participant_counts() == {"hidden": 2, "present": 3}
     fresh = Room("webinar", a.state.copy(), HybridLogicalClock("n3"), "n3/i1", RoomConfig())
     assert fresh.participant_counts() == a.participant_counts()
+
+
+def _membership(out: Output) -> list[tuple[list[str], str, list[str]]]:
+    """(recipients, frame type, session ids it is about) of the membership frames."""
+    found = []
+    for recipients, frame in frames(out):
+        events = frame.get("events", [frame])
+        if frame["type"] in ("participant-joined", "participant-events"):
+            found.append(
+                (recipients, frame["type"], [e["participant"]["session_id"] for e in events])
+            )
+    return found
+
+
+def test_a_storm_is_batched_once_per_window_until_a_window_passes_quiet() -> None:
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=60_000))
+    settled(room, 0, ("host", False, True))
+    # the first join after quiet goes out at once; the next ones wait for the window's end
+    assert _membership(join(room, "a", 1000)) == [(["host"], "participant-joined", ["a"])]
+    room.poll(1000)  # the turn ends (the counts go out: the first change after quiet)
+    assert room.next_deadline() == 1050
+    for n, now in enumerate((1010, 1020, 1040)):
+        assert _membership(join(room, f"b{n}", now)) == []
+        assert _membership(room.poll(now)) == []  # the turn ends, the window does not
+    batch = _membership(room.poll(1050))
+    assert batch == [
+        (["host", "a"], "participant-events", ["b0", "b1", "b2"]),
+        (["b0"], "participant-events", ["b1", "b2"]),  # each joiner: the events after its own
+        (["b1"], "participant-joined", ["b2"]),
+    ]
+    # the storm goes on: the next window is open, its joins wait for its end
+    assert _membership(join(room, "c", 1060)) == []
+    assert room.next_deadline() == 1100
+    assert [t for _, t, _ in _membership(room.poll(1100))] == ["participant-joined"]
+    # a window without joins ends the storm: the next join goes out at once again
+    assert _membership(room.poll(1150)) == []
+    assert room.next_deadline() == 60_000, "only the coalesced counts are due"
+    assert [ids for _, _, ids in _membership(join(room, "d", 2000))] == [["d"]]
+
+
+def test_without_a_window_a_batch_is_one_loop_turn() -> None:
+    room = make_room(RoomConfig(counts_interval_ms=0))
+    settled(room, 0, ("host", False, True))
+    join(room, "a", 1000)
+    join(room, "b", 1000)
+    assert room.next_deadline() == 1000
+    assert [ids for _, _, ids in _membership(room.poll(1000))] == [["b"]]
+    assert room.next_deadline() is None
+    assert [ids for _, _, ids in _membership(join(room, "c", 1001))] == [["c"]]
