@@ -115,7 +115,7 @@ def start_node(
     log = tmp / f"node-{index}-{time.monotonic_ns()}.log"
     proc = ManagedProcess.spawn(
         f"roomstate-node-{index}",
-        [sys.executable, "-m", "node", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "roomstate", "serve", "--port", "0", *args],
         log,
         env=python_env({**BENCH_NODE_ENV, "ROOMSTATE_NODE_ID": f"bench-{index}", **env}),
         cwd=ROOT,
