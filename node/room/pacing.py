@@ -72,7 +72,6 @@ class CountsPacer:
         self.interval_ms = interval_ms
         self.sent: int | None = None  # when the last counts event went out
         self.due: int | None = None  # when the next one goes out
-        self.shown: dict[str, int] | None = None  # the counts it carried
         # the counts each local participant was last given (in `joined` or an update): nobody
         # gets an update that tells it nothing new (a lone joiner, say)
         self.seen: dict[str, dict[str, int]] = {}
@@ -97,7 +96,7 @@ class CountsPacer:
         recipients = [sid for sid in local if seen.get(sid) != counts]
         if not recipients:
             return None, []
-        self.shown, self.sent = counts, now_ms
+        self.sent = now_ms
         seen.update(dict.fromkeys(recipients, counts))
         return counts, recipients
 
