@@ -170,6 +170,12 @@ class Hosting:
         self._fan_out(out)
         self._schedule(room)
 
+    def flush(self, room_name: str | None) -> None:
+        """Send a hosted room's participant events waiting for their batch, at once."""
+        room = self.rooms.get(room_name or "")
+        if room is not None:
+            self.deliver(room, room.flush_now())
+
     def _fan_out(self, out: Output) -> None:
         # The hot path: one list of clients per frame (looked up at C speed: a recipient whose
         # connection is gone is rare), handed to the fan-out, which builds the frame once.

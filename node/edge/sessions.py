@@ -126,7 +126,7 @@ class Sessions:
         """Take up a session again (on this node or from another one). False if it cannot be
         (unknown, removed, or a wrong secret): then the join goes on as a fresh one."""
         sid, _, secret = (request.resume or "").partition(".")
-        digest = room.resume_digest(sid)
+        digest = room.roster.resume_digest(sid)
         if digest is None or not hmac.compare_digest(digest, _digest(secret)):
             return False
         # Store the move first, on condition that the participant is still where it was: if
@@ -330,7 +330,10 @@ class Sessions:
         clients, for the caller to close once the leaves are out."""
         clients = list(self.clients.values())
         for conn in clients:
+            room_name = conn.room
             await self.disconnect(conn, reason)
+            # the others hear of this leave before they leave too: no waiting for the batch
+            self.hosting.flush(room_name)
         for sid, (room_name, handle) in list(self._away.items()):
             handle.cancel()
             del self._away[sid]

@@ -31,6 +31,7 @@ from roomstate.crdt import HybridLogicalClock, RoomState
 from roomstate.room.outputs import Output, RoomConfig, Snapshot
 from roomstate.room.pacing import CountsPacer, EventBatch, Throttle
 from roomstate.room.roster import Roster
+from roomstate.room.routing import recipients
 from roomstate.room.writes import Locations, session_data_delta
 from roomstate.wire.events import AppMessage, BusEvent
 from roomstate.wire.protocol import SetMeetingSessionData, encode, encode_state
@@ -200,13 +201,13 @@ class Room:
         which a client quotes when it resumes to have what it missed replayed."""
         out = Output()
         frame = encode("app-message", data=message.data, fromId=message.from_id, seq=seq)
-        self._emit(out, self._recipients(message), frame)
+        self._emit(out, recipients(message, self.local), frame)
         return out
 
     def replay_app_message(self, message: AppMessage, seq: str, session_id: str) -> bytes | None:
         """The frame of a stored app message for `session_id` if it is a recipient (a resume
         replaying what it missed); nothing else is sent."""
-        if session_id not in self._recipients(message):
+        if session_id not in recipients(message, self.local):
             return None
         return encode("app-message", data=message.data, fromId=message.from_id, seq=seq)
 
@@ -230,14 +231,6 @@ class Room:
         self.local.pop(session_id, None)
         self._owners.pop(session_id, None)
         self._counts.seen.pop(session_id, None)
-
-    def resume_digest(self, session_id: str) -> str | None:
-        """The digest of the participant's resume secret, if it is present and has one."""
-        participant = self.state.participants.get(session_id)
-        if participant is None or participant.info is None:
-            return None
-        digest = participant.info.value.get("resume")
-        return digest if isinstance(digest, str) else None
 
     def set_user_data(self, session_id: str, data: Any, now_ms: int) -> Output:
         delta = self.state.set_user_data(session_id, data, self.clock.tick(now_ms))
@@ -294,6 +287,13 @@ class Room:
             self._session_changed(now_ms, out)
         return out
 
+    def flush_now(self) -> Output:
+        """The participant events waiting for their batch, at once (a shutdown closes the
+        connections before the batch's window ends)."""
+        out = Output()
+        self._flush(out)
+        return out
+
     # -- timers --
 
     def next_deadline(self) -> int | None:
@@ -326,17 +326,6 @@ class Room:
 
     def _publish(self, delta: RoomState, now_ms: int, reason: str | None = None) -> Output:
         return Output(publish=[BusEvent(self.origin, now_ms, delta=delta, reason=reason)])
-
-    def _others(self, session_id: str) -> list[str]:
-        return [sid for sid in self.local if sid != session_id]
-
-    def _recipients(self, message: AppMessage) -> list[str]:
-        if message.to == "*":
-            return self._others(message.from_id)
-        wanted = (message.to,) if isinstance(message.to, str) else message.to
-        return [
-            sid for sid in dict.fromkeys(wanted) if sid in self.local and sid != message.from_id
-        ]
 
     def _participant_frame(self, kind: str, session_id: str, reason: str | None = None) -> bytes:
         participant = orjson.Fragment(self.roster.encoded(session_id))

@@ -159,3 +159,11 @@ class Roster:
             del self._encoded[sid]
         self._version = state.membership_version
         self._shown += 1
+
+    def resume_digest(self, session_id: str) -> str | None:
+        """The digest of the participant's resume secret, if it is present and has one."""
+        participant = self.state.participants.get(session_id)
+        if participant is None or participant.info is None:
+            return None
+        digest = participant.info.value.get("resume")
+        return digest if isinstance(digest, str) else None

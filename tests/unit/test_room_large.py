@@ -205,3 +205,17 @@ def test_without_a_window_a_batch_is_one_loop_turn() -> None:
     assert [ids for _, _, ids in _membership(room.poll(1000))] == [["b"]]
     assert room.next_deadline() is None
     assert [ids for _, _, ids in _membership(join(room, "c", 1001))] == [["c"]]
+
+
+def test_flush_now_sends_what_waits_for_the_window() -> None:
+    """A shutdown closes the connections before a window ends: what waits goes out first."""
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=60_000))
+    settled(room, 0, ("host", False, True))
+    join(room, "a", 1000)
+    room.poll(1000)
+    assert _membership(room.leave("a", "node-shutdown", 1010)) == []
+    sent = frames(room.flush_now())
+    assert [(r, f["type"], f.get("reason")) for r, f in sent] == [
+        (["host"], "participant-left", "node-shutdown")
+    ]
+    assert room.flush_now().sends == [], "nothing is sent twice"
