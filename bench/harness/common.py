@@ -18,9 +18,14 @@ so a receiver finds it with one ``bytes.find`` whatever wraps it (a roomstate ``
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import psutil
 from hdrh.histogram import HdrHistogram
 
@@ -167,3 +172,27 @@ def cpu_stall_s() -> float:
             return int(f.readline().rsplit("total=", 1)[1]) / 1e6
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """One JSON line to the orchestrator (a load generator's stdout)."""
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def serve_commands(
+    handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]],
+) -> None:
+    """A load generator's command loop: one JSON command per stdin line until ``quit`` or the
+    end of stdin; what `handle` answers (if anything) is emitted."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            return
+        answer = await handle(cmd)
+        if answer is not None:
+            emit(answer)

@@ -37,9 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
 
-from bench.harness.common import KEY_LEN, KEY_MARK, encode_hist, hist_from_values, make_key, pad_for
+from bench.harness.common import (
+    KEY_LEN,
+    KEY_MARK,
+    emit,
+    encode_hist,
+    hist_from_values,
+    make_key,
+    pad_for,
+    serve_commands,
+)
 
 mono = time.monotonic_ns
 SPIN_NS = 1_300_000  # precise mode: sleep until this long before the send time, then spin
@@ -424,16 +432,10 @@ class Generator:
             await self.session.close()
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
-    sys.stdout.flush()
-
-
 async def main(path: str) -> None:
     with open(path) as f:
         config = json.load(f)
     gen = Generator(config)
-    loop = asyncio.get_running_loop()
     try:
         started = time.monotonic()
         await gen.connect_all()
@@ -444,15 +446,11 @@ async def main(path: str) -> None:
                 "connect_s": time.monotonic() - started,
             }
         )
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                break
-            cmd = json.loads(line)
-            if cmd["cmd"] == "quit":
-                break
-            if cmd["cmd"] == "run":
-                emit({"result": await gen.run_step(cmd)})
+
+        async def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
+            return {"result": await gen.run_step(cmd)} if cmd["cmd"] == "run" else None
+
+        await serve_commands(handle)
     except Exception as exc:  # the orchestrator shows it
         emit({"fatal": f"{type(exc).__name__}: {exc}"})
         raise

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.harness.common import encode_hist, hist_from_values
+from bench.harness.common import emit, encode_hist, hist_from_values, serve_commands
 from bench.harness.webinar_view import Expect, SidTable, Tally, View, fingerprint
 
 mono = time.monotonic_ns
@@ -243,31 +243,23 @@ def _with_bcast(e: Expect, n: int) -> Expect:
     return Expect(e.roster_n, e.roster_x, e.counts, e.session_seq, e.hands, n)
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
-    sys.stdout.flush()
-
-
 async def main(path: str) -> None:
     with open(path) as f:
         gen = Generator(json.load(f))
     gen.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    loop = asyncio.get_running_loop()
     try:
         emit({"ready": True, "clients": len(gen.clients)})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                break
-            cmd = json.loads(line)
-            if cmd["cmd"] == "quit":
-                break
+
+        async def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
             if cmd["cmd"] == "act":
-                emit({"acted": await gen.act(cmd)})
-            elif cmd["cmd"] == "await":
-                emit({"awaited": await gen.wait(cmd)})
-            elif cmd["cmd"] == "tally":
-                emit({"tally": gen.take_tally()})
+                return {"acted": await gen.act(cmd)}
+            if cmd["cmd"] == "await":
+                return {"awaited": await gen.wait(cmd)}
+            if cmd["cmd"] == "tally":
+                return {"tally": gen.take_tally()}
+            return None
+
+        await serve_commands(handle)
     except Exception as exc:  # the orchestrator shows it
         emit({"fatal": f"{type(exc).__name__}: {exc}"})
         raise
