@@ -16,7 +16,7 @@ import argparse
 import runpy
 import sys
 
-STUDY_NAMES = ("floor_libs", "gc_thresholds", "hops", "paired", "profile_node",
+STUDY_NAMES = ("churn", "floor_libs", "gc_thresholds", "hops", "paired", "profile_node",
                "redis_client_cost", "script_cost", "target", "wake_cost", "webinar")  # fmt: skip
 STUDIES = {name: f"bench.studies.{name}" for name in STUDY_NAMES}
 STUDIES["ws_floor"] = "bench.systems.ws_floor"  # the floor server's own comparison of libraries
