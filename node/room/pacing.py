@@ -9,7 +9,9 @@
   recipients, or the event's own frame if it is alone. With a window (`membership_batch_ms`),
   a batch that had events keeps the next window open: while a storm lasts, each local
   participant gets one frame per window, whatever the rate of joins; a window without events
-  ends it, and the next event goes out at once again.
+  ends it, and the next event goes out at once again. The window grows with the room's local
+  participants (`window_for`), so a storm costs a node about the same writes per second in a
+  room of 200 as in one of 5,000.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Generic, TypeVar
 
 from roomstate.room.outputs import Output
 
-__all__ = ["CountsPacer", "EventBatch", "Throttle"]
+__all__ = ["CountsPacer", "EventBatch", "Throttle", "window_for"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -111,29 +113,52 @@ class Pending:
     owners_only: bool  # about a hidden participant: for owners only
 
 
+# A storm's batch frame costs the node a write per local participant. Scaling the window with
+# them (0.2 ms each: 1,000 local participants, a frame each 200 ms) holds a storm near 5,000
+# writes a second per room; past 5,000 local participants the window stays at 1 s, the pace of
+# the counts (docs/decisions/0014-membership-window-scales.md).
+WINDOW_MS_PER_RECIPIENT = 0.2
+MAX_WINDOW_MS = 1000
+
+
+def window_for(base_ms: int, recipients: int) -> int:
+    """The batch window for a room with `recipients` local participants: at least `base_ms`
+    (the setting; 0 keeps one batch per loop turn), longer in a large room, at most 1 s."""
+    if base_ms <= 0:
+        return 0
+    return max(base_ms, min(MAX_WINDOW_MS, int(recipients * WINDOW_MS_PER_RECIPIENT)))
+
+
 class EventBatch:
     """The participant events of one loop turn, and who receives which."""
 
     def __init__(self, window_ms: int = 0) -> None:
         self.events: list[Pending] = []
-        self.window_ms = window_ms  # 0: one batch per loop turn
+        self.window_ms = window_ms  # the shortest window; 0: one batch per loop turn
+        self.length = window_ms  # the open window's (`window_for` when it opened)
         self.since: int | None = None  # when the open batch began; None: quiet, send at once
         self._tick = 0
 
     def closes_at(self) -> int | None:
         """When the open batch is due to go out (None: no batch is open)."""
-        return None if self.since is None else self.since + self.window_ms
+        return None if self.since is None else self.since + self.length
 
     def over(self, now_ms: int) -> bool:
         """Whether the open batch's window has passed (a batch of one turn ends by `close`)."""
-        return (
-            self.window_ms > 0 and self.since is not None and now_ms >= self.since + self.window_ms
-        )
+        return self.length > 0 and self.since is not None and now_ms >= self.since + self.length
 
-    def close(self, now_ms: int, had_events: bool) -> None:
+    def open(self, now_ms: int, recipients: int) -> None:
+        """A batch begins now, for a room with `recipients` local participants."""
+        self.since = now_ms
+        self.length = window_for(self.window_ms, recipients)
+
+    def close(self, now_ms: int, had_events: bool, recipients: int) -> None:
         """The open batch goes out: a window that had events opens the next one (a storm goes
         on being batched), else the next event goes out at once."""
-        self.since = now_ms if had_events and self.window_ms > 0 else None
+        if had_events and self.window_ms > 0:
+            self.open(now_ms, recipients)
+        else:
+            self.since = None
 
     def tick(self) -> int:
         """The next number of a sequence shared by events and participants becoming local: a

@@ -13,7 +13,7 @@ other participants, per node (pacing.py):
 - ``meeting-session-state-updated``: at most one per room per `session_data_interval_ms`, the same
   way, always carrying the converged state, to every local participant, the writer included;
 - ``participant-counts-updated``: at most one per room per `counts_interval_ms`, the same way,
-  after the turn's participant events;
+  after the turn's participant events, and with the open batch of them if one is open;
 - participant events (joined, updated, left) that follow another in the same loop turn wait for
   the end of the turn (`next_deadline` is then now) and go out together; any other frame of the
   room sends them first, so that nothing overtakes them.
@@ -154,36 +154,17 @@ class Room:
         self.detach(session_id)
         if session_id not in self.state.participants:
             return Output()
-        frame = self._participant_frame("participant-left", session_id, reason)
-        hidden = self.roster.hidden(session_id)
-        version = self.state.membership_version
-        self._forget(session_id)
-        out = self._publish(self.state.remove([session_id]), now_ms, reason)
-        self.roster.track(version, [], [session_id])
-        if not hidden:
-            self._event(out, session_id, frame, False, now_ms)
-        self._counts.changed(now_ms)
-        return out
+        return self._remove(session_id, reason, now_ms, publish=True)
 
     def remove_lost(self, session_id: str, reason: str, now_ms: int = 0) -> Output:
         """Apply a removal this node already stored on the bus (a participant of a lost node)."""
-        out = Output()
         participant = self.state.participants.get(session_id)
-        version = self.state.membership_version
         if participant is None or not participant.present:
+            version = self.state.membership_version
             self.state.remove([session_id])
             self.roster.track(version, [], [session_id])
-            return out
-        frame = self._participant_frame("participant-left", session_id, reason)
-        hidden = self.roster.hidden(session_id)
-        self.detach(session_id)
-        self._forget(session_id)
-        self.state.remove([session_id])
-        self.roster.track(version, [], [session_id])
-        if not hidden:
-            self._event(out, session_id, frame, False, now_ms)
-        self._counts.changed(now_ms)
-        return out
+            return Output()
+        return self._remove(session_id, reason, now_ms, publish=False)
 
     def locations(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
         """The present participants by the (node, incarnation) holding their connection
@@ -300,7 +281,7 @@ class Room:
         """When `poll` next has something to send, if ever: the end of the open batch of
         participant events (the next loop turn, or the end of its window), or a coalesced
         event."""
-        times = [self._batch.closes_at(), self._counts.due, self._session.next_deadline()]
+        times = [self._batch.closes_at(), self._counts_due(), self._session.next_deadline()]
         if self._user_data.due:
             times.append(self._user_data.next_deadline())
         return min((t for t in times if t is not None), default=None)
@@ -310,17 +291,25 @@ class Room:
         out = Output()
         for sid in self._user_data.take_due(now_ms):
             self._send_user_data(sid, now_ms, out)
+        counts_due = self._counts_due()  # before the batch closes (and opens the next)
         closes_at = self._batch.closes_at()
         if closes_at is not None and closes_at <= now_ms:
-            self._batch.close(now_ms, had_events=bool(self._batch.events))
+            self._batch.close(now_ms, bool(self._batch.events), len(self.local))
             self._flush(out)
         if self._session.take_due(now_ms):
             self._send_session_data(out)
-        counts, recipients = self._counts.take(now_ms, self.participant_counts, self.local)
-        if counts is not None:
-            frame = encode_state("participant-counts-updated", participantCounts=counts)
-            self._emit(out, recipients, frame)
+        if counts_due is not None and counts_due <= now_ms:
+            counts, recipients = self._counts.take(now_ms, self.participant_counts, self.local)
+            if counts is not None:
+                frame = encode_state("participant-counts-updated", participantCounts=counts)
+                self._emit(out, recipients, frame)
         return out
+
+    def _counts_due(self) -> int | None:
+        """When the counts go out: when due, or with the open batch of participant events if
+        one is open then (a recipient's two frames go out in one write)."""
+        due, closes_at = self._counts.due, self._batch.closes_at()
+        return due if due is None or closes_at is None else max(due, closes_at)
 
     # -- internals --
 
@@ -332,6 +321,22 @@ class Room:
         if reason is None:
             return encode_state(kind, participant=participant)
         return encode_state(kind, participant=participant, reason=reason)
+
+    def _remove(self, session_id: str, reason: str, now_ms: int, publish: bool) -> Output:
+        """Remove a participant from the replica, publishing the removal or not (stored
+        already), and tell everyone unless it was hidden."""
+        frame = self._participant_frame("participant-left", session_id, reason)
+        hidden = self.roster.hidden(session_id)
+        version = self.state.membership_version
+        self.detach(session_id)
+        self._forget(session_id)
+        delta = self.state.remove([session_id])
+        out = self._publish(delta, now_ms, reason) if publish else Output()
+        self.roster.track(version, [], [session_id])
+        if not hidden:
+            self._event(out, session_id, frame, False, now_ms)
+        self._counts.changed(now_ms)
+        return out
 
     def _forget(self, session_id: str) -> None:
         self._user_data.forget(session_id)
@@ -350,10 +355,10 @@ class Room:
         """A participant event: at once if it is the turn's first, else at the end of it (or
         of the window, in a storm)."""
         if self._batch.over(now_ms):  # its poll has not run yet
-            self._batch.close(now_ms, had_events=bool(self._batch.events))
+            self._batch.close(now_ms, bool(self._batch.events), len(self.local))
         self._batch.add(subject, frame, owners_only)
         if self._batch.since is None:
-            self._batch.since = now_ms
+            self._batch.open(now_ms, len(self.local))
             self._flush(out)
 
     def _announce(self, out: Output, kind: str, session_id: str, now_ms: int) -> None:

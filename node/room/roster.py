@@ -14,6 +14,7 @@ over every participant or a re-encoding of the roster: the room tells it what ea
 from __future__ import annotations
 
 import bisect
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -39,12 +40,14 @@ class Roster:
         self._version = -1  # the state's membership_version the two sets below are of
         self._listed: set[str] = set()  # present participants that are not hidden
         self._hidden: set[str] = set()  # present hidden participants
-        self._shown = 0  # bumped whenever a listed participant comes, goes or changes
         # sid -> (info stamp, userData stamp, its encoding): valid while the stamps are
         self._encoded: dict[str, tuple[Stamp | None, Stamp | None, bytes]] = {}
-        self._parts: list[tuple[str, bytes]] = []  # the listed ones, '"sid":{...}', by sid
-        self._parts_shown = -1  # the `_shown` that `_parts` is of
-        self._listing: bytes | None = None  # `_parts` as one JSON object
+        # The `joined` listing, kept step by step: a join in a storm costs a sorted insert and
+        # one join of bytes, not an encoding or a lookup per listed participant.
+        self._order: list[str] = []  # the listed session ids, sorted (as encode_state sorts)
+        self._parts: dict[str, bytes] = {}  # listed sid -> '"sid":{...}', once made
+        self._unmade: set[str] = set()  # listed sids whose part is missing or out of date
+        self._listing: bytes | None = None  # the listed ones' parts as one JSON object
 
     # -- reads --
 
@@ -98,15 +101,19 @@ class Roster:
         `encode_state` gives it: the listed participants, and the joiner itself if hidden.
         Built from the kept encodings; the whole object is kept until a listed one changes."""
         self._sync()
-        if self._parts_shown != self._shown:
-            self._parts = sorted((sid, self._part(sid)) for sid in self._listed)
-            self._parts_shown, self._listing = self._shown, None
+        parts, order = self._parts, self._order
+        for sid in self._unmade:
+            parts[sid] = self._part(sid)
+        self._unmade.clear()
         if session_id in self._hidden:
-            parts = list(self._parts)
-            bisect.insort(parts, (session_id, self._part(session_id)))
-            return b"{" + b",".join(part for _, part in parts) + b"}"
+            at = bisect.bisect(order, session_id)
+            own = [self._part(session_id)]
+            body = chain(
+                map(parts.__getitem__, order[:at]), own, map(parts.__getitem__, order[at:])
+            )
+            return b"{" + b",".join(body) + b"}"
         if self._listing is None:
-            self._listing = b"{" + b",".join(part for _, part in self._parts) + b"}"
+            self._listing = b"{" + b",".join(map(parts.__getitem__, order)) + b"}"
         return self._listing
 
     # -- what changed --
@@ -121,7 +128,7 @@ class Roster:
         for sid in left:
             if sid in self._listed:
                 self._listed.discard(sid)
-                self._shown += 1
+                self._unlist(sid)
             self._hidden.discard(sid)
         participants = self.state.participants
         for sid in joined:
@@ -130,20 +137,32 @@ class Roster:
                 continue
             if is_hidden(p):
                 self._hidden.add(sid)
-            else:
+            elif sid not in self._listed:
                 self._listed.add(sid)
-                self._shown += 1
+                bisect.insort(self._order, sid)
+                self._unmade.add(sid)
+                self._listing = None
         self._version = self.state.membership_version
 
     def touched(self, session_id: str) -> None:
         """A participant's userData changed."""
         if session_id in self._listed:
-            self._shown += 1
+            self._unmade.add(session_id)
+            self._listing = None
 
     # -- internals --
 
     def _part(self, session_id: str) -> bytes:
         return orjson.dumps(session_id) + b":" + self.encoded(session_id)
+
+    def _unlist(self, session_id: str) -> None:
+        order = self._order
+        at = bisect.bisect_left(order, session_id)
+        if at < len(order) and order[at] == session_id:
+            del order[at]
+        self._parts.pop(session_id, None)
+        self._unmade.discard(session_id)
+        self._listing = None
 
     def _sync(self) -> None:
         state = self.state
@@ -158,7 +177,8 @@ class Roster:
         for sid in [sid for sid in self._encoded if sid not in listed and sid not in hidden]:
             del self._encoded[sid]
         self._version = state.membership_version
-        self._shown += 1
+        self._order, self._parts, self._unmade = sorted(listed), {}, set(listed)
+        self._listing = None
 
     def resume_digest(self, session_id: str) -> str | None:
         """The digest of the participant's resume secret, if it is present and has one."""

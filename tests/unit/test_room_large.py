@@ -9,6 +9,7 @@ import orjson
 
 from roomstate.crdt import HybridLogicalClock, RoomState
 from roomstate.room import Output, Room, RoomConfig
+from roomstate.room.pacing import window_for
 from roomstate.wire.protocol import encode_state
 
 
@@ -124,22 +125,37 @@ def test_an_app_message_never_overtakes_a_pending_participant_event() -> None:
     assert kinds == ["participant-joined", "app-message"]
 
 
+def _assert_joined_is_encode_state(room: Room, sid: str) -> None:
+    snapshot = room.snapshot(sid)
+    expected = encode_state(
+        "joined",
+        id=3,
+        sessionId=sid,
+        participants=snapshot.participants,
+        participantCounts=snapshot.participant_counts,
+        meetingSessionState={"data": snapshot.session_data},
+    )
+    assert room.joined_frame(3, sid) == expected
+    assert room.joined_frame(3, sid, snapshot=snapshot) == expected
+
+
 def test_joined_from_kept_encodings_is_byte_for_byte_encode_state() -> None:
     room = make_room()
     settled(room, 0, ("b", False, True), ("a", False, False), ("h", True, False))
     room.set_user_data("a", {"hand": [1, {"z": 1, "y": 2}]}, 50)
     for sid in ("a", "h"):
-        snapshot = room.snapshot(sid)
-        expected = encode_state(
-            "joined",
-            id=3,
-            sessionId=sid,
-            participants=snapshot.participants,
-            participantCounts=snapshot.participant_counts,
-            meetingSessionState={"data": snapshot.session_data},
-        )
-        assert room.joined_frame(3, sid) == expected
-        assert room.joined_frame(3, sid, snapshot=snapshot) == expected
+        _assert_joined_is_encode_state(room, sid)
+    # the kept listing follows every step: joins between others, updates, leaves, a remote walk
+    for n, sid in enumerate(("c", "aa", "0", "h2", "zz")):
+        join(room, sid, 100 + n, hidden=sid == "h2")
+        _assert_joined_is_encode_state(room, sid)
+    room.set_user_data("aa", {"hand": True}, 200)
+    _assert_joined_is_encode_state(room, "h2")
+    room.leave("c", "left", 300)
+    room.leave("h", "left", 301)
+    _assert_joined_is_encode_state(room, "0")
+    room.state.remove(["zz"])  # behind the roster's back: its next read walks once
+    _assert_joined_is_encode_state(room, "aa")
 
 
 def test_counts_follow_remote_joins_and_leaves_without_a_walk_and_match_one() -> None:
@@ -175,7 +191,7 @@ def test_a_storm_is_batched_once_per_window_until_a_window_passes_quiet() -> Non
     settled(room, 0, ("host", False, True))
     # the first join after quiet goes out at once; the next ones wait for the window's end
     assert _membership(join(room, "a", 1000)) == [(["host"], "participant-joined", ["a"])]
-    room.poll(1000)  # the turn ends (the counts go out: the first change after quiet)
+    room.poll(1000)  # the turn ends; the counts wait for the open window (one write with it)
     assert room.next_deadline() == 1050
     for n, now in enumerate((1010, 1020, 1040)):
         assert _membership(join(room, f"b{n}", now)) == []
@@ -192,7 +208,7 @@ def test_a_storm_is_batched_once_per_window_until_a_window_passes_quiet() -> Non
     assert [t for _, t, _ in _membership(room.poll(1100))] == ["participant-joined"]
     # a window without joins ends the storm: the next join goes out at once again
     assert _membership(room.poll(1150)) == []
-    assert room.next_deadline() == 60_000, "only the coalesced counts are due"
+    assert room.next_deadline() == 61_050, "only the counts are due (last sent with the batch)"
     assert [ids for _, _, ids in _membership(join(room, "d", 2000))] == [["d"]]
 
 
@@ -219,3 +235,38 @@ def test_flush_now_sends_what_waits_for_the_window() -> None:
         (["host"], "participant-left", "node-shutdown")
     ]
     assert room.flush_now().sends == [], "nothing is sent twice"
+
+
+def test_the_batch_window_grows_with_the_local_participants() -> None:
+    assert [window_for(50, n) for n in (0, 100, 250, 1000, 5000, 50_000)] == [
+        50,
+        50,
+        50,
+        200,
+        1000,
+        1000,
+    ]
+    assert window_for(0, 5000) == 0, "no window: one batch per loop turn, whatever the size"
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=60_000))
+    for n in range(1000):
+        join(room, f"p{n}", 0, hidden=True)
+    room.poll(0)
+    assert _membership(join(room, "a", 1000)) != []  # the first after quiet: at once
+    assert room.next_deadline() == 1000 + 200, "1,001 local participants: a 200 ms window"
+    assert _membership(join(room, "b", 1100)) == []
+    assert _membership(room.poll(1199)) == []
+    assert [t for _, t, _ in _membership(room.poll(1200))] == ["participant-joined"]
+
+
+def test_counts_due_during_a_window_go_out_with_its_batch() -> None:
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=1000))
+    settled(room, 0, ("host", False, True))
+    join(room, "a", 1000)  # at once; opens a window until 1050
+    join(room, "b", 1010)
+    assert room.next_deadline() == 1050
+    assert frames(room.poll(1020)) == [], "the counts wait for the batch"
+    sent = [(recipients, frame["type"]) for recipients, frame in frames(room.poll(1050))]
+    assert sent == [
+        (["host", "a"], "participant-joined"),
+        (["host", "a", "b"], "participant-counts-updated"),
+    ]
