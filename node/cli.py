@@ -29,13 +29,17 @@ Every option can also be set with an environment variable (the option wins):
   load: ROOMSTATE_MAX_LOOP_LAG_MS (500), ROOMSTATE_MAX_JOINS_IN_FLIGHT (200) (over them new
   joins are shed, retryable), ROOMSTATE_LOOP_STUCK_S (30; a silent loop lets the lease go),
   process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
+  ROOMSTATE_LOG_FORMAT (text; json: one JSON object per line),
   tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
 """
 
 
 def main(argv: list[str] | None = None) -> None:
+    from roomstate import __version__
+
     parser = argparse.ArgumentParser(prog="roomstate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"roomstate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         "--log-level",
         default=os.environ.get("ROOMSTATE_LOG_LEVEL") or "INFO",  # (empty: unset, as for all)
         help=f"{', '.join(LOG_LEVELS)} (ROOMSTATE_LOG_LEVEL; INFO)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=os.environ.get("ROOMSTATE_LOG_FORMAT") or "text",
+        help="text, or json: one JSON object per line (ROOMSTATE_LOG_FORMAT; text)",
     )
 
     token = commands.add_parser("token", help="print a meeting token (JWT) for a room")
@@ -106,13 +115,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from roomstate import logs
     from roomstate.server.app import serve
 
     level = args.log_level.upper()
     if level not in LOG_LEVELS:
         levels = ", ".join(LOG_LEVELS)
         sys.exit(f"roomstate: ROOMSTATE_LOG_LEVEL={args.log_level!r} is not one of {levels}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    json_logs = args.log_format.lower() == "json"
+    try:
+        logs.configure(level, args.log_format.lower())
+    except ValueError as exc:
+        sys.exit(f"roomstate: {exc}")
     try:
         settings = Settings.from_env(
             os.environ,
@@ -127,6 +141,9 @@ def _serve(args: argparse.Namespace) -> None:
             ),
         )
     except ValueError as exc:
+        if json_logs:
+            logging.getLogger("roomstate").critical("%s", exc)
+            sys.exit(1)
         sys.exit(f"roomstate: {exc}")
     thresholds = settings.gc_threshold_values()
     if thresholds is not None:
@@ -137,8 +154,8 @@ def _serve(args: argparse.Namespace) -> None:
         # every later collection, so a full one walks the connections' objects only.
         gc.collect()
         gc.freeze()
-        print(f"roomstate node listening on {url}", flush=True)
-        print(f"demo room: {url}/rooms/demo", flush=True)
+        for line in (f"roomstate node listening on {url}", f"demo room: {url}/rooms/demo"):
+            print(logs.json_line(line) if json_logs else line, flush=True)
 
     try:
         import uvloop

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import bisect
 import gc
+import platform
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["GC_PAUSES", "GcPauses", "Metrics", "PlainHistogram"]
+from roomstate import __version__
+
+__all__ = ["GC_PAUSES", "BusMetrics", "GcPauses", "Metrics", "PlainHistogram"]
 
 
 class FrameCounts(Collector):
@@ -123,12 +132,71 @@ class GcPauses(Collector):
 GC_PAUSES = GcPauses()  # one per process, like the collector it watches
 
 
+class BusMetrics(Collector):
+    """The bus's own health, kept by the bus as plain numbers (its hot path takes no lock) and
+    exported at scrape time. The counters a thread of the bus adds to (the lease keeper's) are
+    written by that thread only."""
+
+    PUBLISH_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self) -> None:
+        self.publish_latency = PlainHistogram(
+            "roomstate_bus_publish_latency_seconds",
+            "From sending an event to the store to its answer (stored, or refused by the lease"
+            " check); writes that got no answer are not counted",
+            self.PUBLISH_BUCKETS,
+        )
+        self.fenced_writes = 0  # writes the store refused: their incarnation had lost the lease
+        self.lease_losses = 0  # renewals that found the lease taken or expired: the node fences
+        # Connections to the store opened again after one was lost (a sum over the bus's parts).
+        self.reconnects: Callable[[], int] = lambda: 0
+        # Seconds since the lease was last confirmed held (its oldest copy); None: not held yet.
+        self.lease_age: Callable[[], float | None] = lambda: None
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        yield from self.publish_latency.collect()
+        yield CounterMetricFamily(
+            "roomstate_bus_reconnects",
+            "Connections to Redis opened again after one was lost (publishing, reading, lease)",
+            value=self.reconnects(),
+        )
+        yield CounterMetricFamily(
+            "roomstate_bus_fenced_writes",
+            "Writes Redis refused because this node's incarnation no longer held its lease",
+            value=self.fenced_writes,
+        )
+        yield CounterMetricFamily(
+            "roomstate_lease_losses",
+            "Lease renewals that found this node's lease taken or expired (the node fences:"
+            " closes its clients and comes back as a new incarnation)",
+            value=self.lease_losses,
+        )
+        age = self.lease_age()
+        family = GaugeMetricFamily(
+            "roomstate_lease_age_seconds",
+            "Seconds since this node's lease was last confirmed held (its oldest copy, in a"
+            " Cluster); renewed every second, lost after 5 s. Absent while no lease is held",
+        )
+        if age is not None:
+            family.add_metric([], age)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         GC_PAUSES.install()
         r.register(GC_PAUSES)
+        ProcessCollector(registry=r)  # process_*: CPU, memory, open files
+        PlatformCollector(registry=r)  # python_info
+        Gauge(
+            "roomstate_build_info",
+            "Always 1; the labels name the roomstate version and the Python running it",
+            ["version", "python"],
+            registry=r,
+        ).labels(__version__, platform.python_version()).set(1)
+        self._bus: BusMetrics | None = None
         self.connections = Gauge("roomstate_connections", "Open WebSocket connections", registry=r)
         self.rooms = Gauge("roomstate_rooms", "Rooms with participants on this node", registry=r)
         self.frames_in = FrameCounts("roomstate_frames_in", "Client frames received, by type")
@@ -175,6 +243,12 @@ class Metrics:
             "Connections closed because their send queue passed the limit",
             registry=r,
         )
+
+    def watch_bus(self, bus: BusMetrics) -> None:
+        """Export `bus`'s metrics too (once: a node's bus does not change)."""
+        if self._bus is None:
+            self._bus = bus
+            self.registry.register(bus)
 
     def frame_in(self, kind: str) -> None:
         self.frames_in.counts[kind] += 1

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from roomstate.bus.keeper import LeaseKeeper
 from roomstate.crdt import RoomState
+from roomstate.metrics import BusMetrics
 from roomstate.wire.events import BusEvent
 
 __all__ = ["Bus", "EventHandler", "LeaseState", "Membership", "RoomLog", "Snapshot"]
@@ -132,6 +133,16 @@ class Membership(abc.ABC):
 
 class Bus(RoomLog, Membership):
     """What a node needs from the store it shares rooms through."""
+
+    _metrics: BusMetrics | None = None
+
+    @property
+    def metrics(self) -> BusMetrics:
+        """The bus's own health (publish latency, reconnects, the lease), for the node's
+        /metrics; what an implementation does not know stays at zero."""
+        if self._metrics is None:
+            self._metrics = BusMetrics()
+        return self._metrics
 
     @abc.abstractmethod
     async def start(self) -> None: ...

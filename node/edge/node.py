@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from roomstate import logs
 from roomstate.bus import Bus
 from roomstate.crdt import HybridLogicalClock
 from roomstate.edge.admission import Admission
@@ -72,10 +73,12 @@ class Node:
         self.settings = settings
         self.bus = bus
         self.metrics = metrics or Metrics()
+        self.metrics.watch_bus(bus.metrics)
         offset = settings.clock_offset_ms
         # wall clock in ms; tests may inject another, or skew it (ROOMSTATE_CLOCK_OFFSET_MS)
         self.now_ms = clock if not offset else lambda: clock() + offset
         self.identity = Identity(settings.node_id)
+        logs.set_node(self.identity.node_id)  # one node per served process: its log lines
         self.hlc = HybridLogicalClock(self.identity.node_id, settings.max_drift_ms)
         self.limits = Limits(
             app_message_bytes=settings.app_message_bytes,

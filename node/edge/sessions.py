@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from roomstate import logs
 from roomstate.auth import verify_token
 from roomstate.bus import Bus
 from roomstate.crdt import RoomState
@@ -116,6 +117,8 @@ class Sessions:
         info["resume"] = _digest(secret)
         out = room.join(sid, info, self.identity.location(), request.user_data, self.now_ms())
         conn.session_id, conn.room = sid, room_name
+        logs.SESSION.set(sid)  # in the lines of this connection's task from now on
+        log.debug("room %s: %s joined", room_name, sid, extra={"room": room_name, "session": sid})
         self.clients[sid] = conn
         resumed = False if request.resume is not None else None  # a refused resume says so
         seq = self.bus.position(room_name)
@@ -170,6 +173,7 @@ class Sessions:
             old = self.clients.pop(sid)
             old.close_soon(CLOSE_REPLACED, "the session was resumed on another connection")
         conn.session_id, conn.room = sid, room.name
+        logs.SESSION.set(sid)  # in the lines of this connection's task from now on
         self.clients[sid] = conn
         room.attach(sid)
         await self._replay(conn, request, room, sid)

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from roomstate import logs
 from roomstate.edge.node import Node
 from roomstate.errors import BusError, RequestError
 from roomstate.server.connection import CLOSE_POLICY, Connection, TokenBucket
@@ -34,6 +35,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     settings = node.settings
     name = room_name(request)
+    logs.ROOM.set(name)  # in this connection's task's lines
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise rest_error(403, "forbidden", f"origin {origin!r} is not allowed")

@@ -23,6 +23,8 @@ room's shard, in a Cluster): a fencing token checked by the store itself.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from typing import Any
 
@@ -61,7 +63,13 @@ class RedisBus(Bus):
         self._feed = Feed()  # where each room read stands: the reader's, the leases' gaps
         self._reader = Reader(self._conns, self._feed, self.snapshot)
         self._leases = Leases(self._conns, self._feed)
-        self._keeper = KeeperThread(settings, self._conns)  # renews the lease once it is kept
+        metrics = self.metrics
+        self._keeper = KeeperThread(settings, self._conns, metrics)  # renews the lease once kept
+        self._observe_publish = metrics.publish_latency.observe
+        metrics.reconnects = lambda: (
+            self._conns.reconnects + self._reader.reconnects + self._keeper.reconnects
+        )
+        metrics.lease_age = self._lease_age
         self._publish = self._conns.script(PUBLISH, 4)
         self._publish_message = self._conns.script(PUBLISH_MESSAGE, 4)
         self._snapshot = self._conns.client.register_script(SNAPSHOT)
@@ -103,6 +111,7 @@ class RedisBus(Bus):
             lease, incarnation = fence(event.origin, self._leases.lease_group(room))
         else:
             lease, incarnation = keys[1], ""
+        sent = time.perf_counter()
         try:
             result = await self._conns.evalsha(
                 shard,
@@ -111,10 +120,13 @@ class RedisBus(Bus):
                  *ops),
             )  # fmt: skip
         except FencedError:
+            self._observe_publish(time.perf_counter() - sent)
+            self.metrics.fenced_writes += 1
             raise  # Redis answered: it is reachable
         except BusError:
             self._conns.ready = False
             raise
+        self._observe_publish(time.perf_counter() - sent)
         self._conns.ready = True
         if result is None:
             return None
@@ -179,6 +191,17 @@ class RedisBus(Bus):
         # The registration is made here, the renewals on the keeper's thread.
         mine = self._leases.lease_confirmed_at(room)
         return max(mine, self._keeper.leases.lease_confirmed_at(room))
+
+    def _lease_age(self) -> float | None:
+        """Seconds since the lease's copy confirmed longest ago was last confirmed held (None:
+        no lease taken through this bus yet, or none confirmed)."""
+        if not self._leases.fencing:
+            return None
+        mine, kept = self._leases, self._keeper.leases  # registrations, renewals
+        confirmed = min(
+            max(mine.confirmed_at(group), kept.confirmed_at(group)) for group in mine.lease_groups()
+        )
+        return None if confirmed == -math.inf else time.monotonic() - confirmed
 
     def keep_lease(self, keeper: LeaseKeeper) -> None:
         self._keeper.start(keeper)

@@ -64,6 +64,7 @@ class PerServer:
         self._open = open_
         self.conns: dict[Address, RespConnection] = {}
         self._opening: dict[Address, asyncio.Future[RespConnection]] = {}
+        self.reopened = 0  # connections opened in place of a lost one (a metric)
 
     async def get(self, address: Address) -> RespConnection:
         conn = self.conns.get(address)
@@ -75,7 +76,10 @@ class PerServer:
             self._opening[address] = opening
             opening.add_done_callback(lambda _: self._opening.pop(address, None))
         conn = await asyncio.shield(opening)
-        self.conns[address] = conn
+        previous = self.conns.get(address)
+        if previous is not conn:  # (each caller that waited for it gets here)
+            self.reopened += previous is not None
+            self.conns[address] = conn
         return conn
 
     def close(self) -> None:
@@ -112,6 +116,11 @@ class Connections:
         self._slots = [key_slot(hash_tag(shard).encode()) for shard in range(SHARDS)]
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -math.inf
+
+    @property
+    def reconnects(self) -> int:
+        """Hot-path connections opened in place of a lost one."""
+        return self._writers.reopened
 
     def script(self, source: str, numkeys: int) -> Script:
         """`source`, to run with `evalsha` (loaded on the server that first lacks it)."""

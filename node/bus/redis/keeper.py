@@ -28,6 +28,7 @@ from roomstate.bus.redis.connections import Connections
 from roomstate.bus.redis.feed import Feed
 from roomstate.bus.redis.leases import Leases
 from roomstate.errors import BusError
+from roomstate.metrics import BusMetrics
 from roomstate.settings import Settings
 
 __all__ = ["KeeperThread"]
@@ -40,8 +41,9 @@ JOIN_TIMEOUT_S = 5.0  # closing the bus waits this long for the thread to end
 class KeeperThread:
     """Runs a `LeaseKeeper` on a thread of its own (see the module docstring)."""
 
-    def __init__(self, settings: Settings, node_conns: Connections) -> None:
+    def __init__(self, settings: Settings, node_conns: Connections, metrics: BusMetrics) -> None:
         self._conns = Connections(settings)  # used on the thread only
+        self._metrics = metrics  # its lease losses are counted on the thread
         self.leases = Leases(self._conns, Feed())  # its `lease_confirmed_at` is read by the node
         self._node_conns = node_conns  # whose `ready` follows the renewals, as it did before
         self._thread: threading.Thread | None = None
@@ -56,6 +58,8 @@ class KeeperThread:
 
         def post(lease_round: LeaseRound) -> None:  # on the thread
             self._node_conns.ready = self._conns.ready
+            if lease_round.state in ("taken", "missing"):  # the keeper gave it up
+                self._metrics.lease_losses += 1
             with contextlib.suppress(RuntimeError):  # the node's loop is closed: nobody to tell
                 node_loop.call_soon_threadsafe(report, lease_round)
 
@@ -88,6 +92,11 @@ class KeeperThread:
             await keeper.run()
         finally:
             await self._conns.close()
+
+    @property
+    def reconnects(self) -> int:
+        """The thread's connections opened in place of a lost one."""
+        return self._conns.reconnects
 
     def stop(self) -> None:
         """Stop the rounds (the thread ends soon after; `close` waits for it)."""

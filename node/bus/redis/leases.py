@@ -50,8 +50,16 @@ class Leases:
     def lease_group(self, room: str) -> int | None:
         return shard_of(room) if self._conns.cluster else None
 
+    def lease_groups(self) -> list[int | None]:
+        """Every group a copy of the lease is kept in."""
+        return self._groups()
+
     def lease_confirmed_at(self, room: str) -> float:
-        return self._lease_ok.get(self.lease_group(room), -math.inf)
+        return self.confirmed_at(self.lease_group(room))
+
+    def confirmed_at(self, group: int | None) -> float:
+        """When the last renewal that found the lease held in `group` was sent (-inf: never)."""
+        return self._lease_ok.get(group, -math.inf)
 
     async def renew_lease(
         self, node_id: str, incarnation: str, ttl_ms: int, register: bool

@@ -121,6 +121,11 @@ class Reader:
         if conn is not None:
             conn.send("SUNSUBSCRIBE", channel(room))
 
+    @property
+    def reconnects(self) -> int:
+        """Subscription connections opened in place of a lost one."""
+        return self._subscribers.reopened
+
     def subscription(self, room: str) -> RespConnection | None:
         """The connection the room's channel is subscribed on (None: not subscribed now)."""
         return self._subscribed.get(room)
