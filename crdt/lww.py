@@ -77,11 +77,16 @@ class LWWMap:
     - `delete` writes tombstones, so an older write of the key that arrives later stays hidden.
 
     Entries and tombstones older than the epoch are collected at once: the epoch alone hides
-    anything older, so nothing is lost by dropping them.
+    anything older, so nothing is lost by dropping them. Tombstones older than the *floor* are
+    collected by `collect` (docs/crdt.md, "Forgetting removals"): a write of a key this map does
+    not hold, stamped before the floor, is then refused, as the tombstone would have refused it.
     """
 
     epoch: Stamp | None = None  # stamp of the latest replace; older entries are gone
     entries: dict[str, Entry] = field(default_factory=dict)  # key -> latest write or tombstone
+    # Wall ms below which tombstones are forgotten and writes of keys not held are refused.
+    # This replica's own horizon (`collect`), not state: never merged, encoded or compared.
+    floor_ms: int = field(default=0, compare=False, repr=False)
 
     # -- writes: each returns the delta to publish, already merged into self --
 
@@ -114,17 +119,32 @@ class LWWMap:
             self.epoch = other.epoch
             self._collect()
             changed = True
+        floor = self.floor_ms
         for key, theirs in other.entries.items():
             if self.epoch is not None and theirs.stamp < self.epoch:
                 continue
             mine = self.entries.get(key)
+            if mine is None and theirs.stamp.wall_ms < floor:
+                continue  # older than a tombstone this map may have forgotten
             if mine is None or theirs.wins_over(mine):
                 self.entries[key] = theirs
                 changed = True
         return changed
 
     def copy(self) -> LWWMap:
-        return LWWMap(self.epoch, dict(self.entries))
+        return LWWMap(self.epoch, dict(self.entries), self.floor_ms)
+
+    def collect(self, floor_ms: int) -> int:
+        """Raise the floor to `floor_ms` and forget the tombstones stamped before it (what they
+        hid was stamped before them, so the floor refuses it from now on). Returns how many
+        were forgotten. The caller keeps `floor_ms` behind every write still to arrive."""
+        if floor_ms <= self.floor_ms:
+            return 0
+        self.floor_ms = floor_ms
+        old = [k for k, e in self.entries.items() if e.deleted and e.stamp.wall_ms < floor_ms]
+        for key in old:
+            del self.entries[key]
+        return len(old)
 
     def _collect(self) -> None:
         """Drop entries older than the epoch."""

@@ -4,7 +4,10 @@
   (user id, user name, join time, owner: written once, at join), `location` (the node and node
   incarnation holding its connection: rewritten when it resumes on another node) and `user_data`.
   A participant is present once its `info` is known. Removal is final: a removed session id is
-  remembered and anything later said about it is ignored, so it never comes back.
+  remembered and anything later said about it is ignored, so it never comes back. `collect`
+  forgets removed ids once they are older than the horizon, and from then on refuses the
+  registers, older than its floor, of session ids it does not hold: all a forgotten removal
+  hid (docs/crdt.md, "Forgetting removals").
 - Session data is one `LWWMap`.
 
 Writes are methods that apply the write to this replica and return the delta to publish (a small
@@ -17,10 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from roomstate.crdt.hlc import Stamp
+from roomstate.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Stamp
 from roomstate.crdt.lww import Json, LWWMap, LWWRegister
 
-__all__ = ["Changes", "Participant", "RoomState"]
+__all__ = ["DEFAULT_KEEP_MS", "Changes", "Participant", "RoomState"]
+
+DEFAULT_KEEP_MS = 120_000
+"""The horizon (ms): how long a removal is kept before `collect` may forget it. It must exceed
+how far a replica may lag the store and still merge into it (docs/crdt.md, "Forgetting
+removals")."""
 
 
 def _merge_register(
@@ -52,6 +60,14 @@ class Participant:
             *(None if r is None else r.copy() for r in (self.info, self.location, self.user_data))
         )
 
+    def since(self, floor_ms: int) -> Participant | None:
+        """A copy without the registers stamped before `floor_ms` (None: nothing left)."""
+        kept = [
+            None if r is None or r.stamp.wall_ms < floor_ms else r.copy()
+            for r in (self.info, self.location, self.user_data)
+        ]
+        return None if kept == [None, None, None] else Participant(*kept)
+
 
 @dataclass
 class Changes:
@@ -78,6 +94,16 @@ class RoomState:
     # where can be kept until it changes. Bookkeeping, not state: never merged, encoded,
     # copied or compared.
     membership_version: int = field(default=0, compare=False, repr=False)
+    # This replica's own horizon, like `membership_version` never merged, encoded or compared:
+    # wall ms below which removals are forgotten and registers of unknown ids refused.
+    floor_ms: int = field(default=0, compare=False, repr=False)
+    # The removed ids `collect` has dated (ms, in the order dated: oldest first), and those
+    # removed since its last round, still to be dated.
+    _dated: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _undated: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._undated.extend(self.removed - self._dated.keys())
 
     # -- reads --
 
@@ -155,6 +181,7 @@ class RoomState:
         membership_changed = False
         for sid in other.removed - self.removed:
             self.removed.add(sid)
+            self._undated.append(sid)
             gone = self.participants.pop(sid, None)
             membership_changed |= gone is not None
             if gone is not None and gone.present:
@@ -164,9 +191,13 @@ class RoomState:
                 continue
             mine = self.participants.get(sid)
             if mine is None:
-                self.participants[sid] = theirs.copy()
+                # Registers of an id not held, older than the floor: what a forgotten removal hid
+                fresh = theirs.since(self.floor_ms) if self.floor_ms else theirs.copy()
+                if fresh is None:
+                    continue
+                self.participants[sid] = fresh
                 membership_changed = True
-                if theirs.present:
+                if fresh.present:
                     changes.joined.append(sid)
                 continue
             was_present = mine.present
@@ -188,4 +219,36 @@ class RoomState:
             {sid: p.copy() for sid, p in self.participants.items()},
             set(self.removed),
             self.session_data.copy(),
+            floor_ms=self.floor_ms,
+            _dated=dict(self._dated),  # (those still to be dated: found by __post_init__)
         )
+
+    # -- collection --
+
+    def collect(self, now_ms: int, keep_ms: int, max_drift_ms: int = DEFAULT_MAX_DRIFT_MS) -> int:
+        """Forget what removals older than the horizon hid (docs/crdt.md, "Forgetting
+        removals"); `now_ms` is this replica's wall clock. Removed ids learnt since the last
+        round are dated `now_ms`; the floor becomes ``now_ms - keep_ms``; removed ids dated
+        more than twice the drift bound before the floor are forgotten (every register they
+        hid was stamped before the floor, by a clock at most the drift bound ahead, while the
+        date was read from one at most the drift bound behind); session-data tombstones
+        stamped before the floor are too. Returns how many were forgotten. O(what it dates
+        and forgets): dates only grow, so the oldest are first."""
+        for sid in self._undated:
+            if sid in self.removed:
+                self._dated.setdefault(sid, now_ms)
+        self._undated.clear()
+        floor = now_ms - keep_ms
+        if floor <= self.floor_ms:
+            return 0
+        self.floor_ms = floor
+        forgotten = 0
+        dated = self._dated
+        while dated:
+            sid = next(iter(dated))
+            if dated[sid] >= floor - 2 * max_drift_ms:
+                break
+            del dated[sid]
+            self.removed.discard(sid)
+            forgotten += 1
+        return forgotten + self.session_data.collect(floor)
