@@ -4,11 +4,17 @@ A room's stored state is a hash whose fields are the CRDT registers, each stored
 ``"<stamp> <payload>"`` (a stamp never contains a space):
 
     p:<sid>:i, p:<sid>:l, p:<sid>:u   participant info, location, userData: "<stamp> <json>"
-    x:<sid>                           the participant was removed (final): "1"
+    x:<sid>                           the participant was removed: when (the store's ms)
+                                      ("1": by a version that kept removals for good)
     e                                 the session data's epoch (stamp of the latest replace)
     m:<key>                           session data entry "<stamp> v<json>", or tombstone "<stamp> d"
     n                                 how many participants are present (joined, not removed)
     l                                 the id of the last event appended to the room's stream
+    c                                 when (ms) this hash was created (or first written by this
+                                      version): nothing is forgotten in the first horizon
+    g                                 the floor (ms): removals older are forgotten (docs/crdt.md)
+    q<, q>, q:<i>                     the removals to forget, oldest first: head, tail, and each
+                                      "<ms> x <sid>" or "<ms> d <key>"
 
 Payloads are canonical JSON (sorted keys) made by the node; the scripts never decode them, so no
 value is changed by Lua's number handling. Stamps and payloads are compared byte by byte (`lt`):
@@ -79,6 +85,7 @@ PUBLISH = (
 --   x           remove participant `id`            d  session tombstone `id` (payload "d")
 --   e           session epoch                      c  only if participant `id`'s location is
 --                                                     `payload` (else nothing is stored)
+--   h           the horizon: keep ms in `stamp`, the drift margin ms in `payload`
 -- Appends the event to the stream, then publishes "<id> <previous id> <event>" on the channel
 -- (the nodes hosting the room check that each message follows the one before).
 -- Returns the stream id of the stored event, or false if a `c` condition failed.
@@ -108,10 +115,35 @@ for _, op in ipairs(ops) do
   end
 end
 
+-- Forgetting removals (docs/crdt.md): the floor trails the store's clock by the horizon, once
+-- the hash has lived that long (a store that lost its data has had the replicas merged back).
+local keep, margin = 0, 0
+for _, op in ipairs(ops) do
+  if op[1] == "h" then keep, margin = tonumber(op[3]), tonumber(op[4]) end
+end
+local meta = redis.call("HMGET", state, "c", "g", "q<", "q>")
+local clock = redis.call("TIME")
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local floor = tonumber(meta[2] or "0")
+if not meta[1] then
+  redis.call("HSET", state, "c", now)
+elseif keep > 0 and now - tonumber(meta[1]) >= keep and now - keep >= floor + 1000 then
+  floor = now - keep  -- (moved a second at a time: one write of it a second at most)
+  redis.call("HSET", state, "g", floor)
+end
+local below = nil  -- stamps before the floor sort before this
+if floor > 0 then below = string.format("%012x", floor) end
+local head, tail = tonumber(meta[3] or "0"), tonumber(meta[4] or "0")
+local function forget_later(kind, name)
+  tail = tail + 1
+  redis.call("HSET", state, "q:" .. tail, now .. " " .. kind .. " " .. name)
+end
+
 for _, op in ipairs(ops) do
   if op[1] == "x" then
     local sid = op[2]
-    if redis.call("HSETNX", state, "x:" .. sid, "1") == 1 then
+    if redis.call("HSETNX", state, "x:" .. sid, now) == 1 then
+      forget_later("x", sid)
       if redis.call("HDEL", state, "p:" .. sid .. ":i") == 1 then
         redis.call("HINCRBY", state, "n", -1)
       end
@@ -137,11 +169,24 @@ for _, op in ipairs(ops) do
   end
 end
 
+-- Below the floor, a participant or key not held before this event takes nothing: what a
+-- forgotten removal hid (a stale replica merged back, a write that was late).
+local held = {}
+local function was_held(sid)
+  if held[sid] == nil then
+    local p = "p:" .. sid
+    local r = redis.call("HMGET", state, p .. ":i", p .. ":l", p .. ":u")
+    held[sid] = (r[1] or r[2] or r[3]) and true or false
+  end
+  return held[sid]
+end
+
 local epoch = redis.call("HGET", state, "e")
 for _, op in ipairs(ops) do
   local kind = op[1]
   if kind == "i" or kind == "l" or kind == "u" then
-    if redis.call("HEXISTS", state, "x:" .. op[2]) == 0 then
+    if redis.call("HEXISTS", state, "x:" .. op[2]) == 0
+        and (not below or was_held(op[2]) or not lt(op[3], below)) then
       local field = "p:" .. op[2] .. ":" .. kind
       local old = redis.call("HGET", state, field)
       if wins(op[3], op[4], old) then
@@ -152,11 +197,49 @@ for _, op in ipairs(ops) do
   elseif kind == "m" or kind == "d" then
     if (not epoch) or not lt(op[3], epoch) then
       local field = "m:" .. op[2]
-      if wins(op[3], op[4], redis.call("HGET", state, field)) then
+      local old = redis.call("HGET", state, field)
+      if (old or not below or not lt(op[3], below)) and wins(op[3], op[4], old) then
         redis.call("HSET", state, field, op[3] .. " " .. op[4])
+        if kind == "d" then forget_later("d", op[2]) end
       end
     end
   end
+end
+
+-- Forget the oldest removals past the floor: a few per event, so an event costs what it
+-- forgets, never a pass over the room; a room's removals are events too, so they keep up.
+local first = head
+if below then
+  for _ = 1, 8 do
+    if head >= tail then break end
+    local entry = redis.call("HGET", state, "q:" .. (head + 1))
+    local sp = string.find(entry, " ", 1, true)
+    local since, kind, name = tonumber(string.sub(entry, 1, sp - 1)),
+      string.sub(entry, sp + 1, sp + 1), string.sub(entry, sp + 3)
+    if kind == "x" then
+      if since >= floor - margin then break end
+      redis.call("HDEL", state, "x:" .. name)
+    else  -- the key's tombstone, if it still is one: forgotten once stamped before the floor
+      local field = "m:" .. name
+      local v = redis.call("HGET", state, field)
+      local stamp, payload = nil, nil
+      if v then stamp, payload = split(v) end
+      if payload == "d" then
+        if lt(stamp, below) then
+          redis.call("HDEL", state, field)
+        elseif since >= floor - margin then
+          break  -- not yet (one written later was queued again: this entry then goes)
+        end
+      end
+    end
+    redis.call("HDEL", state, "q:" .. (head + 1))
+    head = head + 1
+  end
+end
+if head >= tail and tail > 0 then
+  redis.call("HDEL", state, "q<", "q>")  -- empty: numbered from 1 again
+elseif tail ~= tonumber(meta[4] or "0") or head ~= first then
+  redis.call("HSET", state, "q<", head, "q>", tail)
 end
 
 local present = tonumber(redis.call("HGET", state, "n") or "0")

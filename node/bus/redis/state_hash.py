@@ -12,11 +12,24 @@ from typing import Any
 
 import orjson
 
-from roomstate.crdt import CodecError, Entry, LWWRegister, Participant, RoomState, Stamp
+from roomstate.crdt import (
+    DEFAULT_KEEP_MS,
+    DEFAULT_MAX_DRIFT_MS,
+    CodecError,
+    Entry,
+    LWWRegister,
+    Participant,
+    RoomState,
+    Stamp,
+)
 
-__all__ = ["condition_ops", "delta_ops", "state_from_hash"]
+__all__ = ["HORIZON", "condition_ops", "delta_ops", "state_from_hash"]
 
 _REGISTERS = {"i": "info", "l": "location", "u": "user_data"}  # field suffix -> Participant's
+
+HORIZON = (DEFAULT_KEEP_MS, 2 * DEFAULT_MAX_DRIFT_MS)
+"""How long the store keeps removals (ms), and the drift margin past that for removed ids (ms):
+the rule of docs/crdt.md, "Forgetting removals"."""
 
 
 def _canonical(value: Any) -> str:
@@ -24,8 +37,10 @@ def _canonical(value: Any) -> str:
 
 
 def delta_ops(delta: RoomState) -> list[str]:
-    """The PUBLISH script's arguments for a delta: kind, id, stamp, payload per op."""
-    ops: list[str] = []
+    """The PUBLISH script's arguments for a delta: kind, id, stamp, payload per op (the first
+    one the horizon, `HORIZON`: the script forgets old removals as it stores the delta)."""
+    keep_ms, margin_ms = HORIZON
+    ops: list[str] = ["h", "", str(keep_ms), str(margin_ms)]
     for sid in delta.removed:
         ops += ["x", sid, "", ""]
     if delta.session_data.epoch is not None:
@@ -59,8 +74,11 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
         if kind == "e":
             state.session_data.epoch = Stamp.decode(stored)
             continue
+        if kind == "g":  # the store's floor: this replica refuses what the store refused
+            state.floor_ms = state.session_data.floor_ms = int(stored)
+            continue
         if kind not in ("p", "m"):
-            continue  # "n": the presence count; "l": the last event's id
+            continue  # "n": the presence count; "l": the last event's id; "c", "q": forgetting
         stamp_text, _, payload = stored.partition(" ")
         stamp = Stamp.decode(stamp_text)
         if kind == "m":
