@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from roomstate.bus import Bus, LeaseKeeper, LeaseRound
-from roomstate.crdt import RoomState
+from roomstate.crdt import DEFAULT_KEEP_MS, RoomState
 from roomstate.edge.admission import Admission
 from roomstate.edge.clients import CLOSE_FENCED
 from roomstate.edge.hosting import Hosting
@@ -63,6 +63,7 @@ class Membership:
         # Since when the lease has been held without a break (inf: it is not held now). Lost
         # nodes are judged only after a whole lease period of it.
         self._held_since = math.inf
+        self._held_at = -math.inf  # when the last renewal that found the lease held was sent
 
     # -- start and stop --
 
@@ -70,7 +71,7 @@ class Membership:
         """Register this incarnation's lease (at start, and for a new incarnation)."""
         identity = self.identity
         await self.bus.renew_lease(identity.node_id, identity.incarnation, LEASE_TTL_MS, True)
-        self._held_since = time.monotonic()
+        self._held_since = self._held_at = time.monotonic()
 
     def start(self) -> None:
         """Start renewing the lease, measuring the loop's lag, and the upkeep (after
@@ -123,10 +124,15 @@ class Membership:
         if state is None:
             self._held_since = math.inf
             log.warning("lease renewal failed: %s", lease_round.error)
+        elif state == "held" and lease_round.sent - self._held_at > DEFAULT_KEEP_MS / 2000:
+            # Out of touch with the store for half the horizon: removals made meanwhile may be
+            # forgotten before this node's replicas catch up (docs/crdt.md): start afresh.
+            self._fencing = asyncio.get_running_loop().create_task(self._fence_once())
         elif state == "held":
             if lease_round.retaken:  # the other nodes need a moment to re-register too
                 self._held_since = lease_round.sent
             self._held_since = min(self._held_since, lease_round.sent)
+            self._held_at = max(self._held_at, lease_round.sent)
         elif self.admission.draining:  # shutting down: its participants are leaving
             log.warning("lease lost while shutting down: not fencing")
         else:
@@ -173,6 +179,7 @@ class Membership:
             delay = LEASE_RETRY_S  # unless the round succeeds
             try:
                 await self.restore_lost_rooms()
+                self.collect_removals()
                 await self.admission.check_clock()
                 if time.monotonic() - self._held_since >= LEASE_TTL_MS / 1000:
                     await self.remove_lost_participants()
@@ -187,6 +194,13 @@ class Membership:
         for each room the store lost, and each room with a write the store may not have taken."""
         lost = set(await self.bus.lost_rooms(list(self.hosting.rooms)))
         await self.hosting.merge_back(lost)
+
+    def collect_removals(self) -> None:
+        """Forget the removals older than the horizon in every hosted replica (a round of the
+        upkeep; docs/crdt.md, "Forgetting removals")."""
+        now = self.now_ms()
+        for room in self.hosting.rooms.values():
+            room.state.collect(now, DEFAULT_KEEP_MS, self.hosting.max_drift_ms)
 
     async def remove_lost_participants(self) -> None:
         """Remove the participants held by node incarnations that no longer hold a lease (a
