@@ -1,0 +1,110 @@
+"""Redis forgets old removals as the CRDT does (docs/crdt.md, "Forgetting removals").
+
+A real redis-server, driven in-process through `RedisBus`, with a short horizon: a removed id and
+a session-data tombstone are forgotten once past the floor, the queue that found them is emptied,
+and a late record of what they hid stores nothing, as `RoomState.collect` refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from deploy.local.servers import RedisServer
+from roomstate.bus.redis import state_hash
+from roomstate.bus.redis.bus import RedisBus, state_key
+from roomstate.crdt import RoomState, Stamp
+from roomstate.settings import Settings
+from roomstate.wire.events import BusEvent
+
+pytestmark = pytest.mark.integration
+
+KEEP_MS = 300
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def bus(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RedisBus]:
+    monkeypatch.setattr(state_hash, "HORIZON", (KEEP_MS, 0))
+    made = RedisBus(Settings(redis=redis_server.url))
+    await made.start()
+    yield made
+    await made.close()
+
+
+def event(delta: RoomState) -> BusEvent:
+    return BusEvent("n1/i", 0, delta=delta)
+
+
+def stored_fields(server: RedisServer, room: str) -> set[str]:
+    flat = server.command("HGETALL", state_key(room))
+    assert isinstance(flat, list)
+    return {f.decode() if isinstance(f, bytes) else str(f) for f in flat[0::2]}
+
+
+async def test_redis_forgets_a_removal_past_the_floor_and_refuses_what_it_hid(
+    bus: RedisBus, redis_server: RedisServer
+) -> None:
+    room = f"gc-{uuid.uuid4().hex[:10]}"
+    clock = redis_server.command("TIME")
+    assert isinstance(clock, list)
+    wall = int(str(clock[0], "ascii") if isinstance(clock[0], bytes) else str(clock[0])) * 1000
+    old = Stamp(wall, 0, "n1")
+    state = RoomState()
+    join = state.join("s1", {"user_name": "s1"}, {"node": "n1", "incarnation": "i"}, 1, old)
+    stale = state.copy()  # a replica that will not hear of the removal
+    await bus.publish(room, event(join))
+    await bus.publish(room, event(state.merge_session_data({"k": 1}, Stamp(wall, 1, "n1"))))
+    await bus.publish(room, event(state.merge_session_data({}, Stamp(wall, 2, "n1"), ("k",))))
+    await bus.publish(room, event(state.remove(["s1"])))
+    assert {"x:s1", "m:k", "q:1", "q:2"} <= stored_fields(redis_server, room)
+
+    await asyncio.sleep(KEEP_MS / 1000 + 0.4)  # the hash has lived a horizon; both are past it
+    later = Stamp(wall + 2000, 0, "n2")
+    await bus.publish(room, event(RoomState().merge_session_data({"other": 2}, later)))
+    fields = stored_fields(redis_server, room)
+    assert not {f for f in fields if f.startswith(("x:", "q"))}, fields
+    assert "m:k" not in fields and "g" in fields
+
+    # The stale replica merged back, and a late write of the key: neither stores anything.
+    await bus.publish(room, event(stale))
+    await bus.publish(room, event(RoomState().merge_session_data({"k": 3}, Stamp(wall, 1, "n1"))))
+    snapshot = (await bus.snapshot(room)).state
+    assert snapshot.participants == {}, "a forgotten removal let its participant back"
+    assert snapshot.session_data.value() == {"other": 2}
+    assert snapshot.floor_ms > wall, "the snapshot carries the store's floor"
+
+    # The CRDT, dating the removal when the store did and collecting at the store's floor,
+    # comes to the same state
+    state.collect(wall, KEEP_MS, max_drift_ms=0)
+    state.collect(snapshot.floor_ms + KEEP_MS, KEEP_MS, max_drift_ms=0)
+    state.merge(RoomState().merge_session_data({"other": 2}, later))
+    state.merge(stale)
+    state.merge(RoomState().merge_session_data({"k": 3}, Stamp(wall, 1, "n1")))
+    assert state == snapshot
+
+
+async def test_redis_forgets_nothing_in_a_hash_younger_than_the_horizon(
+    bus: RedisBus, redis_server: RedisServer
+) -> None:
+    """A store that lost its data gets the replicas merged back first: a new hash has no floor
+    until it has lived a horizon, whatever the stamps it is given."""
+    room = f"gc-{uuid.uuid4().hex[:10]}"
+    state = RoomState()
+    old = Stamp(1, 0, "n1")  # long ago
+    await bus.publish(room, event(state.join("s1", {}, {"node": "n1"}, None, old)))
+    await bus.publish(room, event(state.remove(["s1"])))
+    await bus.publish(room, event(RoomState().join("s2", {}, {"node": "n1"}, None, old)))
+    fields = stored_fields(redis_server, room)
+    assert "g" not in fields and "x:s1" in fields and "p:s2:i" in fields
