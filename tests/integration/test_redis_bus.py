@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import redis.cluster
 
 from deploy.local.servers import HOST, RedisCluster, RedisServer
+from roomstate.bus import LeaseKeeper, LeaseRound
 from roomstate.bus.redis import RedisBus
 from roomstate.bus.redis.keys import channel, lease_key, log_key, shard_of, state_key
 from roomstate.bus.redis.reader import RESYNC_ORIGIN
@@ -434,6 +435,36 @@ async def test_a_write_is_stored_only_while_its_incarnation_holds_the_lease(
         with pytest.raises(BusError, match="FENCED"):
             await bus.publish(room, join(f"{node_id}/a", "s5"))
         assert stored() == 4
+        # the metrics: every refusal counted, every answered publish timed
+        assert bus.metrics.fenced_writes == 5
+        assert sum(bus.metrics.publish_latency.counts[""]) == 4 + 5
+    finally:
+        await bus.close()
+
+
+async def test_a_lease_the_keeper_finds_taken_is_counted_lost(redis_server: RedisServer) -> None:
+    """The keeper's thread counts a renewal that finds the lease taken (the node fences);
+    the lease's age is read from the renewals."""
+    bus = RedisBus(Settings(redis=redis_server.url))
+    await bus.start()
+    node_id = f"keeper-{uuid.uuid4().hex[:8]}"
+    rounds: list[LeaseRound] = []
+    keeper = LeaseKeeper(
+        node_id, lambda: "a", bus.renew_lease, rounds.append, 5000, renew_s=0.1, retry_s=0.1
+    )
+    try:
+        assert bus.metrics.lease_age() is None, "no lease yet"
+        assert await bus.renew_lease(node_id, "a", 5000, register=True) == "held"
+        bus.keep_lease(keeper)
+        await asyncio.sleep(0.5)
+        age = bus.metrics.lease_age()
+        assert age is not None and 0 <= age < 0.5
+        assert bus.metrics.lease_losses == 0
+        redis_server.command("SET", lease_key(node_id, None), "b")  # another incarnation
+        deadline = time.monotonic() + 5
+        while not any(r.state == "taken" for r in rounds) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert bus.metrics.lease_losses == 1
     finally:
         await bus.close()
 
