@@ -1,6 +1,6 @@
-"""A webinar load generator process: a share of one room's clients, each a raw aiohttp WebSocket
-that parses only what its checks need (`bench.harness.webinar_view`). Started by the webinar study
-(bench/studies/webinar.py) as
+"""A webinar load generator process: a share of one room's clients, each a lean WebSocket
+(`bench.harness.rawws`) that parses only what its checks need (`bench.harness.webinar_view`).
+Started by the webinar study (bench/studies/webinar.py) as
 
     python -m bench.harness.webinar_gen CONFIG.json
 
@@ -25,17 +25,17 @@ fenced itself; 1008: slow consumer or flooding) and the client is out of the run
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from bench.harness.common import emit, encode_hist, hist_from_values, serve_commands
+from bench.harness.rawws import RawWebSocket, connect
 from bench.harness.webinar_view import Expect, SidTable, Tally, View, fingerprint
 
 mono = time.monotonic_ns
@@ -53,8 +53,8 @@ class Client:
     role: str  # host | present | hidden
     token: str | None
     view: View
-    ws: Any = None
-    reader: asyncio.Task[None] | None = None
+    ws: RawWebSocket | None = None
+    watcher: asyncio.Task[None] | None = None  # waits for its close
     next_id: int = 1
     leaving: bool = False  # it closes its own connection: no unexpected close
     gone: bool = False  # left, or closed under it: no longer checked
@@ -74,7 +74,6 @@ class Generator:
             for c in config["clients"]
         }  # fmt: skip
         self.tally = Tally()
-        self.session: aiohttp.ClientSession | None = None
 
     # -- actions --
 
@@ -102,59 +101,71 @@ class Generator:
         return out
 
     async def join(self, c: Client, sched: int, _slot: int) -> None:
-        assert self.session is not None
         give_up = sched + int(JOIN_GIVE_UP_S * 1e9)
         token = "" if c.token is None else f',"token":"{c.token}"'
         attempt = 0
+        loop = asyncio.get_running_loop()
         while mono() < give_up:
             wait_ms, ws = 0, None
+            first: asyncio.Future[bytes] = loop.create_future()
+            after: list[bytes] = []  # frames read with the reply, before this task resumes
+
+            def reply(
+                data: bytes, first: asyncio.Future[bytes] = first, after: list[bytes] = after
+            ) -> None:
+                if first.done():
+                    after.append(data)
+                else:
+                    first.set_result(data)
+
             try:
                 async with asyncio.timeout(JOIN_REPLY_S):
-                    ws = await self.session.ws_connect(
-                        c.url, compress=0, max_msg_size=1 << 24, autoping=True, decode_text=False
+                    ws = await connect(c.url, reply)
+                    ws.send_text(f'{{"type":"join","id":0{token}}}')
+                    done, _ = await asyncio.wait(
+                        (first, ws.closed), return_when=asyncio.FIRST_COMPLETED
                     )
-                    await ws.send_str(f'{{"type":"join","id":0{token}}}')
-                    msg = await ws.receive()
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (OSError, TimeoutError):
                 if ws is not None:
-                    await ws.close()
+                    ws.close()
                 attempt += 1
                 self.tally.retries += 1
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
             now = mono()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                if msg.data.startswith(b'{"type":"joined"'):
+            if first in done:
+                data = first.result()
+                if data.startswith(b'{"type":"joined"'):
                     c.ws = ws
-                    c.view.joined(orjson.loads(msg.data), now, self.tally)
+                    c.view.joined(orjson.loads(data), now, self.tally)
                     self.tally.count_frame("joined")
                     self.tally.latency_us.append((now - sched) // 1000)
-                    c.reader = asyncio.create_task(self._read(c))
+                    ws.on_text = functools.partial(self._on_text, c.view)
+                    for data in after:
+                        self._on_text(c.view, data)
+                    c.watcher = asyncio.create_task(self._watch(c, ws))
                     return
-                retry = c.view.apply(msg.data, now, self.tally)  # an error: counted there
+                retry = c.view.apply(data, now, self.tally)  # an error: counted there
                 if retry is None:
-                    await ws.close()
+                    ws.close()
                     break  # refused for good (a wrong token, a full room): a join failure
                 wait_ms = max(retry, RETRY_FLOOR_MS)
             else:
                 self.tally.close(ws.close_code)
                 wait_ms = RETRY_FLOOR_MS
-            await ws.close()
+            ws.close()
             self.tally.retries += 1
             await asyncio.sleep(wait_ms / 1000)
         self.tally.join_failures += 1
         c.gone = True
 
-    async def _read(self, c: Client) -> None:
-        ws, view, text = c.ws, c.view, aiohttp.WSMsgType.TEXT
+    def _on_text(self, view: View, data: bytes) -> None:
+        view.apply(data, mono(), self.tally)  # this phase's tally
+
+    async def _watch(self, c: Client, ws: RawWebSocket) -> None:
+        """Count a close the client did not ask for (4002 fencing, 1008 ...)."""
         try:
-            while True:
-                msg = await ws.receive()
-                if msg.type is text:
-                    view.apply(msg.data, mono(), self.tally)
-                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):  # fmt: skip
-                    break
+            await ws.closed
         finally:
             if not c.leaving:
                 self.tally.close(ws.close_code)
@@ -163,8 +174,7 @@ class Generator:
     async def _send(self, c: Client, frame: str) -> None:
         if c.ws is None or c.gone:
             return
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
-            await c.ws.send_str(frame)
+        c.ws.send_text(frame)
 
     async def hand(self, c: Client, sched: int, _slot: int) -> None:
         data = f'{{"hand":true,"t":{sched}}}'
@@ -191,7 +201,7 @@ class Generator:
             await asyncio.sleep(0.005)
         self.tally.latency_us.append((mono() - sched) // 1000)
         c.gone = True
-        await c.ws.close()
+        c.ws.close()
 
     # -- checks --
 
@@ -227,16 +237,11 @@ class Generator:
     async def close(self) -> None:
         for c in self.clients.values():
             c.leaving = True
-            if c.reader is not None:
-                c.reader.cancel()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await asyncio.gather(
-                    *(c.ws.close() for c in self.clients.values() if c.ws is not None),
-                    return_exceptions=True,
-                )
-        if self.session is not None:
-            await self.session.close()
+            if c.watcher is not None:
+                c.watcher.cancel()
+            if c.ws is not None:
+                c.ws.close()
+        await asyncio.sleep(0)  # the close frames go out before the loop ends
 
 
 def _with_bcast(e: Expect, n: int) -> Expect:
@@ -246,7 +251,6 @@ def _with_bcast(e: Expect, n: int) -> Expect:
 async def main(path: str) -> None:
     with open(path) as f:
         gen = Generator(json.load(f))
-    gen.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     try:
         emit({"ready": True, "clients": len(gen.clients)})
 
