@@ -39,6 +39,7 @@ class Settings:
     rate_per_s: float = 100.0  # requests per second per connection (token bucket refill)
     rate_burst: int = 200  # requests a connection may send at once (token bucket size)
     max_headers: int = 100  # HTTP request header lines; more: 400 before any handler runs
+    roster_page_bytes: int = 1 << 20  # a larger roster in `joined` comes in pages of this
 
     # Load (a node over its capacity sheds new joins with a retryable refusal)
     max_loop_lag_ms: int = 500  # event-loop lag (ms) over which new joins are shed
@@ -145,6 +146,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
             "send_queue_bytes",
             "rate_burst",
             "max_headers",
+            "roster_page_bytes",
         ),
         (1, None, False),
     ),

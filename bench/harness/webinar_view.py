@@ -201,6 +201,9 @@ class View:
                     self._event(entry, now_ns, tally)
         elif kind == "participant-counts-updated":
             self._counts(frame["participantCounts"], now_ns)
+        elif kind == "participants-page":
+            self._page(frame["participants"], tally)
+            self.changed_ns = now_ns
         elif kind == "meeting-session-state-updated":
             self._session(frame["meetingSessionState"]["data"], now_ns, tally)
         elif kind == "joined":
@@ -217,18 +220,22 @@ class View:
     def joined(self, frame: dict[str, Any], now_ns: int, tally: Tally) -> None:
         self.sid = frame["sessionId"]
         self.roster, self.roster_n, self.roster_x = bytearray(), 0, 0
-        for sid, p in frame["participants"].items():
-            if sid == self.sid and self.hidden:
-                continue  # its own entry: it is no part of the roster others see
-            if _is_hidden(p):
-                tally.leaks += 1
-            self._add(sid, tally)
+        self._page(frame["participants"], tally)
         counts = frame.get("participantCounts")
         if counts is not None:
             self._counts(counts, now_ns)
         data = (frame.get("meetingSessionState") or {}).get("data") or {}
         self._session(data, now_ns, tally)
         self.changed_ns = now_ns
+
+    def _page(self, participants: dict[str, Any], tally: Tally) -> None:
+        """Participants of `joined` or of a ``participants-page`` after it."""
+        for sid, p in participants.items():
+            if sid == self.sid and self.hidden:
+                continue  # its own entry: it is no part of the roster others see
+            if _is_hidden(p):
+                tally.leaks += 1
+            self._add(sid, tally)
 
     def _event(self, frame: dict[str, Any], now_ns: int, tally: Tally) -> None:
         kind, p = frame["type"], frame["participant"]

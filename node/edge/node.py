@@ -92,6 +92,7 @@ class Node:
             session_data_interval_ms=settings.session_data_interval_ms,
             counts_interval_ms=settings.counts_interval_ms,
             membership_batch_ms=settings.membership_batch_ms,
+            roster_page_bytes=settings.roster_page_bytes,
         )
         self.connections: dict[str, Client] = {}  # joined clients by session id (see sessions)
         self.admission = Admission(

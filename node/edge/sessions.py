@@ -122,7 +122,9 @@ class Sessions:
         self.clients[sid] = conn
         resumed = False if request.resume is not None else None  # a refused resume says so
         seq = self.bus.position(room_name)
-        conn.send(room.joined_frame(request.id, sid, f"{sid}.{secret}", seq, resumed=resumed))
+        token = f"{sid}.{secret}"
+        for frame in room.joined_frames(request.id, sid, token, seq, resumed=resumed):
+            conn.send(frame)
         await self.hosting.run(room, out)
 
     async def _resume(self, conn: Client, request: Join, room: Room) -> bool:
@@ -195,7 +197,7 @@ class Sessions:
                     missed = await self.bus.read_range(room.name, request.resume_after)
                 except BusError as exc:  # the session has moved here: resume, replaying nothing
                     log.warning("room %s: %s resumes without replay: %s", room.name, sid, exc)
-            frame = room.joined_frame(
+            for frame in room.joined_frames(
                 request.id,
                 sid,
                 request.resume,
@@ -203,8 +205,8 @@ class Sessions:
                 snapshot=snapshot,
                 resumed=True,
                 replayed=missed is not None,
-            )
-            conn.send_first(frame)
+            ):
+                conn.send_first(frame)
             for position, event in missed or ():
                 if event.message is None:
                     continue

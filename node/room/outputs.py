@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from roomstate.wire.events import BusEvent
-from roomstate.wire.protocol import Limits
+from roomstate.wire.protocol import ROSTER_PAGE_BYTES, Limits
 
 __all__ = ["Output", "RoomConfig", "Snapshot"]
 
@@ -19,6 +19,7 @@ class RoomConfig:
     counts_interval_ms: int = 1000  # at most one participant-counts-updated per room per this
     # participant events are batched per loop turn, and while they keep coming, per this window
     membership_batch_ms: int = 0
+    roster_page_bytes: int = ROSTER_PAGE_BYTES  # a larger roster goes out in pages of this
 
 
 @dataclass

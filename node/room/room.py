@@ -28,9 +28,10 @@ from typing import Any
 import orjson
 
 from roomstate.crdt import HybridLogicalClock, RoomState
+from roomstate.room.joined import JoinReply, members
 from roomstate.room.outputs import Output, RoomConfig, Snapshot
 from roomstate.room.pacing import CountsPacer, EventBatch, Throttle
-from roomstate.room.roster import Roster
+from roomstate.room.roster import Roster, paginate
 from roomstate.room.routing import recipients
 from roomstate.room.writes import Locations, session_data_delta
 from roomstate.wire.events import AppMessage, BusEvent
@@ -92,7 +93,7 @@ class Room:
             participants[session_id] = self.participant(session_id)
         return Snapshot(participants, self.session_data(), self.participant_counts())
 
-    def joined_frame(
+    def joined_frames(
         self,
         request_id: str | int | None,
         session_id: str,
@@ -102,31 +103,24 @@ class Room:
         snapshot: Snapshot | None = None,
         resumed: bool | None = None,
         replayed: bool | None = None,
-    ) -> bytes:
+    ) -> list[bytes]:
         """The reply to a join, with `snapshot` (default: the state now). `seq` is the room's
         log position the snapshot stands at (what a client quotes as `resumeAfter` if no app
         message came since); `resumed` and `replayed` answer a resume attempt (None: left out).
-        Without a snapshot the participants come from the roster's kept encodings."""
-        participants: Any
+        Without a snapshot the participants come from the roster's kept encodings. A roster over
+        `roster_page_bytes`: `joined` has the first page and ``"paged": true``, and
+        ``participants-page`` frames follow, the last with ``"last": true``."""
+        limit = self.config.roster_page_bytes
         if snapshot is None:
-            participants = orjson.Fragment(self.roster.listing(session_id))
+            pages = self.roster.pages(session_id, limit)
             data, counts = self.session_data(), self.participant_counts()
             self._counts.seen[session_id] = counts
         else:
             participants, data, kept = snapshot
             counts = kept if kept is not None else self.participant_counts()
-        flags = {"resumed": resumed, "replayed": replayed}
-        return encode_state(
-            "joined",
-            id=request_id,
-            sessionId=session_id,
-            participants=participants,
-            participantCounts=counts,
-            meetingSessionState={"data": data},
-            resumeToken=resume_token,
-            seq=seq,
-            **{name: value for name, value in flags.items() if value is not None},
-        )
+            pages = paginate(members(participants), limit)
+        reply = JoinReply(request_id, session_id, resume_token, seq, resumed, replayed)
+        return reply.frames(pages, counts, data)
 
     # -- local requests --
 

@@ -14,6 +14,7 @@ over every participant or a re-encoding of the roster: the room tells it what ea
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
@@ -23,13 +24,29 @@ from roomstate.crdt import RoomState
 from roomstate.crdt.hlc import Stamp
 from roomstate.crdt.room import Participant
 
-__all__ = ["Roster", "is_hidden"]
+__all__ = ["Roster", "is_hidden", "paginate"]
 
 
 def is_hidden(participant: Participant) -> bool:
     """Whether a present participant joined without presence (not listed to others)."""
     info = participant.info
     return info is not None and isinstance(info.value, dict) and info.value.get("hidden") is True
+
+
+def paginate(parts: Iterable[bytes], limit: int) -> list[bytes]:
+    """Object members (``"sid":{...}``) as JSON objects of at most `limit` bytes each, in
+    order; a member over the limit by itself is a page of its own."""
+    pages: list[bytes] = []
+    page: list[bytes] = []
+    size = 2
+    for part in parts:
+        if page and size + len(part) + 1 > limit:
+            pages.append(b"{" + b",".join(page) + b"}")
+            page, size = [], 2
+        page.append(part)
+        size += len(part) + 1
+    pages.append(b"{" + b",".join(page) + b"}")
+    return pages
 
 
 class Roster:
@@ -115,6 +132,17 @@ class Roster:
         if self._listing is None:
             self._listing = b"{" + b",".join(map(parts.__getitem__, order)) + b"}"
         return self._listing
+
+    def pages(self, session_id: str, limit: int) -> list[bytes]:
+        """`listing`, in pages of at most `limit` bytes (one page if it fits); a hidden
+        joiner's own entry is on the first."""
+        listing = self.listing(session_id)
+        if len(listing) <= limit:
+            return [listing]
+        parts = [self._parts[sid] for sid in self._order]
+        if session_id in self._hidden:
+            parts.insert(0, self._part(session_id))
+        return paginate(parts, limit)
 
     # -- what changed --
 

@@ -17,7 +17,9 @@ Theory of operation:
   still gets `participant-updated` about hidden ones (raised hands), emitted and not kept.
   `participant_counts()` comes from `joined` and each `participant-counts-updated`; a
   `participant-events` frame (one loop turn's membership events, batched) is unpacked into the
-  same events, in order.
+  same events, in order. A roster too large for one frame comes as `joined` with ``"paged":
+  true`` and ``participants-page`` frames after it: the join's reply is the whole, once the last
+  page is in.
 - The connection. `connection_lost` (the socket closed), `join_failed` (the join raised),
   `forget_room` and `end_meeting` (leaving, closing) end what the transport ended.
 
@@ -102,6 +104,7 @@ class CallState:
         self._counts: dict[str, Json] = {"hidden": 0, "present": 0}  # the node's, latest
         self._writes = LocalWrites()
         self._events: list[tuple[str, Event]] = []  # (name, payload) not yet taken
+        self._paged: dict[str, Json] | None = None  # a `joined` waiting for its pages
 
     @property
     def in_meeting(self) -> bool:
@@ -218,6 +221,17 @@ class CallState:
     def receive_frame(self, frame: dict[str, Json]) -> Reply | None:
         """Apply one server frame; returns its reply to an awaited request, if it is one."""
         kind = frame.get("type")
+        if kind == "joined" and frame.get("paged") is True:
+            self._paged = {k: v for k, v in frame.items() if k != "paged"}
+            return None  # its pages follow it at once: the reply is the whole
+        if kind == "participants-page" and self._paged is not None:
+            have, page = self._paged.get("participants"), frame.get("participants")
+            if isinstance(have, dict) and isinstance(page, dict):
+                self._paged["participants"] = {**have, **page}
+            if frame.get("last") is not True:
+                return None
+            frame, self._paged = self._paged, None
+            kind = "joined"
         content = {key: value for key, value in frame.items() if key != "type"}
         if kind in _REPLIES and "id" in frame and frame["id"] in self._awaiting:
             rid = int(frame["id"])
@@ -265,6 +279,7 @@ class CallState:
         transport fails it with ConnectionClosed). Unless the close was `expected` (leaving,
         closing, a join given up), a meeting in progress ends with `error` and `left-meeting`;
         returns whether it did."""
+        self._paged = None
         for rid in list(self._awaiting):
             self._settle(rid, ok=True)
         self._awaiting.clear()

@@ -62,6 +62,13 @@ class Limits:
     max_depth: int = 32
 
 
+# The largest roster one frame carries: a `joined` over it carries a first page and
+# ``participants-page`` frames follow. 1 MiB is the smallest default receive limit of the common
+# WebSocket clients (Python's websockets; aiohttp and browsers take more), about 4,000
+# participants with small userData.
+ROSTER_PAGE_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class Join:
     id: RequestId

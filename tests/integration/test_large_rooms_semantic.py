@@ -36,6 +36,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # over, with room for a loaded test machine. A wait, never a measure of speed.
 WITHIN_S = 5.0
 PARTICIPANT_EVENTS = ("participant-joined", "participant-updated", "participant-left")
+PAGE_BYTES = 1024  # about five participants
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
@@ -43,7 +44,8 @@ def deployment(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     """One keyed deployment per topology, shared by the module's tests (rooms differ)."""
-    env = {"ROOMSTATE_API_KEY": API_KEY}
+    # a small page size: a roster of a few participants already comes in pages
+    env = {"ROOMSTATE_API_KEY": API_KEY, "ROOMSTATE_ROSTER_PAGE_BYTES": str(PAGE_BYTES)}
     started = start_deployment(request.param, tmp_path_factory.mktemp(request.param), env)
     yield started
     started.stop()
@@ -246,6 +248,7 @@ class Observer:
         self.roster = {sid for sid in joined["participants"] if sid != self.session_id}
         self.counts: dict[str, int] = joined["participantCounts"]
         self.frames: list[dict[str, Any]] = []
+        self.pages = 1  # frames the roster of `joined` came in
 
     @classmethod
     async def join(cls, http: aiohttp.ClientSession, url: str, signed: str) -> Observer:
@@ -253,7 +256,17 @@ class Observer:
         await ws.send_str(orjson.dumps({"type": "join", "id": "j", "token": signed}).decode())
         reply = orjson.loads((await ws.receive(timeout=WITHIN_S)).data)
         assert reply["type"] == "joined", reply
-        return cls(ws, reply)
+        pages = 1
+        more = reply.get("paged") is True
+        while more:  # the rest of the roster comes first, before any other frame
+            page = orjson.loads((await ws.receive(timeout=WITHIN_S)).data)
+            assert page["type"] == "participants-page", page
+            assert len(orjson.dumps(page["participants"])) <= PAGE_BYTES
+            reply["participants"].update(page["participants"])
+            pages, more = pages + 1, page["last"] is not True
+        observer = cls(ws, reply)
+        observer.pages = pages
+        return observer
 
     def apply(self, event: dict[str, Any]) -> None:
         sid = event["participant"]["session_id"]
@@ -332,3 +345,21 @@ async def test_a_burst_of_joins_ends_with_every_roster_and_count_right(
                 assert set(event) == {"type", "participant"}, event
                 assert event["participant"]["session_id"] not in hidden_ids, event
         await observer.ws.close()
+
+
+# -- a roster over the page size --
+
+
+async def test_a_roster_over_the_page_size_reaches_a_late_joiner_whole(
+    join: Any, deployment: Deployment, room: str, http: aiohttp.ClientSession
+) -> None:
+    present = [await join() for _ in range(9)]
+    await join(hidden=True)
+    expected = {client.session_id for client in present}
+    late = await join()  # through the SDK: its roster comes in pages, unpacked
+    await eventually(lambda: others(late) == expected, "the late joiner's roster")
+    observer = await Observer.join(http, deployment.ws_url(room), token(room))
+    await observer.read_until(
+        lambda o: o.roster == expected | {late.session_id}, "the raw joiner's roster"
+    )
+    assert observer.pages >= 2, "nine present participants pass a 1 KiB page"

@@ -129,7 +129,7 @@ class TwoNodes:
         node.clients[sid] = client
         self.live[sid] = node.name
         # as the node does (edge/sessions.py): the joined frame first, then the output
-        client.receive_frame(orjson.loads(node.room.joined_frame(request.id, sid)))
+        client.receive_frame(orjson.loads(node.room.joined_frames(request.id, sid)[0]))
         self.check_events(sid, client)
         self.run(node, out)
 

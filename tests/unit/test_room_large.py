@@ -41,11 +41,11 @@ def test_a_hidden_participant_is_neither_announced_nor_listed_but_sees_itself() 
     out = join(room, "h1", 10, hidden=True)
     assert frames(out) == []
     assert "h1" not in room.participants()
-    mine = orjson.loads(room.joined_frame(1, "h1"))
+    mine = orjson.loads(room.joined_frames(1, "h1")[0])
     assert set(mine["participants"]) == {"host", "guest", "h1"}
     assert mine["participants"]["h1"]["permissions"] == {"hasPresence": False}
     assert "permissions" not in mine["participants"]["host"]
-    theirs = orjson.loads(room.joined_frame(2, "guest"))
+    theirs = orjson.loads(room.joined_frames(2, "guest")[0])
     assert set(theirs["participants"]) == {"host", "guest"}
     assert mine["participantCounts"] == {"hidden": 1, "present": 2}
     room.poll(10)
@@ -78,7 +78,7 @@ def test_counts_go_out_once_per_interval_carrying_the_latest() -> None:
     ]
     for n in range(2, 6):
         join(room, f"h{n}", 2000 + n, hidden=True)
-        room.joined_frame(None, f"h{n}")  # as the node answers the join
+        room.joined_frames(None, f"h{n}")[0]  # as the node answers the join
         assert room.poll(2000 + n).sends == []
     assert room.next_deadline() == 3000
     later = frames(room.poll(3000))
@@ -135,8 +135,8 @@ def _assert_joined_is_encode_state(room: Room, sid: str) -> None:
         participantCounts=snapshot.participant_counts,
         meetingSessionState={"data": snapshot.session_data},
     )
-    assert room.joined_frame(3, sid) == expected
-    assert room.joined_frame(3, sid, snapshot=snapshot) == expected
+    assert room.joined_frames(3, sid)[0] == expected
+    assert room.joined_frames(3, sid, snapshot=snapshot)[0] == expected
 
 
 def test_joined_from_kept_encodings_is_byte_for_byte_encode_state() -> None:
@@ -270,3 +270,38 @@ def test_counts_due_during_a_window_go_out_with_its_batch() -> None:
         (["host", "a"], "participant-joined"),
         (["host", "a", "b"], "participant-counts-updated"),
     ]
+
+
+def _pages(frames: list[bytes]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The frames decoded, and the participants of all of them together (none twice)."""
+    decoded = [orjson.loads(f) for f in frames]
+    whole: dict[str, Any] = {}
+    for f in decoded:
+        assert not whole.keys() & f["participants"].keys(), "a participant on two pages"
+        whole.update(f["participants"])
+    return decoded, whole
+
+
+def test_a_roster_over_the_page_size_comes_in_pages_that_make_the_whole() -> None:
+    limit = 600
+    room = make_room(RoomConfig(roster_page_bytes=limit))
+    settled(room, 0, *((f"p{n:02}", False, n == 0) for n in range(20)))
+    room.set_user_data("p07", {"hand": True, "note": "x" * 200}, 5)
+    join(room, "h", 10, hidden=True)
+    for frames in (
+        room.joined_frames(1, "h"),
+        room.joined_frames(1, "h", snapshot=room.snapshot("h"), resumed=True),  # a resume's
+    ):
+        decoded, whole = _pages(frames)
+        assert whole == room.snapshot("h").participants
+        assert decoded[0]["type"] == "joined" and decoded[0]["paged"] is True
+        assert [f["type"] for f in decoded[1:]] == ["participants-page"] * (len(decoded) - 1)
+        assert [f["last"] for f in decoded[1:]] == [False] * (len(decoded) - 2) + [True]
+        assert all(len(orjson.dumps(f["participants"])) <= limit for f in decoded)
+        assert len(decoded) >= 5
+    assert "h" in orjson.loads(room.joined_frames(1, "h")[0])["participants"], "own: page one"
+    # a roster that fits is one frame, without "paged"
+    small = make_room(RoomConfig(roster_page_bytes=limit))
+    settled(small, 0, ("a", False, False), ("b", False, False))
+    (only,) = small.joined_frames(1, "a")
+    assert "paged" not in orjson.loads(only)

@@ -133,7 +133,7 @@ def test_joined_frame_has_session_id_every_participant_and_session_state() -> No
     join(room, "s1", 10, user_data={"a": 1})
     room.set_session_data(replace({"topic": "x"}), 11)
     join(room, "s2", 12, user_data=[2])
-    frame = orjson.loads(room.joined_frame(7, "s2"))
+    frame = orjson.loads(room.joined_frames(7, "s2")[0])
     assert frame == {
         "type": "joined",
         "id": 7,
@@ -149,7 +149,7 @@ def test_joined_frame_has_session_id_every_participant_and_session_state() -> No
 
 def test_joined_frame_without_a_request_id_has_no_id_and_empty_session_data() -> None:
     room = room_with("s1")
-    frame = orjson.loads(room.joined_frame(None, "s1"))
+    frame = orjson.loads(room.joined_frames(None, "s1")[0])
     assert "id" not in frame
     assert frame["meetingSessionState"] == {"data": {}}
     assert list(frame["participants"]) == ["s1"]

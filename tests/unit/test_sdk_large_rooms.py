@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from roomstate.crdt import Json
+from roomstate.crdt import HybridLogicalClock, Json, RoomState
+from roomstate.room import Room, RoomConfig
 from roomstate.sdk.errors import Unavailable
 from roomstate.sdk.state import EVENTS, CallState, Outgoing
 from roomstate.wire.protocol import encode, encode_state
@@ -212,3 +213,24 @@ def test_an_unavailable_answering_no_request_is_a_nonfatal_error_with_its_delay(
     assert state.events_received() == [
         ("nonfatal-error", {"code": "unavailable", "message": "busy", "retryAfter": 2000})
     ]
+
+
+def test_a_paged_roster_is_the_joins_reply_once_its_last_page_is_in() -> None:
+    room = Room(
+        "r", RoomState(), HybridLogicalClock("n1"), "n1/i1", RoomConfig(roster_page_bytes=400)
+    )
+    where = {"node": "n1", "incarnation": "i1"}
+    for n in range(12):
+        room.join(f"p{n:02}", {"user_id": f"u{n}", "user_name": f"p{n}"}, where, {"n": n}, n)
+    room.join(ME, {"user_id": "me", "user_name": "me"}, where, None, 20)
+    state = CallState()
+    request = state.join(token="t")
+    state.encode(request)
+    frames = room.joined_frames(request.id, ME)
+    assert len(frames) > 2
+    replies = [state.receive_frame(frame(f)) for f in frames]
+    assert replies[:-1] == [None] * (len(frames) - 1), "no reply before the last page"
+    last = replies[-1]
+    assert last is not None and last.id == request.id and last.error is None
+    assert set(state.participants()) == {"local", *(f"p{n:02}" for n in range(12))}
+    assert [name for name, _ in state.events_received()][:1] == ["joined-meeting"]

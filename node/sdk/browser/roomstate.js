@@ -24,7 +24,9 @@
  * never in participants() but as `local`; an owner still gets `participant-updated` about hidden
  * ones, emitted and not kept. participantCounts() and `participant-counts-updated` give the
  * node's counts; a `participant-events` frame (one loop turn's membership events) is unpacked
- * into the same events, in order. A node shedding joins answers `unavailable` with `retryAfter`
+ * into the same events, in order; a roster too large for one frame comes as `joined` with
+ * `paged: true` and `participants-page` frames after it (the join resolves with the whole). A
+ * node shedding joins answers `unavailable` with `retryAfter`
  * (ms): the error carries it, and a reconnect waits at least that long before trying again.
  */
 
@@ -150,6 +152,7 @@ export class CallObject {
     this._userDataPending = new Map(); // request id -> userData written, not answered yet
     this._others = new Map(); // session id -> present participant (hidden ones are never kept)
     this._counts = { present: 0, hidden: 0 }; // the node's participantCounts, latest
+    this._paged = null; // a `joined` waiting for its participants-page frames
     this._sessionBase = {}; // the node's last state + writes acknowledged since
     this._sessionPending = new Map(); // request id -> [data, mergeStrategy, keysToDelete]
     this._sessionView = {}; // the base with the pending writes applied
@@ -294,6 +297,7 @@ export class CallObject {
   /** The socket `ws` closed (or was given up on) with `code`. */
   _onClose(ws, code) {
     if (ws !== this._ws) return; // an old socket, already replaced
+    this._paged = null;
     const wasUp = this._connected;
     this._ws = null;
     this._connected = false;
@@ -477,6 +481,17 @@ export class CallObject {
       return;
     }
     this._lastHeard = Date.now();
+    if (frame.type === "joined" && frame.paged === true) { // its pages follow it at once
+      const { paged, ...rest } = frame;
+      this._paged = rest;
+      return;
+    }
+    if (frame.type === "participants-page" && this._paged) { // the reply is the whole
+      Object.assign(this._paged.participants, frame.participants);
+      if (frame.last !== true) return;
+      frame = this._paged;
+      this._paged = null;
+    }
     const { type, ...content } = frame;
     const pending = "id" in frame ? this._pending.get(frame.id) : undefined;
     if (REPLIES.has(type) && pending) {
