@@ -64,6 +64,9 @@ class Settings:
     # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700);
     # the older generations at Python's own pace (docs/decisions/0005); "python": Python's own
     gc_thresholds: str = "10000,10,10"
+    # a directory: trace allocations; each SIGUSR2 appends the sites that grew to a file there
+    # (roomstate.memtrace; slower and bigger, for diagnosis only); "": off
+    tracemalloc_dir: str = ""
 
     # Fault injection (tests)
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests

@@ -118,6 +118,10 @@ async def serve(settings: Settings, started: Callable[[str], None] | None = None
             f"refusing to listen on {settings.host} without an API key: development mode"
             " (anonymous joins, open REST) is for loopback only; set ROOMSTATE_API_KEY"
         )
+    if settings.tracemalloc_dir:  # diagnosis only: every allocation is traced from now on
+        from roomstate.memtrace import start as trace_allocations
+
+        trace_allocations(settings.tracemalloc_dir)
     bus = make_bus(settings)
     await bus.start()
     node = make_node(settings, bus)
