@@ -21,7 +21,12 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A node with an API key: hidden participants come from their tokens."""
-    env = {**FAST, "ROOMSTATE_API_KEY": API_KEY, "ROOMSTATE_COUNTS_INTERVAL_MS": "100"}
+    env = {
+        **FAST,
+        "ROOMSTATE_API_KEY": API_KEY,
+        "ROOMSTATE_COUNTS_INTERVAL_MS": "100",
+        "ROOMSTATE_ROSTER_PAGE_BYTES": "1024",  # a roster of a few already comes in pages
+    }
     node = start_node(tmp_path_factory.mktemp("keyed"), env)
     yield node
     node.stop()
@@ -173,3 +178,35 @@ def test_batched_events_hidden_updates_and_retry_after(
     assert out["afterHidden"] == ["local", "s-bob"]
     assert out["unavailable"] == {"code": "unavailable", "retryAfter": 1500, "fromServer": True}
     assert out["withoutDelay"] is None
+
+
+PAGED = """async ({ url, tokens }) => {
+    const { createCallObject } = await import("/sdk/roomstate.js");
+    const early = tokens.slice(0, -1).map(() => createCallObject());
+    for (const [i, call] of early.entries()) await call.join({ url, token: tokens[i] });
+    const late = createCallObject();
+    const frames = [];
+    const onFrame = late._onFrame.bind(late);
+    late._onFrame = (text) => { frames.push(JSON.parse(text).type); onFrame(text); };
+    const joined = await late.join({ url, token: tokens.at(-1) });
+    const out = {
+        early: early.map((call) => call.sessionId).sort(),
+        fromJoin: Object.keys(joined).filter((k) => k !== "local").sort(),
+        participants: Object.keys(late.participants()).filter((k) => k !== "local").sort(),
+        frames: frames.slice(),  // those read until join() resolved
+    };
+    for (const call of [...early, late]) await call.leave();
+    return out;
+}"""
+
+
+def test_a_roster_in_pages_resolves_the_join_whole(browser: Browser, keyed: NodeProcess) -> None:
+    room = f"big-{uuid.uuid4().hex[:8]}"
+    tokens = [make_token(API_KEY, room, user_name=f"p{n}") for n in range(9)]
+    out = run(
+        browser, keyed, PAGED, {"room": room, "url": f"{keyed.url}/rooms/{room}", "tokens": tokens}
+    )
+    assert out["fromJoin"] == out["early"], "join() resolves with every page in"
+    assert out["participants"] == out["early"]
+    assert out["frames"][0] == "joined"
+    assert set(out["frames"][1:]) == {"participants-page"}, "resolved on the last page"
