@@ -21,7 +21,7 @@ import jwt
 from roomstate.errors import RequestError
 from roomstate.wire.protocol import MAX_NAME_LENGTH, ROOM_NAME
 
-__all__ = ["TokenClaims", "check_api_key", "make_token", "verify_token"]
+__all__ = ["TokenClaims", "check_api_key", "make_token", "read_token", "verify_token"]
 
 ALGORITHM = "HS256"
 
@@ -102,6 +102,21 @@ def make_token(
     if permissions:
         claims["p"] = permissions
     return jwt.encode(claims, api_key, algorithm=ALGORITHM)
+
+
+def read_token(api_key: str, token: str, *, ignore_nbf: bool = False) -> dict[str, Any]:
+    """The claims of a token this API key signed, for any room (REST's check of a token).
+    ValueError names what is wrong: not a token, another key, expired, not valid yet."""
+    options: dict[str, Any] = {"require": ["r"], "verify_nbf": not ignore_nbf}
+    try:
+        claims = jwt.decode(token, api_key, algorithms=[ALGORITHM], options=options, leeway=0)
+    except jwt.ExpiredSignatureError:
+        raise ValueError("the meeting token has expired (exp)") from None
+    except jwt.ImmatureSignatureError:
+        raise ValueError("the meeting token is not valid yet (nbf); see ignoreNbf") from None
+    except jwt.PyJWTError as exc:
+        raise ValueError(f"invalid meeting token: {exc}") from None
+    return dict(claims)
 
 
 def verify_token(api_key: str, token: str, room: str) -> TokenClaims:
