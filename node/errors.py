@@ -16,7 +16,8 @@ Wire error codes (the closed list of ``error.code`` values a client can see):
 | `already-joined` | a second `join` on one connection                                  |
 | `too-large`      | a payload or the resulting state is over its size limit            |
 | `unauthorized`   | no valid credentials (token or API key)                            |
-| `forbidden`      | valid credentials that do not allow this (token for another room)  |
+| `forbidden`      | valid credentials that do not allow this (token for another room;  |
+|                  | an eject without an owner's or a canAdmin token)                   |
 | `rate-limited`   | too many requests on this connection                               |
 | `unavailable`    | the node cannot store writes right now (bus down); retry later     |
 |                  | (a join shed for load carries `retryAfter`, ms)                    |

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 __all__ = [
+    "CLOSE_EJECTED",
     "CLOSE_FENCED",
     "CLOSE_REMOVED",
     "CLOSE_REPLACED",
@@ -23,6 +24,7 @@ __all__ = [
 CLOSE_REMOVED = 4001  # another node removed its participant from the room
 CLOSE_FENCED = 4002  # this node lost its lease
 CLOSE_REPLACED = 4003  # the session was resumed on another connection
+CLOSE_EJECTED = 4004  # an owner ejected its participant, or its meeting token's time was up
 
 
 class Client(Protocol):

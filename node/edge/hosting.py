@@ -45,7 +45,7 @@ class Hosting:
         metrics: Metrics,
         now_ms: Callable[[], int],
         max_drift_ms: int,
-        on_delta: Callable[[Room, RoomState], None],
+        on_delta: Callable[[Room, RoomState, str | None], None],
     ) -> None:
         self.bus = bus
         self.identity = identity
@@ -57,7 +57,8 @@ class Hosting:
         self.now_ms = now_ms
         self.max_drift_ms = max_drift_ms  # a delivered stamp further ahead is counted as drift
         # Called after a state change from elsewhere is applied to a hosted room, to let go of
-        # the sessions it moved or removed (the sessions' concern, not the rooms').
+        # the sessions it moved or removed (the sessions' concern, not the rooms'), with the
+        # event's reason (an eject's connection is closed with a code of its own).
         self.on_delta = on_delta
         self.rooms: dict[str, Room] = {}
         self._opening: dict[str, asyncio.Future[Room]] = {}  # rooms being snapshotted
@@ -145,7 +146,7 @@ class Hosting:
             self._fan_out(out)
             return
         self.deliver(room, out)
-        self.on_delta(room, event.delta)
+        self.on_delta(room, event.delta, event.reason)
 
     # -- outputs out --
 

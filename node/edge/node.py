@@ -29,6 +29,7 @@ from roomstate.bus import Bus
 from roomstate.crdt import HybridLogicalClock
 from roomstate.edge.admission import Admission
 from roomstate.edge.clients import Client, FanOut, send_each
+from roomstate.edge.ejection import Ejections
 from roomstate.edge.hosting import Hosting
 from roomstate.edge.identity import Identity
 from roomstate.edge.membership import Membership
@@ -46,6 +47,7 @@ from roomstate.wire.protocol import (
     SendAppMessage,
     SetMeetingSessionData,
     SetUserData,
+    UpdateParticipant,
     encode,
 )
 
@@ -114,7 +116,7 @@ class Node:
             self.metrics,
             self.now_ms,
             settings.max_drift_ms,
-            on_delta=lambda room, delta: self.sessions.let_go(room, delta),
+            on_delta=lambda room, delta, reason: self.sessions.let_go(room, delta, reason),
         )
         self.sessions = Sessions(
             settings,
@@ -125,6 +127,7 @@ class Node:
             self.connections,
             self.now_ms,
         )
+        self.ejections = Ejections(self.hosting, self.sessions, self.now_ms)
         self.membership = Membership(
             bus,
             self.identity,
@@ -170,6 +173,9 @@ class Node:
             self.admission.admit(conn.room or room_name, stamped)
         if isinstance(request, Join):
             await self.sessions.join(conn, request, room_name)
+            joined = self.hosting.rooms.get(conn.room or "")
+            if conn.session_id is not None and joined is not None:
+                self.ejections.watch(joined, conn.session_id)  # a token's timed eject
             return
         room = self.hosting.rooms.get(conn.room or "")
         if conn.session_id is None or room is None:
@@ -177,6 +183,10 @@ class Node:
         sid = conn.session_id
         if isinstance(request, SendAppMessage):
             await self.hosting.send_app_message(room, sid, request.data, request.to)
+            conn.send(encode("ack", id=request.id))
+            return
+        if isinstance(request, UpdateParticipant):
+            await self.ejections.eject(room, sid, request.session_id)
             conn.send(encode("ack", id=request.id))
             return
         now = self.now_ms()
@@ -198,6 +208,7 @@ class Node:
             return
         else:
             assert isinstance(request, Leave)
+            self.ejections.forget(sid)
             await self.sessions.disconnect(conn, "left")
             conn.send(encode("ack", id=request.id))
             await conn.flush_and_close(CLOSE_LEFT, "left")

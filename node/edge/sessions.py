@@ -26,7 +26,13 @@ from roomstate.auth import verify_token
 from roomstate.bus import Bus
 from roomstate.crdt import RoomState
 from roomstate.edge.admission import Admission
-from roomstate.edge.clients import CLOSE_FENCED, CLOSE_REMOVED, CLOSE_REPLACED, Client
+from roomstate.edge.clients import (
+    CLOSE_EJECTED,
+    CLOSE_FENCED,
+    CLOSE_REMOVED,
+    CLOSE_REPLACED,
+    Client,
+)
 from roomstate.edge.hosting import Hosting
 from roomstate.edge.identity import LEASE_RENEW_S, Identity
 from roomstate.errors import BusError, RequestError
@@ -88,6 +94,11 @@ class Sessions:
             if claims.user_id is not None:
                 info["user_id"] = claims.user_id
             has_presence = claims.has_presence
+            if claims.can_admin:  # (kept with the owner flag: the right to eject, ejection.py)
+                info["can_admin"] = sorted(claims.can_admin)
+            eject_at = claims.eject_at_ms(self.now_ms())
+            if eject_at is not None:  # a timed eject: the node holding the connection runs it
+                info["eject_at"] = eject_at
         if not has_presence:  # (only then: a present participant's info is as it was)
             info["hidden"] = True
         # While this join waits (for the snapshot, for a resume's move to be stored), the room
@@ -288,9 +299,10 @@ class Sessions:
 
     # -- changes made elsewhere --
 
-    def let_go(self, room: Room, delta: RoomState) -> None:
+    def let_go(self, room: Room, delta: RoomState, reason: str | None = None) -> None:
         """After `delta` from another node was applied to `room`: let go of the sessions it
-        moved to another node (dropped or still connected) and cut off those it removed."""
+        moved to another node (dropped or still connected) and cut off those it removed
+        (`reason` "ejected": with the close code of an eject)."""
         let_go = False
         here = self.identity.location()
         for sid in delta.participants:
@@ -311,10 +323,17 @@ class Sessions:
             room.detach(sid)
             let_go = True
         for sid in delta.removed:
+            away = self._away.pop(sid, None) if reason == "ejected" else None
+            if away is not None:  # ejected while dropped: nothing left to wait for
+                away[1].cancel()
+                let_go = True
             conn = self.clients.get(sid)
             if conn is not None and conn.room == room.name:  # removed elsewhere: cut it off
                 del self.clients[sid]
-                conn.close_soon(CLOSE_REMOVED, "removed from the room")
+                if reason == "ejected":
+                    conn.close_soon(CLOSE_EJECTED, "ejected from the room", flush=True)
+                else:
+                    conn.close_soon(CLOSE_REMOVED, "removed from the room")
                 let_go = True
         if let_go:
             self.close_room_if_unused(room.name)

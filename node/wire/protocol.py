@@ -27,6 +27,7 @@ __all__ = [
     "SendAppMessage",
     "SetMeetingSessionData",
     "SetUserData",
+    "UpdateParticipant",
     "compact_size",
     "encode",
     "encode_error",
@@ -101,6 +102,13 @@ class SetMeetingSessionData:
 
 
 @dataclass(frozen=True)
+class UpdateParticipant:
+    id: RequestId
+    session_id: str  # the participant to update
+    eject: bool  # always True: ejecting is the one update the protocol knows
+
+
+@dataclass(frozen=True)
 class Leave:
     id: RequestId
 
@@ -110,7 +118,9 @@ class Ping:
     id: RequestId
 
 
-Request = Join | SendAppMessage | SetUserData | SetMeetingSessionData | Leave | Ping
+Request = (
+    Join | SendAppMessage | SetUserData | SetMeetingSessionData | UpdateParticipant | Leave | Ping
+)
 
 
 def compact_size(value: Json) -> int:
@@ -325,9 +335,24 @@ WIRE_TYPES: dict[type, str] = {
     SendAppMessage: "send-app-message",
     SetUserData: "set-user-data",
     SetMeetingSessionData: "set-meeting-session-data",
+    UpdateParticipant: "update-participant",
     Leave: "leave",
     Ping: "ping",
 }
+
+
+def _parse_update_participant(
+    message: dict[str, Json], request_id: RequestId, limits: Limits, frame_bytes: int
+) -> UpdateParticipant:
+    session_id = message.get("sessionId")
+    if not _is_session_id(session_id):
+        raise RequestError(
+            "bad-request", f"update-participant needs 'sessionId' (1-{MAX_ID_LENGTH} characters)"
+        )
+    assert isinstance(session_id, str)
+    if message.get("eject") is not True:
+        raise RequestError("bad-request", "update-participant supports one update: 'eject': true")
+    return UpdateParticipant(request_id, session_id, eject=True)
 
 
 def _parse_leave(
@@ -347,6 +372,7 @@ _PARSERS: dict[str, Callable[[dict[str, Json], RequestId, Limits, int], Request]
     "send-app-message": _parse_send_app_message,
     "set-user-data": _parse_set_user_data,
     "set-meeting-session-data": parse_session_data_write,
+    "update-participant": _parse_update_participant,
     "leave": _parse_leave,
     "ping": _parse_ping,
 }
