@@ -107,9 +107,14 @@ def make_token(
 def read_token(api_key: str, token: str, *, ignore_nbf: bool = False) -> dict[str, Any]:
     """The claims of a token this API key signed, for any room (REST's check of a token).
     ValueError names what is wrong: not a token, another key, expired, not valid yet."""
-    options: dict[str, Any] = {"require": ["r"], "verify_nbf": not ignore_nbf}
     try:
-        claims = jwt.decode(token, api_key, algorithms=[ALGORITHM], options=options, leeway=0)
+        claims = jwt.decode(
+            token,
+            api_key,
+            algorithms=[ALGORITHM],
+            options={"require": ["r"], "verify_nbf": not ignore_nbf},
+            leeway=0,
+        )
     except jwt.ExpiredSignatureError:
         raise ValueError("the meeting token has expired (exp)") from None
     except jwt.ImmatureSignatureError:
