@@ -1,7 +1,9 @@
 """Node settings: one frozen dataclass, read from ``ROOMSTATE_*`` environment variables.
 
 `Settings.from_env` is the only place that reads the environment; the CLI layers its options on
-top (an option given on the command line wins over the environment).
+top (an option given on the command line wins over the environment). Any setting can also be read
+from a file, as Docker and Kubernetes hand out secrets: ``ROOMSTATE_<FIELD>_FILE`` names the file,
+whose content (without surrounding whitespace) is the value.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from roomstate.crdt import CrdtError
 from roomstate.crdt.hlc import check_node_id
@@ -24,10 +28,22 @@ class Settings:
     host: str = "127.0.0.1"  # address to listen on; without an API key only loopback is allowed
     port: int = 8080  # TCP port (0: pick a free one)
     api_key: str | None = None  # REST bearer key and token signing key; None: development mode
-    redis: str | None = None  # redis://HOST:PORT/DB of a standalone Redis; None: in-memory bus
+    redis: str | None = None  # redis[s]://[USER:PASSWORD@]HOST:PORT/DB; None: in-memory bus
     redis_cluster: str | None = None  # HOST:PORT[,HOST:PORT...] seed nodes of a Redis Cluster
     node_id: str | None = None  # this node's id in stamps and membership; None: derived
     allowed_origins: tuple[str, ...] = ()  # WebSocket Origin allowlist; empty: any origin
+
+    # Redis access (for a standalone Redis, a Cluster and Sentinel alike)
+    redis_sentinel: str | None = None  # HOST:PORT[,HOST:PORT...] Sentinels that name the master
+    redis_sentinel_master: str | None = None  # the master's name at the Sentinels
+    redis_sentinel_username: str | None = None  # the Sentinels' own ACL user; None: default
+    redis_sentinel_password: str | None = None  # the Sentinels' own password; None: none
+    redis_username: str | None = None  # ACL user (unless the URL names one); None: default
+    redis_password: str | None = None  # its password (unless the URL has one); None: none
+    redis_tls: bool = False  # TLS to Redis (rediss:// or a TLS file below implies it)
+    redis_tls_ca: str | None = None  # PEM file of the CA Redis's certificate is checked against
+    redis_tls_cert: str | None = None  # PEM file: the node's client certificate (mutual TLS)
+    redis_tls_key: str | None = None  # PEM file: that certificate's private key
 
     # Limits
     app_message_bytes: int = 4096  # app message data, bytes of compact JSON
@@ -96,12 +112,52 @@ class Settings:
                 "ROOMSTATE_API_KEY / --api-key: an API key must not be empty or start or end"
                 " with a space (leave it unset for development mode)"
             )
-        if self.redis is not None and not self.redis.startswith("redis://"):
-            # the node's own connections (node/resp.py) speak neither TLS nor Unix sockets
+        self._check_redis_access()
+
+    def _check_redis_access(self) -> None:
+        url = urlsplit(self.redis) if self.redis is not None else None
+        if url is not None and url.scheme not in ("redis", "rediss"):
+            # the node's own connections (bus/redis/resp.py) speak TCP, not Unix sockets
             raise ValueError(
                 f"ROOMSTATE_REDIS={self.redis!r}: only redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
-                " URLs are supported (no rediss:// or unix://)"
+                " and rediss:// (TLS) URLs are supported (no unix://)"
             )
+        if self.redis_sentinel and (self.redis or self.redis_cluster):
+            raise ValueError(
+                "ROOMSTATE_REDIS_SENTINEL is set with ROOMSTATE_REDIS or ROOMSTATE_REDIS_CLUSTER:"
+                " give one way to reach Redis (the Sentinels name the master)"
+            )
+        if bool(self.redis_sentinel) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "ROOMSTATE_REDIS_SENTINEL and ROOMSTATE_REDIS_SENTINEL_MASTER go together: the"
+                " Sentinels' addresses and the name of the master they watch"
+            )
+        if bool(self.redis_tls_cert) != bool(self.redis_tls_key):
+            raise ValueError(
+                "ROOMSTATE_REDIS_TLS_CERT and ROOMSTATE_REDIS_TLS_KEY go together: a client"
+                " certificate and its private key"
+            )
+        if url is not None and url.scheme == "redis" and self.redis_tls_on:
+            raise ValueError(
+                f"ROOMSTATE_REDIS={self.redis!r} is a plain redis:// URL but TLS is asked for"
+                " (ROOMSTATE_REDIS_TLS*): use rediss://"
+            )
+        if (
+            url is not None
+            and (url.username or url.password)
+            and (self.redis_username is not None or self.redis_password is not None)
+        ):
+            raise ValueError(
+                "ROOMSTATE_REDIS has a user or password and ROOMSTATE_REDIS_USERNAME or"
+                " ROOMSTATE_REDIS_PASSWORD is set too: give the credentials once"
+            )
+
+    @property
+    def redis_tls_on(self) -> bool:
+        """Whether the node reaches Redis (and the Sentinels) over TLS."""
+        files = (self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key)
+        rediss = self.redis is not None and self.redis.startswith("rediss://")
+        return self.redis_tls or rediss or any(files)
 
     def gc_threshold_values(self) -> tuple[int, int, int] | None:
         """`gc_thresholds` as the three integers of `gc.set_threshold`; None: Python's own."""
@@ -129,7 +185,12 @@ class Settings:
         """Settings from ``ROOMSTATE_<FIELD>`` variables, then `overrides` (None = not given)."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(f"ROOMSTATE_{f.name.upper()}")
+            variable = f"ROOMSTATE_{f.name.upper()}"
+            raw = environ.get(variable)
+            if environ.get(f"{variable}_FILE"):
+                if raw:
+                    raise ValueError(f"{variable} and {variable}_FILE are both set: give one")
+                raw = _read_file(f"{variable}_FILE", environ[f"{variable}_FILE"])
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, raw, f.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -171,6 +232,17 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
         (0, None, False),
     ),
 }
+
+
+def _read_file(variable: str, path: str) -> str:
+    """A setting's value from the file `variable` names (a secret mounted by Docker or k8s)."""
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{variable}={path!r}: cannot read the file: {exc}") from None
+    if not value:
+        raise ValueError(f"{variable}={path!r}: the file is empty")
+    return value
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}

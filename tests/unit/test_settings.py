@@ -58,13 +58,14 @@ def test_each_kind_of_setting_is_read_from_its_variable() -> None:
     assert Settings.from_env({"ROOMSTATE_MAX_DEPTH": huge}).max_depth == int(huge)
 
 
-@pytest.mark.parametrize("url", ["rediss://r.example:6380", "unix:///run/redis.sock", "r:6379"])
+@pytest.mark.parametrize("url", ["unix:///run/redis.sock", "r:6379", "http://r:6379"])
 def test_a_redis_url_the_node_cannot_use_stops_it_with_its_name(url: str) -> None:
-    # The node's own connections (node/resp.py) speak plain redis:// only: a TLS or socket URL
-    # would fail at the first publish, long after start.
+    # The node's own connections (bus/redis/resp.py) speak TCP only: a socket URL would fail at
+    # the first publish, long after start.
     with pytest.raises(ValueError, match=r"ROOMSTATE_REDIS=.* only redis://"):
         Settings.from_env({"ROOMSTATE_REDIS": url})
     assert Settings.from_env({"ROOMSTATE_REDIS": "redis://:pw@r:6379/2"}).redis is not None
+    assert Settings.from_env({"ROOMSTATE_REDIS": "rediss://u:pw@r:6380/0"}).redis_tls_on
 
 
 @pytest.mark.parametrize(
