@@ -72,6 +72,17 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "after_rooms_dropped_mb": None if after is None else round(after["redis_used"] / 1e6, 2),
         "room_keys": sorted({p["room_keys"] for p in half}),
     }  # fmt: skip
+    if "log_bytes" in half[0]:  # the rooms' keys apart: stream (capped) and state hash
+        logs = _series(half, lambda p: p["log_bytes"])
+        state = _series(half, lambda p: p["state_bytes"])
+        fields = _series(half, lambda p: p["state_fields"])
+        out["redis"] |= {
+            "log_per_room_kb": round(logs["mean"] / s["rooms"] / 1e3, 1),
+            "state_per_room_kb": round(state["mean"] / s["rooms"] / 1e3, 1),
+            "state_growth_second_half_kb": state["growth_kb"],
+            "state_fields_per_room": round(fields["mean"] / s["rooms"]),
+            "state_fields_growth_second_half": round(fields["last"] - fields["first"]),
+        }
     nodes = []
     for i, rss0 in enumerate(idle["node_rss"]):
         gone = None if after is None else round(after["node_rss"][i] / 1e6, 1)
@@ -111,7 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Clients: {t['joins']:,} joins ({sm['joins_per_min']}/min), {t['writes']:,} writes "
         f"({sm['writes_per_s']}/s), {t['leaves']:,} leaves, {t['drops']:,} dropped sockets; "
         f"{sm['joined_mean']} joined on average over the second half. Errors: "
-        f"{t['error_count']} error frames {t['errors'] or ''}, {t['join_failures']} failed "
+        f"{t['error_count']} errors {t['errors'] or ''}, {t['join_failures']} failed "
         f"joins, {t['unexpected_closes']} unexpected closes.",
         "",
         "| | idle | mean, 2nd half | per room | per participant | growth, 2nd half | slope "
@@ -124,11 +135,20 @@ def markdown(results: dict[str, Any]) -> str:
     for i, n in enumerate(sm["nodes"]):
         lines.append(
             f"| node {i} RSS | {n['idle_mb']} MB | {n['mean_mb']} MB | "
-            f"{sm['node_per_room_kb'] if i == 0 else ''} KB | "
-            f"{sm['node_per_participant_kb'] if i == 0 else ''} KB | "
+            f"{sm['node_per_room_kb'] if i == 0 else '-'} KB | "
+            f"{sm['node_per_participant_kb'] if i == 0 else '-'} KB | "
             f"{n['growth_second_half_kb']} KB | {n['slope_kb_per_min']} KB/min | "
             f"{n['after_rooms_dropped_mb']} MB |"
         )
+    if "log_per_room_kb" in r:
+        lines += [
+            "",
+            f"Redis per room, by key (MEMORY USAGE, mean over the second half): stream "
+            f"{r['log_per_room_kb']} KB, state hash {r['state_per_room_kb']} KB with "
+            f"{r['state_fields_per_room']} fields; the state hashes grew "
+            f"{r['state_growth_second_half_kb']} KB and "
+            f"{r['state_fields_growth_second_half']} fields over the second half.",
+        ]
     lines += [
         "",
         f"Room keys over the second half: {r['room_keys']}. Node per room and per participant: "
@@ -137,13 +157,18 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Samples",
         "",
-        "| t (s) | phase | joined | Redis MB | room keys | node RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| t (s) | phase | joined | Redis MB | room keys | streams KB | state KB | state fields "
+        "| node RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in results["samples"]:
         rss = " / ".join(f"{x / 1e6:.1f}" for x in p["node_rss"])
+        keys = "| - | - | - |"
+        if "log_bytes" in p:
+            log_kb, state_kb = p["log_bytes"] / 1e3, p["state_bytes"] / 1e3
+            keys = f"| {log_kb:.1f} | {state_kb:.1f} | {p['state_fields']} |"
         lines.append(f"| {p['t']} | {p['phase']} | {p['joined']} | {p['redis_used'] / 1e6:.3f} "
-                     f"| {p['room_keys']} | {rss} |")  # fmt: skip
+                     f"| {p['room_keys']} {keys} {rss} |")  # fmt: skip
     if results.get("tracemalloc_files"):
         lines += ["", "Tracemalloc dumps: " + ", ".join(results["tracemalloc_files"])]
     return "\n".join(lines) + "\n"

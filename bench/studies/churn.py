@@ -48,21 +48,35 @@ from bench.harness.runner import log
 
 
 def sample(dep: Deployment, t0: float, joined: int, names: bool = False) -> dict[str, Any]:
-    """One point: Redis's memory and room keys, each node's RSS, the clients joined now (and
-    with `names`, the keys' names)."""
+    """One point: Redis's memory and the rooms' keys (their bytes, the state hashes' fields),
+    each node's RSS, the clients joined now (and with `names`, the keys' names)."""
     assert dep.redis is not None
-    mem = dep.redis.info("memory")
-    keys = dep.redis.command("KEYS", "rs:*")
-    found = [str(k) for k in keys] if isinstance(keys, list) else []
+    redis = dep.redis
+    mem = redis.info("memory")
+    keys = redis.command("KEYS", "rs:*")
+    found = sorted(str(k) for k in keys) if isinstance(keys, list) else []
+    logs = [k for k in found if ":log:" in k and ":~" not in k]  # not the clock check's room
+    states = [k for k in found if ":state:" in k and ":~" not in k]
+
+    def number(*command: str) -> int:
+        reply = redis.command(*command)
+        return reply if isinstance(reply, int) else 0
+
+    def usage(key: str) -> int:
+        return number("MEMORY", "USAGE", key, "SAMPLES", "0")
+
     return {
         "t": round(time.monotonic() - t0, 2),
         "redis_used": int(mem["used_memory"]),
         "redis_rss": int(mem["used_memory_rss"]),
-        "room_keys": sum(1 for k in found if ":log:" in k or ":state:" in k),
+        "room_keys": len(logs) + len(states),
         "keys": len(found),
+        "log_bytes": sum(usage(k) for k in logs),
+        "state_bytes": sum(usage(k) for k in states),
+        "state_fields": sum(number("HLEN", k) for k in states),
         "node_rss": [proc_rss_bytes(pid) for pid in dep.node_pids()],
         "joined": joined,
-    } | ({"key_names": sorted(found)} if names else {})
+    } | ({"key_names": found} if names else {})
 
 
 class ChurnRun:
@@ -84,13 +98,22 @@ class ChurnRun:
             env["ROOMSTATE_TRACEMALLOC_DIR"] = str(self.trace_dir)
         return env
 
-    def dump(self, dep: Deployment, label: str, t0: float) -> None:
-        """Each node appends its allocation sites' growth since its last dump (SIGUSR2)."""
+    async def dump(self, dep: Deployment, label: str, t0: float) -> None:
+        """Each node appends its allocation sites' growth since its last dump (SIGUSR2); waits
+        (up to 120 s) until every node has written it, so that dumps do not overlap."""
         if not self.args.tracemalloc:
             return
         for node in dep.nodes:
             node.send_signal(signal.SIGUSR2)
         self.dumps.append({"label": label, "t": round(time.monotonic() - t0, 2)})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            files = [self.trace_dir / f"tracemalloc-{pid}.txt" for pid in dep.node_pids()]
+            written = [f.read_text().count("-- dump took") if f.exists() else 0 for f in files]
+            if min(written) >= len(self.dumps):
+                break
+            await asyncio.sleep(0.5)
+        self.dumps[-1]["written_t"] = round(time.monotonic() - t0, 2)
         log(f"  tracemalloc dump '{label}' asked of every node")
 
     async def drive(self, dep: Deployment) -> dict[str, Any]:
@@ -103,7 +126,7 @@ class ChurnRun:
         await asyncio.sleep(2.0)  # the nodes settle after start
         idle = sample(dep, t0, 0, names=True)
         self.samples.append({**idle, "phase": "idle"})
-        self.dump(dep, "idle", t0)
+        await self.dump(dep, "idle", t0)
         task = asyncio.create_task(churn.run())
         start = time.monotonic()
         marks = {"quarter": a.seconds / 4, "half": a.seconds / 2}
@@ -121,7 +144,7 @@ class ChurnRun:
                 )
                 for label, at in list(marks.items()):
                     if time.monotonic() - start >= at:
-                        self.dump(dep, label, t0)
+                        await self.dump(dep, label, t0)
                         del marks[label]
                 log(
                     f"  t={point['t']:6.1f}s redis {point['redis_used'] / 1e6:6.2f} MB  "
@@ -131,7 +154,7 @@ class ChurnRun:
                 )
         end = sample(dep, t0, churn.joined, names=True)
         self.samples.append({**end, "phase": "end", "run_t": round(time.monotonic() - start, 1)})
-        self.dump(dep, "end", t0)
+        await self.dump(dep, "end", t0)
         churn.stop.set()
         await asyncio.wait_for(task, 60)
         if a.after_s > 0:
@@ -139,8 +162,7 @@ class ChurnRun:
             await asyncio.sleep(a.after_s)
             after = sample(dep, t0, 0, names=True)
             self.samples.append({**after, "phase": "after"})
-            self.dump(dep, "after", t0)
-            await asyncio.sleep(1.0)  # the nodes write their dumps
+            await self.dump(dep, "after", t0)
         return {"tally": churn.tally.summary(), "profile": profile.__dict__,
                 "alive": [n.running for n in dep.nodes]}  # fmt: skip
 
