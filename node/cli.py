@@ -28,7 +28,8 @@ Every option can also be set with an environment variable (the option wins):
   participants: ROOMSTATE_DEFAULT_HAS_PRESENCE (true; false: tokenless joins are hidden),
   load: ROOMSTATE_MAX_LOOP_LAG_MS (500), ROOMSTATE_MAX_JOINS_IN_FLIGHT (200) (over them new
   joins are shed, retryable), ROOMSTATE_LOOP_STUCK_S (30; a silent loop lets the lease go),
-  process: ROOMSTATE_GC_THRESHOLDS (10000,10,10; python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
+  process: ROOMSTATE_WORKERS (1; auto: one per core), ROOMSTATE_GC_THRESHOLDS (10000,10,10;
+  python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
   ROOMSTATE_LOG_FORMAT (text; json: one JSON object per line),
   tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
@@ -66,6 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         help="false: tokenless (development) joins are hidden (ROOMSTATE_DEFAULT_HAS_PRESENCE)",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="node processes on the port, each a node of its own, or auto: one per core"
+        " (ROOMSTATE_WORKERS; 1); more than 1 needs --redis or --redis-cluster",
+    )
+    # Set by the supervisor of --workers on its workers: listen with SO_REUSEPORT.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
         "--log-level",
         default=os.environ.get("ROOMSTATE_LOG_LEVEL") or "INFO",  # (empty: unset, as for all)
         help=f"{', '.join(LOG_LEVELS)} (ROOMSTATE_LOG_LEVEL; INFO)",
@@ -85,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--api-key", help="signing key (ROOMSTATE_API_KEY)")
 
     commands.add_parser("demo", help="show two CRDT replicas of a room converging")
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
 
     if args.command == "serve":
-        _serve(args)
+        _serve(args, raw[raw.index("serve") + 1 :])
     elif args.command == "token":
         from roomstate.auth import make_token
 
@@ -114,7 +124,18 @@ def main(argv: list[str] | None = None) -> None:
         demo()
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of processes or auto"
+        ) from None
+
+
+def _serve(args: argparse.Namespace, serve_args: list[str]) -> None:
     from roomstate import logs
     from roomstate.server.app import serve
 
@@ -136,6 +157,7 @@ def _serve(args: argparse.Namespace) -> None:
             redis=args.redis,
             redis_cluster=args.redis_cluster,
             node_id=args.node_id,
+            workers=args.workers,
             default_has_presence=(
                 None if args.default_has_presence is None else args.default_has_presence == "true"
             ),
@@ -145,6 +167,11 @@ def _serve(args: argparse.Namespace) -> None:
             logging.getLogger("roomstate").critical("%s", exc)
             sys.exit(1)
         sys.exit(f"roomstate: {exc}")
+    if settings.workers > 1:
+        from roomstate.supervisor import supervise
+
+        # the workers parse the same options; the supervisor appends what differs per worker
+        sys.exit(supervise(settings, serve_args, json_logs))
     thresholds = settings.gc_threshold_values()
     if thresholds is not None:
         gc.set_threshold(*thresholds)
@@ -157,9 +184,13 @@ def _serve(args: argparse.Namespace) -> None:
         for line in (f"roomstate node listening on {url}", f"demo room: {url}/rooms/demo"):
             print(logs.json_line(line) if json_logs else line, flush=True)
 
+    # one worker of a supervisor (--workers): beside the others on the port
+    node = (
+        serve(settings, started, reuse_port=True) if args.reuse_port else serve(settings, started)
+    )
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(settings, started))
+        asyncio.run(node)
     else:
-        uvloop.run(serve(settings, started))
+        uvloop.run(node)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,9 @@ class Settings:
     # a directory: trace allocations; each SIGUSR2 appends the sites that grew to a file there
     # (roomstate.memtrace; slower and bigger, for diagnosis only); "": off
     tracemalloc_dir: str = ""
+    # node processes sharing the port (SO_REUSEPORT), each a node of its own, under one
+    # supervisor ("auto": one per core); 1: this process is the node. More need a Redis bus
+    workers: int = 1
 
     # Fault injection (tests)
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
@@ -105,6 +109,7 @@ class Settings:
                 check_node_id(self.node_id)
             except CrdtError as exc:
                 raise ValueError(f"ROOMSTATE_NODE_ID / --node-id: {exc}") from None
+        self._check_workers()
         if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
             # "" is no key, but it is not development mode either: REST would take an empty
             # bearer, and tokens cannot be signed with it
@@ -159,6 +164,24 @@ class Settings:
         rediss = self.redis is not None and self.redis.startswith("rediss://")
         return self.redis_tls or rediss or any(files)
 
+    def _check_workers(self) -> None:
+        if self.workers == 1:
+            return
+        if not (self.redis or self.redis_cluster):
+            raise ValueError(
+                f"ROOMSTATE_WORKERS={self.workers}: more than one worker needs a Redis bus"
+                " (--redis or --redis-cluster): worker processes share no memory, so on the"
+                " in-memory bus each would hold rooms of its own"
+            )
+        if self.node_id is not None:
+            try:
+                check_node_id(f"{self.node_id}-w{self.workers - 1}")
+            except CrdtError as exc:
+                raise ValueError(
+                    f"ROOMSTATE_NODE_ID / --node-id with {self.workers} workers: each worker's"
+                    f" id is the node id and -w<index>: {exc}"
+                ) from None
+
     def gc_threshold_values(self) -> tuple[int, int, int] | None:
         """`gc_thresholds` as the three integers of `gc.set_threshold`; None: Python's own."""
         if self.gc_thresholds.strip().lower() in ("", "python"):
@@ -200,6 +223,7 @@ class Settings:
 # The range of each numeric setting: (lowest, highest or None, whether the lowest is excluded).
 _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "port": (0, 65535, False),  # 0: the system picks a free one
+    "workers": (1, None, False),
     **dict.fromkeys(
         (
             "app_message_bytes",
@@ -253,6 +277,8 @@ def _convert(name: str, raw: str, default: Any) -> Any:
     variable = f"ROOMSTATE_{name.upper()}={raw!r}"
     if name == "allowed_origins":
         return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+    if name == "workers" and raw.strip().lower() == "auto":
+        return os.cpu_count() or 1
     if isinstance(default, bool):
         if raw.lower() not in _BOOLEANS:
             raise ValueError(f"{variable} is not a boolean (true or false)")

@@ -111,8 +111,14 @@ def make_bus(settings: Settings) -> Bus:
     return MemoryBus(room_grace_s=settings.room_grace_s)
 
 
-async def serve(settings: Settings, started: Callable[[str], None] | None = None) -> None:
-    """Run a node until cancelled or sent SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(
+    settings: Settings, started: Callable[[str], None] | None = None, *, reuse_port: bool = False
+) -> None:
+    """Run a node until cancelled or sent SIGTERM/SIGINT, then shut down gracefully.
+
+    `reuse_port`: listen with SO_REUSEPORT, beside the other workers of one supervisor
+    (roomstate.supervisor); the kernel spreads new connections over them.
+    """
     if settings.development and settings.host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(
             f"refusing to listen on {settings.host} without an API key: development mode"
@@ -138,7 +144,8 @@ async def serve(settings: Settings, started: Callable[[str], None] | None = None
         # releases allowed 32768)
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # Without reuse_port a second node started on a taken port fails instead of sharing it.
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     await site.start()
     port = runner.addresses[0][1]
     if settings.development:

@@ -284,3 +284,57 @@ def test_the_cli_stops_with_the_settings_name_for_a_bad_value(
     assert exit_.value.code.startswith("roomstate: ")
     assert words in exit_.value.code
     assert serve_settings == []
+
+
+# -- workers --
+
+
+def test_more_than_one_worker_on_the_in_memory_bus_is_refused_naming_the_rule() -> None:
+    with pytest.raises(
+        ValueError, match=r"ROOMSTATE_WORKERS=2: more than one worker needs a Redis"
+    ):
+        Settings(workers=2)
+    assert Settings(workers=2, redis="redis://127.0.0.1:6379/0").workers == 2
+    assert Settings(workers=3, redis_cluster="127.0.0.1:7000").workers == 3
+
+
+def test_workers_auto_is_one_per_core_and_fewer_than_one_is_refused() -> None:
+    redis = {"ROOMSTATE_REDIS": "redis://127.0.0.1:6379/0"}
+    cores = os.cpu_count() or 1
+    assert Settings.from_env({**redis, "ROOMSTATE_WORKERS": "auto"}).workers == cores
+    assert Settings.from_env({**redis, "ROOMSTATE_WORKERS": "AUTO"}).workers == cores
+    assert Settings.from_env({}).workers == 1
+    with pytest.raises(
+        ValueError, match=r"ROOMSTATE_WORKERS=0 is out of range: must be at least 1"
+    ):
+        Settings.from_env({**redis, "ROOMSTATE_WORKERS": "0"})
+    with pytest.raises(ValueError, match=r"ROOMSTATE_WORKERS='many' is not a valid int"):
+        Settings.from_env({**redis, "ROOMSTATE_WORKERS": "many"})
+
+
+def test_a_node_id_without_room_for_the_worker_suffix_is_refused() -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    assert Settings(workers=10, redis=redis, node_id="n" * 61).workers == 10  # "-w9" fits 64
+    with pytest.raises(ValueError, match=r"each worker's id is the node id and -w<index>"):
+        Settings(workers=11, redis=redis, node_id="n" * 61)  # "-w10" does not
+
+
+def test_the_cli_hands_more_than_one_worker_to_the_supervisor(
+    serve_settings: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import roomstate.supervisor
+
+    supervised: list[tuple[int, list[str]]] = []
+
+    def supervise(settings: Settings, serve_args: list[str], json_logs: bool) -> int:
+        supervised.append((settings.workers, serve_args))
+        return 0
+
+    monkeypatch.setattr(roomstate.supervisor, "supervise", supervise)
+    args = ["--port", "0", "--workers", "2", "--redis", "redis://127.0.0.1:6379/0"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", *args])
+    assert exit_.value.code == 0
+    assert supervised == [(2, args)]  # the workers are given the same options
+    cli.main(["serve", "--port", "0", "--workers", "1"])  # one: this process is the node
+    assert [s.workers for s in serve_settings] == [1]
