@@ -239,6 +239,13 @@ class CallClient:
         request = self._state.set_meeting_session_data(data, merge_strategy, keys_to_delete)
         await self._send(request)
 
+    async def update_participant(self, session_id: str, updates: dict[str, Json]) -> None:
+        """daily-js's updateParticipant: ``update_participant(sid, {"eject": True})`` ejects
+        that participant (it gets `error` and `left-meeting`; the others `participant-left`
+        with reason "ejected"). Needs an owner's meeting token or one with canAdmin for
+        participants; the node refuses others with `Forbidden`."""
+        await self._send(self._state.update_participant(session_id, updates))
+
     async def ping(self) -> float:
         """Round trip to the node, in seconds."""
         loop = asyncio.get_running_loop()

@@ -64,6 +64,8 @@ EVENTS: Final = frozenset(
     }
 )
 _REPLIES: Final = frozenset({"ack", "pong", "joined", "error"})
+CLOSE_EJECTED: Final = 4004  # the node's close code for an ejected participant
+EJECTED_MESSAGE: Final = "You were ejected from the meeting"  # the `error` event's errorMsg
 _PARTICIPANT_EVENTS: Final = ("participant-joined", "participant-updated", "participant-left")
 
 
@@ -189,6 +191,15 @@ class CallState:
     def ping(self) -> Outgoing:
         return self._request("ping", {})
 
+    def update_participant(self, session_id: str, updates: dict[str, Json]) -> Outgoing:
+        """daily-js's updateParticipant; the one update is ``{"eject": True}`` (an owner's, or
+        a canAdmin token's: the node refuses others with `forbidden`)."""
+        if not isinstance(session_id, str) or not session_id:
+            raise TypeError("update_participant needs the participant's session id")
+        if updates != {"eject": True}:
+            raise ValueError('update_participant supports one update: {"eject": True}')
+        return self._request("update-participant", {"sessionId": session_id, "eject": True})
+
     def leave(self) -> Outgoing:
         return self._request("leave", {})
 
@@ -285,6 +296,13 @@ class CallState:
         self._awaiting.clear()
         if expected or not self._in_meeting:
             return False
+        if close_code == CLOSE_EJECTED:  # as daily-js reports an ejection
+            error = {"type": "ejected", "msg": EJECTED_MESSAGE}
+            self._emit(
+                "error", {"errorMsg": EJECTED_MESSAGE, "error": error, "closeCode": close_code}
+            )
+            self._end({"reason": "ejected", "closeCode": close_code})
+            return True
         self._emit(
             "error", {"errorMsg": ConnectionClosed(close_code).message, "closeCode": close_code}
         )
