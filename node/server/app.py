@@ -4,9 +4,13 @@ Routes:
     GET  /v1/rooms/{room}/ws                 WebSocket endpoint (wire protocol v1): websocket.py
     POST /v1/rooms/{room}/send-app-message   REST, bearer API key: rest.py
     GET  /v1/rooms/{room}/presence
-    GET  /v1/rooms/{room}/session-data
+    GET  /v1/rooms/{room}/get-session-data
+    POST /v1/rooms/{room}/set-session-data
+    GET  /v1/rooms/{room}/session-data       (the older session-data path, an alias)
     POST /v1/rooms/{room}/session-data
     POST /v1/meeting-tokens
+    GET  /v1/meeting-tokens/{token}
+    GET  /v1/openapi.json                    the REST API's OpenAPI document
     GET  /healthz  /readyz  /metrics
     GET  /rooms/{room}                       the demo page
     GET  /sdk/roomstate.js                   the browser SDK
@@ -33,11 +37,14 @@ from roomstate.server.fastpath import WriteBatch, fan_out
 from roomstate.server.rest import (
     NODE_KEY,
     json_response,
+    openapi,
     rest_get_session_data,
     rest_meeting_token,
     rest_presence,
+    rest_read_meeting_token,
     rest_send_app_message,
     rest_set_session_data,
+    rest_set_session_data_alias,
     room_name,
 )
 from roomstate.server.websocket import BATCH_KEY, websocket
@@ -87,9 +94,13 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/v1/rooms/{room}/ws", websocket)
     app.router.add_post("/v1/rooms/{room}/send-app-message", rest_send_app_message)
     app.router.add_get("/v1/rooms/{room}/presence", rest_presence)
-    app.router.add_get("/v1/rooms/{room}/session-data", rest_get_session_data)
-    app.router.add_post("/v1/rooms/{room}/session-data", rest_set_session_data)
+    app.router.add_get("/v1/rooms/{room}/get-session-data", rest_get_session_data)
+    app.router.add_post("/v1/rooms/{room}/set-session-data", rest_set_session_data)
+    app.router.add_get("/v1/rooms/{room}/session-data", rest_get_session_data)  # older path
+    app.router.add_post("/v1/rooms/{room}/session-data", rest_set_session_data_alias)
     app.router.add_post("/v1/meeting-tokens", rest_meeting_token)
+    app.router.add_get("/v1/meeting-tokens/{token}", rest_read_meeting_token)
+    app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -229,7 +229,7 @@ def test_s2_generated_frames_get_documented_replies_and_write_no_one_elses_data(
                 return result
 
         listed = harness.run(presence(), 10)
-        victim = next(p for p in listed["data"] if p["session_id"] == harness.sid)
+        victim = next(p for p in listed["data"] if p["id"] == harness.sid)
         grown = rss_mb(fuzz_node) - rss_before
         print(
             f"\nS2: {harness.frames_sent} generated frames in {EXAMPLES} batches, "

@@ -353,7 +353,7 @@ async def test_r1_kill_9_a_node_holding_a_third_of_a_room(
     ]
     reasons = {reason for p in survivors for sid, (_, reason) in p.left.items()}
     rest = [await presence(http, base, room) for base in (fleet.nodes[0], fleet.nodes[2])]
-    names = [[p["user_name"] for p in listing] for listing in rest]
+    names = [[p["userName"] for p in listing] for listing in rest]
     print(
         f"R1 ({total}): kill -9 of a node with {per_node}: survivors saw {len(gone)} leave "
         f"within {max(seen_leaving):.2f} s (reasons {sorted(reasons)}), anyone else leave: "

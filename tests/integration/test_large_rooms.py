@@ -83,7 +83,7 @@ async def test_a_hidden_participant_is_in_the_room_but_never_listed_or_announced
     async with http.get(f"{keyed_node.url}/v1/rooms/{room}/presence", headers=AUTH) as r:
         presence = await r.json()
     assert presence["total_count"] == 2
-    assert sid not in {p["session_id"] for p in presence["data"]}
+    assert sid not in {p["id"] for p in presence["data"]}
     assert presence["participant_counts"] == {"hidden": 1, "present": 2}
 
     await hidden.close()

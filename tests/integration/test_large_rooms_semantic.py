@@ -149,7 +149,7 @@ async def test_nobody_is_told_of_a_hidden_participants_join_or_leave(
     async with http.get(f"{deployment.url}/v1/rooms/{room}/presence", headers=AUTH) as r:
         presence = await r.json()
     assert presence["total_count"] == 2
-    assert {p["session_id"] for p in presence["data"]} == {host.session_id, guest.session_id}
+    assert {p["id"] for p in presence["data"]} == {host.session_id, guest.session_id}
     assert presence["participant_counts"] == {"hidden": 2, "present": 2}
 
     await first.leave()

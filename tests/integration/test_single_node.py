@@ -346,7 +346,7 @@ async def test_rest_app_messages_presence_and_session_data(
 
         presence = await rest.presence(room)
         assert presence["total_count"] == 3
-        assert {p["session_id"] for p in presence["data"]} == {
+        assert {p["id"] for p in presence["data"]} == {
             a.session_id,
             b.session_id,
             c.session_id,
