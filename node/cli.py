@@ -17,6 +17,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SERVE_HELP = """\
 Every option can also be set with an environment variable (the option wins):
   ROOMSTATE_HOST, ROOMSTATE_PORT, ROOMSTATE_API_KEY, ROOMSTATE_REDIS, ROOMSTATE_REDIS_CLUSTER,
+  redis access: ROOMSTATE_REDIS_USERNAME, ROOMSTATE_REDIS_PASSWORD, ROOMSTATE_REDIS_TLS (false),
+  ROOMSTATE_REDIS_SENTINEL_USERNAME, ROOMSTATE_REDIS_SENTINEL_PASSWORD, and one per option,
+  any setting from a file: ROOMSTATE_<NAME>_FILE (e.g. ROOMSTATE_REDIS_PASSWORD_FILE),
   ROOMSTATE_NODE_ID, ROOMSTATE_ALLOWED_ORIGINS (comma-separated),
   limits: ROOMSTATE_APP_MESSAGE_BYTES (4096), ROOMSTATE_USER_DATA_BYTES (4096),
   ROOMSTATE_SESSION_DATA_BYTES (102400), ROOMSTATE_FRAME_BYTES (131072), ROOMSTATE_MAX_DEPTH (32),
@@ -55,10 +58,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--api-key", help="REST key and token signing key (ROOMSTATE_API_KEY)")
     serve.add_argument(
-        "--redis", help="redis://HOST:PORT/DB of a standalone Redis (ROOMSTATE_REDIS)"
+        "--redis",
+        help="redis[s]://[USER:PASSWORD@]HOST:PORT/DB of a standalone Redis (ROOMSTATE_REDIS)",
     )
     serve.add_argument(
         "--redis-cluster", help="HOST:PORT[,HOST:PORT...] Cluster seeds (ROOMSTATE_REDIS_CLUSTER)"
+    )
+    serve.add_argument(
+        "--redis-sentinel",
+        help="HOST:PORT[,HOST:PORT...] Sentinels naming the master (ROOMSTATE_REDIS_SENTINEL)",
+    )
+    serve.add_argument(
+        "--redis-sentinel-master",
+        help="the master's name at the Sentinels (ROOMSTATE_REDIS_SENTINEL_MASTER)",
+    )
+    serve.add_argument(
+        "--redis-tls-ca", help="PEM file of the CA of Redis's certificate (ROOMSTATE_REDIS_TLS_CA)"
+    )
+    serve.add_argument(
+        "--redis-tls-cert", help="PEM client certificate, mutual TLS (ROOMSTATE_REDIS_TLS_CERT)"
+    )
+    serve.add_argument(
+        "--redis-tls-key", help="PEM key of that certificate (ROOMSTATE_REDIS_TLS_KEY)"
     )
     serve.add_argument("--node-id", help="this node's id (ROOMSTATE_NODE_ID; random)")
     serve.add_argument(
@@ -156,6 +177,11 @@ def _serve(args: argparse.Namespace, serve_args: list[str]) -> None:
             api_key=args.api_key,
             redis=args.redis,
             redis_cluster=args.redis_cluster,
+            redis_sentinel=args.redis_sentinel,
+            redis_sentinel_master=args.redis_sentinel_master,
+            redis_tls_ca=args.redis_tls_ca,
+            redis_tls_cert=args.redis_tls_cert,
+            redis_tls_key=args.redis_tls_key,
             node_id=args.node_id,
             workers=args.workers,
             default_has_presence=(

@@ -167,7 +167,7 @@ class Settings:
     def _check_workers(self) -> None:
         if self.workers == 1:
             return
-        if not (self.redis or self.redis_cluster):
+        if not (self.redis or self.redis_cluster or self.redis_sentinel):
             raise ValueError(
                 f"ROOMSTATE_WORKERS={self.workers}: more than one worker needs a Redis bus"
                 " (--redis or --redis-cluster): worker processes share no memory, so on the"

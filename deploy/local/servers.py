@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -333,14 +334,90 @@ def _read_reply(reader: IO[bytes]) -> RespValue:
     raise ConnectionError(f"unexpected Redis reply {line[:50]!r}")
 
 
-def redis_command(port: int, *args: str | int, host: str = HOST, timeout: float = 2.0) -> RespValue:
-    """Send one command on a new connection and return the reply (errors raise RedisReplyError)."""
+def _pack(args: Sequence[str | int]) -> bytes:
     parts = [str(arg).encode() for arg in args]
-    payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        with sock.makefile("rb") as reader:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def redis_command(
+    port: int,
+    *args: str | int,
+    host: str = HOST,
+    timeout: float = 2.0,
+    tls: TlsFiles | None = None,
+    auth: tuple[str, str] | None = None,
+) -> RespValue:
+    """Send one command on a new connection and return the reply (errors raise RedisReplyError).
+    With `tls`, over TLS (the client certificate is sent); with `auth`, as that ACL user."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = tls.client_context().wrap_socket(raw, server_hostname=host) if tls else raw
+        with sock, sock.makefile("rb") as reader:
+            if auth is not None:
+                sock.sendall(_pack(("AUTH", *auth)))
+                _read_reply(reader)
+            sock.sendall(_pack(args))
             return _read_reply(reader)
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and the certificates it signed (for 127.0.0.1 and localhost), as PEM files."""
+
+    ca: Path  # the CA's certificate: what clients trust
+    cert: Path  # the servers' certificate and key (also their client certificate to each other)
+    key: Path
+    client_cert: Path  # a client's certificate and key, for mutual TLS
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def server_args(self, *, auth_clients: str = "optional") -> tuple[str, ...]:
+        """redis-server's TLS options (the TLS port is given apart): clients must show a
+        certificate with `auth_clients` yes, may with optional, need not with no."""
+        return (
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", auth_clients,
+        )  # fmt: skip
+
+
+def make_tls_files(directory: Path, days: int = 2) -> TlsFiles:
+    """A new CA, a server and a client certificate it signed, in `directory` (with openssl)."""
+    openssl = find_binary("openssl", "openssl")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        done = subprocess.run(
+            [openssl, *args], cwd=directory, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {done.stderr[-1000:]}")
+
+    run("req", "-x509", "-new", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", str(days),
+        "-subj", "/CN=roomstate test CA")  # fmt: skip
+    for name in ("server", "client"):
+        run("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=roomstate test {name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", str(days),
+            "-extfile", "san.ext")  # fmt: skip
+    return TlsFiles(
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        directory / "client.pem",
+        directory / "client.key",
+    )
 
 
 def _parse_info(text: RespValue) -> dict[str, str]:
@@ -363,6 +440,9 @@ class RedisServer:
     Its files, named by port so that several servers can share `tmp_dir`, are in `tmp_dir`:
     `redis-P.log` (Redis's log), `redis-P.out` (stdout and stderr), `appendonly-P.aof*` and
     `nodes-P.conf` (Cluster).
+
+    With `tls`, it listens on TLS only (`port` is its TLS port); `auth` is the ACL user and
+    password its own checks (PING, `command`) use, for a server whose default user is off.
     """
 
     tmp_dir: Path
@@ -370,6 +450,9 @@ class RedisServer:
     appendonly: bool = False
     extra_args: tuple[str, ...] = ()
     process: ManagedProcess | None = field(default=None, repr=False)
+    tls: TlsFiles | None = None
+    tls_auth_clients: str = "optional"  # "yes": mutual TLS, a client certificate is required
+    auth: tuple[str, str] | None = None
 
     @classmethod
     def start(
@@ -380,9 +463,20 @@ class RedisServer:
         appendonly: bool = False,
         extra_args: Sequence[str] = (),
         timeout: float = 10.0,
+        tls: TlsFiles | None = None,
+        tls_auth_clients: str = "optional",
+        auth: tuple[str, str] | None = None,
     ) -> RedisServer:
         """Start redis-server on `port` (default: a free one) and wait until it answers PING."""
-        server = cls.launch(tmp_dir, port=port, appendonly=appendonly, extra_args=extra_args)
+        server = cls.launch(
+            tmp_dir,
+            port=port,
+            appendonly=appendonly,
+            extra_args=extra_args,
+            tls=tls,
+            tls_auth_clients=tls_auth_clients,
+            auth=auth,
+        )
         try:
             server.wait_ready(timeout)
         except BaseException:
@@ -398,9 +492,20 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = False,
         extra_args: Sequence[str] = (),
+        tls: TlsFiles | None = None,
+        tls_auth_clients: str = "optional",
+        auth: tuple[str, str] | None = None,
     ) -> RedisServer:
         """Start redis-server without waiting for it (see `wait_ready`)."""
-        server = cls(Path(tmp_dir), port or free_port(), appendonly, tuple(extra_args))
+        server = cls(
+            Path(tmp_dir),
+            port or free_port(),
+            appendonly,
+            tuple(extra_args),
+            tls=tls,
+            tls_auth_clients=tls_auth_clients,
+            auth=auth,
+        )
         server._spawn()
         return server
 
@@ -408,9 +513,14 @@ class RedisServer:
         binary = find_binary("redis-server", "redis-server")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         p = self.port
+        if self.tls is None:
+            listen: tuple[str, ...] = ("--port", str(p))
+        else:  # TLS only; replicas reach their master over TLS too
+            tls_args = self.tls.server_args(auth_clients=self.tls_auth_clients)
+            listen = ("--port", "0", "--tls-port", str(p), "--tls-replication", "yes", *tls_args)
         argv = [
             binary,
-            "--port", str(p),
+            *listen,
             "--bind", HOST,
             "--daemonize", "no",
             "--save", "",
@@ -428,7 +538,7 @@ class RedisServer:
     def ping(self, timeout: float = 1.0) -> bool:
         """Whether the server answers PING with PONG (false while loading, paused or down)."""
         try:
-            return redis_command(self.port, "PING", timeout=timeout) == "PONG"
+            return self.command("PING", timeout=timeout) == "PONG"
         except (OSError, RedisReplyError):
             return False
 
@@ -443,7 +553,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
 
     @property
     def address(self) -> str:
@@ -470,7 +580,7 @@ class RedisServer:
 
     def command(self, *args: str | int, timeout: float = 2.0) -> RespValue:
         """Run one command on this server (no cluster redirections)."""
-        return redis_command(self.port, *args, timeout=timeout)
+        return redis_command(self.port, *args, timeout=timeout, tls=self.tls, auth=self.auth)
 
     def info(self, section: str = "") -> dict[str, str]:
         """`INFO [section]` as a dict."""
@@ -534,9 +644,12 @@ class RedisCluster:
         node_timeout_ms: int = 2000,
         extra_args: Sequence[str] = (),
         timeout: float = 30.0,
+        tls: TlsFiles | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> RedisCluster:
         """Start the servers, form the cluster with `redis-cli --cluster create`, and wait until
-        every node says `cluster_state:ok` with all 16384 slots served."""
+        every node says `cluster_state:ok` with all 16384 slots served. With `tls`, clients,
+        replicas and the cluster bus use TLS only; `auth` as for `RedisServer`."""
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         cli = find_binary("redis-cli", "redis-tools")
@@ -556,9 +669,12 @@ class RedisCluster:
                     # masters keep serving theirs (Redis's default, yes, stops them all): what
                     # roomstate's deployments use (docs/operations.md).
                     "--cluster-require-full-coverage", "no",
+                    *(("--tls-cluster", "yes") if tls else ()),
                     *extra_args,
                 )  # fmt: skip
-                servers.append(RedisServer.launch(tmp_dir, port=port, extra_args=args))
+                servers.append(
+                    RedisServer.launch(tmp_dir, port=port, extra_args=args, tls=tls, auth=auth)
+                )
             for server in servers:
                 server.wait_ready()
             create_argv = [
@@ -568,6 +684,11 @@ class RedisCluster:
                 "--cluster-replicas", str(replicas_per_master),
                 "--cluster-yes",
             ]  # fmt: skip
+            if tls is not None:
+                create_argv += ["--tls", "--cacert", str(tls.ca), "--cert", str(tls.client_cert),
+                                "--key", str(tls.client_key)]  # fmt: skip
+            if auth is not None:
+                create_argv += ["--user", auth[0], "--pass", auth[1], "--no-auth-warning"]
             create = subprocess.run(
                 create_argv,
                 stdin=subprocess.DEVNULL,

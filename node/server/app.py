@@ -115,7 +115,7 @@ def make_node(settings: Settings, bus: Bus, metrics: Metrics | None = None) -> N
 
 
 def make_bus(settings: Settings) -> Bus:
-    if settings.redis or settings.redis_cluster:
+    if settings.redis or settings.redis_cluster or settings.redis_sentinel:
         from roomstate.bus.redis.bus import RedisBus  # the only module that imports redis
 
         return RedisBus(settings)

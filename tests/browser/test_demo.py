@@ -256,20 +256,22 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
 
     const write = a.setUserData({ n: 1 });
     out.userDataAtOnce = a.participants().local.userData;
-    await write;
-    const session = a.setMeetingSessionData({ topic: "crdts" }, "shallow-merge");
+    out.writeResult = await write;
+    out.sessionResult = a.setMeetingSessionData({ topic: "crdts" }, "shallow-merge") ?? null;
     out.sessionAtOnce = a.meetingSessionState().data;
-    await session;
     // keysToDelete given as null means none (a loop over null once broke every later update)
     await a.setMeetingSessionData({ round: 2 }, "shallow-merge", null);
     out.sessionAfterNullKeys = a.meetingSessionState().data;
 
-    try { await a.sendAppMessage("x".repeat(5000)); }
+    // sendAppMessage returns the call object (daily-js's); a refusal is a nonfatal-error
+    const refused = new Promise((resolve) => a.once("nonfatal-error", resolve));
+    out.sendReturns = a.sendAppMessage("x".repeat(5000)) === a;
+    out.tooLarge = await refused;
+    try { await a.setUserData("y".repeat(5000)); }
     catch (err) {
-        out.tooLarge = { isError: err instanceof RoomstateError, code: err.code,
-                         fromServer: err.fromServer, message: err.message };
+        out.refused = { isError: err instanceof RoomstateError, code: err.code,
+                        fromServer: err.fromServer, errorMsg: err.errorMsg };
     }
-    try { await a.setUserData("y".repeat(5000)); } catch (err) { out.refusedCode = err.code; }
     out.userDataRolledBack = a.participants().local.userData;
     // two refused writes in flight at once: back to what the node has, not to the first one
     const both = await Promise.allSettled(["p", "q"].map((c) => a.setUserData(c.repeat(5000))));
@@ -281,7 +283,7 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
     out.userDataAfterOverFrame = a.participants().local.userData;
     out.connectedAfterOverFrame = a._connected;
 
-    await a.sendAppMessage({ hello: "b" }, b.sessionId);
+    a.sendAppMessage({ hello: "b" }, b.sessionId);
     for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
     out.received = got;
     out.bSeesA = b.participants()[a.sessionId]?.user_name;
@@ -297,7 +299,7 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
     out.stateAfterLeave = a.meetingState();
     out.sessionAfterLeave = a.meetingSessionState().data;  // the room's, only while in it
     out.leftEvents = leftA;
-    try { await a.sendAppMessage("late"); } catch (err) { out.afterLeave = err.code; }
+    try { a.sendAppMessage("late"); } catch (err) { out.afterLeave = err.code; }
     await b.leave();
 
     // A request made while reconnecting waits at most `timeout` ms for the session to be back.
@@ -306,8 +308,10 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
     c._ws.close(); // the network drops; the next attempt is a minute away
     for (let i = 0; i < 100 && c._connected; i++) await new Promise((r) => setTimeout(r, 10));
     const asked = Date.now();
-    try { await c.setMeetingSessionData({ late: true }); }
-    catch (err) { out.whileAway = { code: err.code, ms: Date.now() - asked }; }
+    const lost = new Promise((resolve) => c.once("nonfatal-error", resolve));
+    c.setMeetingSessionData({ late: true });
+    const away = await lost;
+    out.whileAway = { type: away.type, code: away.code, ms: Date.now() - asked };
     out.sessionWhileAway = c.meetingSessionState().data;
     await c.leave();
 
@@ -321,7 +325,7 @@ SDK_CHECKS = """async ({ url, slowUrl }) => {
     for (let i = 0; i < 300 && e.meetingState() !== "error"; i++) {
         await new Promise((r) => setTimeout(r, 10));
     }
-    out.gaveUp = { state: e.meetingState(), code: errors[0]?.code };
+    out.gaveUp = { state: e.meetingState(), code: errors[0]?.code, type: errors[0]?.error?.type };
 
     // join's timeout covers connecting and the reply together (the join's own came on top)
     const d = createCallObject({ timeout: 2000 });
@@ -345,14 +349,18 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
         context.close()
     assert out["unknownEvent"] == "TypeError"
     assert out["joinedLocal"] == "a"
-    assert out["stateAfterJoin"] == "joined"
+    assert out["stateAfterJoin"] == "joined-meeting"
     assert out["userDataAtOnce"] == {"n": 1}
     assert out["sessionAtOnce"] == {"topic": "crdts"}
     assert out["sessionAfterNullKeys"] == {"topic": "crdts", "round": 2}
-    assert out["tooLarge"]["isError"] and out["tooLarge"]["fromServer"]
+    assert out["writeResult"] == {"userData": {"n": 1}} and out["sessionResult"] is None
+    assert out["sendReturns"] is True
+    assert out["tooLarge"]["action"] == "nonfatal-error"
+    assert out["tooLarge"]["type"] == "app-message-error"
     assert out["tooLarge"]["code"] == "too-large"
-    assert "the limit is 4096" in out["tooLarge"]["message"]
-    assert out["refusedCode"] == "too-large"
+    assert "the limit is 4096" in out["tooLarge"]["errorMsg"]
+    assert out["refused"]["isError"] and out["refused"]["fromServer"]
+    assert out["refused"]["code"] == "too-large" and "4096" in out["refused"]["errorMsg"]
     assert out["userDataRolledBack"] == {"n": 1}
     assert out["bothRefused"] == ["too-large", "too-large"]
     assert out["userDataAfterBoth"] == {"n": 1}
@@ -360,18 +368,23 @@ def test_sdk_api(single: Deployment, browser: Browser) -> None:
     assert out["userDataAfterOverFrame"] == {"n": 1}
     assert out["connectedAfterOverFrame"] is True
     assert len(out["received"]) == 1
-    assert set(out["received"][0]) == {"data", "fromId"}  # `seq` is the SDK's, not the app's
+    # daily-js's event object; `seq` is the SDK's, not the app's
+    assert set(out["received"][0]) == {"action", "callClientId", "data", "fromId"}
     assert out["received"][0]["data"] == {"hello": "b"}
     assert out["bSeesA"] == "a"
     assert out["stateAfterLeave"] == "left-meeting"
-    assert out["leftEvents"] == [{"reason": "left"}]
+    assert [{**e, "callClientId": None} for e in out["leftEvents"]] == [
+        {"action": "left-meeting", "callClientId": None, "reason": "left"}
+    ]
     assert out["afterLeave"] == "not-joined"
     assert out["whileAway"]["code"] == "timeout"
+    assert out["whileAway"]["type"] == "meeting-session-data-error"
     assert out["whileAway"]["ms"] < 5000, out["whileAway"]  # not until the next attempt (60 s)
     assert "late" not in out["sessionWhileAway"], "the write never sent is rolled back"
     assert out["sessionAfterLeave"] == {}
     assert out["latestSeq"] == "1795935294642-10"
-    assert out["gaveUp"] == {"state": "error", "code": "reconnect-failed"}
+    gave_up = {"state": "error", "code": "reconnect-failed", "type": "connection-error"}
+    assert out["gaveUp"] == gave_up
     # connected after 1.5 s, then no reply: the join gives up at its 2 s, not 1.5 + 2
     assert out["slowJoin"]["code"] == "timeout", out["slowJoin"]
     assert out["slowJoin"]["ms"] < 3000, out["slowJoin"]
@@ -404,7 +417,7 @@ def test_reconnect_resumes_the_session(single: Deployment, people: Callable[...,
     expect(ann.participant("Bob Builder")).to_have_attribute("data-hand", "up")
     messages = ann.seen("app-message")
     assert [m["data"] for m in messages] == [{"type": "reaction", "emoji": "❤️"}]
-    assert all(set(m) == {"data", "fromId"} for m in messages)
+    assert all(set(m) == {"action", "callClientId", "data", "fromId"} for m in messages)
     events = ann.seen("network-connection")
     assert [e["event"] for e in events] == ["interrupted", "connected"]
     assert events[1]["resumed"] is True and events[1]["sessionId"] == sid

@@ -5,7 +5,7 @@ redis-py is the client for snapshots, leases and the Cluster's topology; events 
 ``EVALSHA`` on one pipelining connection per Redis server (resp.py), so publishes made together
 share one write and one read, and each costs one round trip at most. The reader and the leases
 use those connections too. Whether Redis is reachable now (`ready`) is kept here: every part
-that talks to Redis sets it.
+that talks to Redis sets it. Where Redis is, TLS and credentials are access.py's.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
+from roomstate.bus.redis.access import MASTER, Access, Address
 from roomstate.bus.redis.keys import SHARDS, hash_tag
 from roomstate.bus.redis.resp import RespConnection, RespConnectionError, RespError
 from roomstate.errors import BusError, FencedError
@@ -45,10 +45,9 @@ REFRESH_WAIT_S = 0.5
 # client, RedisClusterException (not a RedisError) when no node of the Cluster answers.
 REDIS_ERRORS = (RedisError, RedisClusterException)
 # Error replies after which a command was not run and may be sent again (after a Cluster
-# failover or resharding: to the new owner of the slot).
-RETRY_AFTER = frozenset({"NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
-
-Address = tuple[str, int]  # a Redis server; ("", 0) for the one server of a standalone Redis
+# failover or resharding: to the new owner of the slot; READONLY: a master demoted by Sentinel,
+# to the new master).
+RETRY_AFTER = frozenset({"NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY"})
 
 
 class Script(NamedTuple):
@@ -87,29 +86,13 @@ class PerServer:
             conn.close()
 
 
-def _client(settings: Settings, timeout: float) -> aioredis.Redis | RedisCluster:
-    if settings.redis_cluster:
-        seeds = []
-        for seed in settings.redis_cluster.split(","):
-            host, _, port = seed.strip().rpartition(":")
-            seeds.append(ClusterNode(host, int(port)))
-        return RedisCluster(
-            startup_nodes=seeds,
-            socket_timeout=timeout,
-            socket_connect_timeout=COMMAND_TIMEOUT_S,
-        )
-    assert settings.redis is not None
-    return aioredis.Redis.from_url(
-        settings.redis, socket_timeout=timeout, socket_connect_timeout=COMMAND_TIMEOUT_S
-    )
-
-
 class Connections:
     """How the bus reaches the Redis server of a shard, standalone or in a Cluster."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = _client(settings, COMMAND_TIMEOUT_S)  # snapshots, leases, topology
+        self.access = Access(settings)  # where Redis is; TLS, credentials
+        self.client = self.access.client(COMMAND_TIMEOUT_S, COMMAND_TIMEOUT_S)  # snapshots...
         self.cluster = isinstance(self.client, RedisCluster)
         self.ready = False  # whether Redis answered the last call (the bus takes writes)
         self._writers = PerServer(self.open)  # the hot path: publishing, reads, leases
@@ -138,23 +121,21 @@ class Connections:
     async def close(self) -> None:
         self._writers.close()
         await self.client.aclose()
+        await self.access.close()
 
     # -- servers --
 
     def address(self, shard: int) -> Address:
-        """The Redis server that holds `shard` (for a standalone Redis: the one server)."""
+        """The Redis server that holds `shard` (`MASTER` but in a Cluster)."""
         if not isinstance(self.client, RedisCluster):
-            return ("", 0)
+            return MASTER
         node = self.client.nodes_manager.get_node_from_slot(self._slots[shard])
         return (node.host, int(node.port))
 
     async def open(self, address: Address) -> RespConnection:
         """A new connection to the server at `address`."""
         try:
-            if address == ("", 0):
-                assert self.settings.redis is not None
-                return await RespConnection.open_url(self.settings.redis, timeout=CONNECT_TIMEOUT_S)
-            return await RespConnection.open(*address, timeout=CONNECT_TIMEOUT_S)
+            return await self.access.open(address, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, RespError) as exc:
             raise BusError(f"cannot connect to Redis at {address}: {exc}") from exc
 
@@ -217,6 +198,8 @@ class Connections:
                     raise BusError(f"Redis refused the write: {exc}") from exc
                 if exc.prefix == "NOSCRIPT":
                     await self._load_script(conn, script.source)
+                elif exc.prefix == "READONLY":  # a replica now: the next connection asks anew
+                    conn.close()
                 else:  # the retry goes where the new slot map says
                     await self.refresh_topology(left())
             except RespConnectionError as exc:

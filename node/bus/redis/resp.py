@@ -16,11 +16,15 @@ A connection given `on_push` can also subscribe (``SSUBSCRIBE``): messages
 (``smessage``) and the server's unsubscriptions (``sunsubscribe``, also sent unasked when a slot
 moves) go to `on_push` instead of to a caller, so ``SUNSUBSCRIBE`` is sent with `send`, which
 expects no reply.
+
+Given an `ssl.SSLContext` it speaks TLS (asyncio's SSL transport: the protocol is the same), and
+given credentials it authenticates (``AUTH``) before it is handed out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -72,32 +76,57 @@ class RespConnection(asyncio.Protocol):
         return len(self._pending)
 
     @classmethod
-    async def open(cls, host: str, port: int, *, timeout: float) -> RespConnection:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        ssl: ssl_.SSLContext | None = None,
+        auth: tuple[str, ...] = (),
+        db: int = 0,
+    ) -> RespConnection:
+        """Connect (over TLS with `ssl`, checking the certificate names `host`), send ``AUTH``
+        with `auth` ((password,) or (user, password)), select `db`; all within `timeout`."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            _, protocol = await loop.create_connection(cls, host, port)
+            _, protocol = await loop.create_connection(
+                cls, host, port, ssl=ssl, server_hostname=host if ssl else None
+            )
+            try:
+                if auth:
+                    await protocol.call("AUTH", *auth, timeout=timeout)
+                if db:
+                    await protocol.call("SELECT", db, timeout=timeout)
+            except BaseException:
+                protocol.close()
+                raise
         return protocol
 
     @classmethod
-    async def open_url(cls, url: str, *, timeout: float) -> RespConnection:
-        """Connect to ``redis://[[user]:password@]host[:port][/db]``, authenticating and
-        selecting the database as redis-py would."""
+    async def open_url(
+        cls, url: str, *, timeout: float, ssl: ssl_.SSLContext | None = None
+    ) -> RespConnection:
+        """Connect to ``redis[s]://[[user]:password@]host[:port][/db]``, authenticating and
+        selecting the database as redis-py would (rediss://: over TLS, with `ssl` or the
+        system's trusted CAs)."""
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"only redis:// URLs are supported here, not {parts.scheme}://")
-        conn = await cls.open(parts.hostname or "127.0.0.1", parts.port or 6379, timeout=timeout)
-        try:
-            if parts.password is not None:
-                user = unquote(parts.username) if parts.username else None
-                creds = (user, unquote(parts.password)) if user else (unquote(parts.password),)
-                await conn.call("AUTH", *creds, timeout=timeout)
-            db = parts.path.lstrip("/")
-            if db and db != "0":
-                await conn.call("SELECT", int(db), timeout=timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"only redis:// and rediss:// URLs are supported, not {url!r}")
+        if parts.scheme == "rediss" and ssl is None:
+            ssl = ssl_.create_default_context()
+        auth: tuple[str, ...] = ()
+        if parts.password is not None:
+            user = unquote(parts.username) if parts.username else None
+            auth = (user, unquote(parts.password)) if user else (unquote(parts.password),)
+        return await cls.open(
+            parts.hostname or "127.0.0.1",
+            parts.port or 6379,
+            timeout=timeout,
+            ssl=ssl if parts.scheme == "rediss" else None,
+            auth=auth,
+            db=int(parts.path.lstrip("/") or 0),
+        )
 
     # -- calls --
 

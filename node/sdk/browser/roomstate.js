@@ -1,15 +1,16 @@
 /**
  * roomstate browser SDK: daily-js's call object for the three data-sharing mechanisms (app
- * messages, userData, meeting session data). An ES module with no build step; every node serves
- * it at /sdk/roomstate.js, with its types in roomstate.d.ts. The API is documented in docs/sdk.md.
+ * messages, userData, meeting session data). An ES module with no build step, published as the
+ * npm package in this folder (package.json); every node serves it at /sdk/roomstate.js, with its
+ * types at /sdk/roomstate.d.ts. The API and how it matches daily-js's are in docs/sdk.md.
  *
- *   import { createCallObject } from "/sdk/roomstate.js";
- *   const call = createCallObject();
+ *   import Daily from "/sdk/roomstate.js";        // or from the npm package
+ *   const call = Daily.createCallObject();
  *   call.on("app-message", ({ data, fromId }) => console.log(fromId, data));
  *   await call.join({ url: "http://127.0.0.1:8080/rooms/demo", userName: "ada" });
  *   await call.setUserData({ handRaised: true });  // participants().local changes at once
- *   await call.setMeetingSessionData({ topic: "crdts" }, "shallow-merge");
- *   await call.sendAppMessage({ emoji: "👏" });     // to everyone else
+ *   call.setMeetingSessionData({ topic: "crdts" }, "shallow-merge");
+ *   call.sendAppMessage({ emoji: "👏" });           // to everyone else
  *
  * It behaves like the Python SDK (node/client.py). Local state changes at once and is kept by
  * rebasing: the node's last state, plus the writes it acknowledged since, plus the writes still
@@ -30,8 +31,11 @@
  * (ms): the error carries it, and a reconnect waits at least that long before trying again.
  */
 
+/** The package's version: the same as the node's (`roomstate --version`) and package.json's. */
+export const VERSION = "0.1.0";
+
 export const EVENTS = Object.freeze([
-  "joined-meeting", "participant-joined", "participant-updated", "participant-left",
+  "loading", "loaded", "joining-meeting", "call-instance-destroyed", "joined-meeting", "participant-joined", "participant-updated", "participant-left",
   "app-message", "meeting-session-state-updated", "participant-counts-updated", "error",
   "nonfatal-error", "left-meeting", "network-connection",
 ]);
@@ -40,10 +44,16 @@ const PARTICIPANT_EVENTS = new Set(["participant-joined", "participant-updated",
 const ROOM_PATH = /^(.*)\/rooms\/([A-Za-z0-9._-]{1,64})\/?$/;
 const WS_PATH = /\/v1\/rooms\/[A-Za-z0-9._-]{1,64}\/ws$/;
 const CLOSE_REPLACED = 4003; // the session was resumed on another connection: never reconnect
+const CLOSE_EJECTED = 4004; // an owner ejected us, or the meeting token's time was up: never reconnect
+const EJECTED_MESSAGE = "You were ejected from the meeting";
 // A rejoin refused with one of these will be refused again: give up. Others (rate-limited,
 // unavailable, internal) are retried.
 const FATAL_JOIN_CODES = new Set(["unauthorized", "forbidden", "bad-request", "too-large"]);
 const PING_IDLE_MS = 15000; // ping the node after this long without a frame from it
+const OPENING = new Set(["loading", "loaded", "joining-meeting"]); // meetingState() during join()
+// daily-js's fatal error types, for the node's error codes (any other: connection-error)
+const FATAL_TYPES = { unauthorized: "not-allowed", forbidden: "not-allowed" };
+const instances = new Map(); // callClientId -> call object not destroyed (getCallInstance)
 
 /** An error with a wire `code` (`too-large`, `not-joined`, ...) or a client one
  * (`connection-closed`, `timeout`); `fromServer` tells them apart. */
@@ -55,6 +65,7 @@ export class RoomstateError extends Error {
     this.fromServer = false; // true: the node answered `error`; the request had no effect
     this.closeCode = undefined; // the WebSocket close code, for `connection-closed`
     this.retryAfter = undefined; // ms the node asks to wait, for `unavailable` (when it said)
+    this.errorMsg = message; // as daily-js's error events name it
     Object.assign(this, extra);
   }
 }
@@ -106,6 +117,31 @@ function seqAfter(a, b) {
   return false;
 }
 
+/** A participant as daily-js describes one: the node's fields, `local`, `joined_at` as a Date
+ * and `permissions` (daily-js's defaults, the node's over them). */
+function toParticipant(wire, local) {
+  const joined = wire.joined_at;
+  return {
+    ...wire,
+    local,
+    owner: wire.owner === true,
+    joined_at: typeof joined === "number" ? new Date(joined) : joined,
+    permissions: { hasPresence: true, canSend: true, canReceive: { base: true }, canAdmin: false, ...wire.permissions },
+  };
+}
+
+/** A copy the app may change without changing ours. */
+const copyParticipant = (p) => ({
+  ...p,
+  joined_at: p.joined_at instanceof Date ? new Date(p.joined_at) : p.joined_at,
+  permissions: { ...p.permissions },
+});
+
+/** daily-js's `error.type` for a fatal error of code `code`, with where it happened. */
+function fatalError(code, msg, details) {
+  return { type: FATAL_TYPES[code] ?? "connection-error", msg, details };
+}
+
 /** Whether a participant object is a hidden one's (Daily's `hasPresence: false`). */
 const isHidden = (participant) => participant?.permissions?.hasPresence === false;
 
@@ -128,14 +164,20 @@ export class CallObject {
    * `backoff`: reconnect delays in ms, and `maxAttempts` reconnects in a row before giving up
    * (default: no limit); `maxFrameBytes`: the node's frame limit (ROOMSTATE_FRAME_BYTES): a bigger
    * frame is refused here, as the node would close the connection for it. */
-  constructor({ timeout = 10000, backoff = { baseMs: 250, capMs: 5000 }, maxFrameBytes = 131072 } = {}) {
+  constructor({
+    timeout = 10000, backoff = { baseMs: 250, capMs: 5000 }, maxFrameBytes = 131072, url, token, userName, userData,
+  } = {}) {
+    this.properties = { url, token, userName, userData }; // join()'s defaults, as daily-js keeps them
+    this.callClientId = globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
     this.timeout = timeout;
     this.maxFrameBytes = maxFrameBytes;
     this.backoff = backoff;
     this.sessionId = null; // set by the `joined` reply
     this.resumeToken = null; // the `joined` reply's: takes the session up again after a drop
     this.lastSeq = null; // log position of the last app message received (`resumeAfter`)
-    this._state = "new"; // meetingState(): new, joining, joined, leaving, left-meeting, error
+    this._state = "new"; // meetingState(): new, loading, loaded, joining-meeting, joined-meeting, left-meeting, error
+    this._leaving = false; // leave() runs: the meeting is over for requests and reconnects
+    this._destroyed = false;
     this._connected = false; // joined on the current socket (false while reconnecting)
     this._ws = null;
     this._wsUrl = null;
@@ -161,8 +203,11 @@ export class CallObject {
 
   // -- requests --
 
-  /** Connect to the room at `url` and join it; resolves with participants(). */
-  async join({ url, token, userName, userData } = {}) {
+  /** Connect to the room at `url` and join it; resolves with participants(). Options not given
+   * come from createCallObject()'s. */
+  async join(options = {}) {
+    const { url, token, userName, userData } = { ...this.properties, ...options };
+    this._checkAlive();
     if (!["new", "left-meeting", "error"].includes(this._state)) {
       throw new RoomstateError("already-joined", "this call object is in a meeting; call leave() first");
     }
@@ -172,33 +217,61 @@ export class CallObject {
     this._counts = { present: 0, hidden: 0 };
     this._others.clear();
     this._forgetSession();
-    this._state = "joining";
+    this._setState("loading");
     try {
       await this._connect(false);
     } catch (err) {
-      if (this._state === "joining") this._state = "error";
+      const failed = OPENING.has(this._state) && !this._leaving;
+      if (failed) this._state = "error";
       this._teardown();
+      if (failed) {
+        const on = { on: "join", uri: this._wsUrl, sourceError: { code: err.code, message: err.message } };
+        const errorMsg = `could not join the room: ${err.message}`;
+        this._emit("error", { errorMsg, error: fatalError(err.code, errorMsg, on), code: err.code });
+      }
       throw err;
     }
     return this.participants();
   }
 
-  /** Send `data` to every other participant ('*'), one session id, or a list of them. */
-  async sendAppMessage(data, to = "*") {
-    await this._request("send-app-message", { data, to });
+  /** Send `data` to every other participant ('*'), one session id, or a list of them; returns
+   * the call object, as daily-js does. A refusal comes as `nonfatal-error` (`app-message-error`). */
+  sendAppMessage(data, to = "*") {
+    this._checkJoined();
+    this._request("send-app-message", { data, to }).catch((err) => this._nonfatal("app-message-error", err));
+    return this;
   }
 
-  /** Replace the local participant's userData: locally at once, then on the node. */
+  /** daily-js's updateParticipant: `updateParticipant(sessionId, {eject: true})` ejects that
+   * participant (an owner's, or a token with canAdmin for participants). Returns the call object,
+   * as daily-js; a refusal comes as `nonfatal-error` `update-participant-error` (code `forbidden`
+   * for a non-owner). Only `eject` is supported: other updates throw a TypeError. */
+  updateParticipant(sessionId, updates) {
+    this._checkJoined();
+    if (typeof sessionId !== "string" || !sessionId) throw new TypeError("updateParticipant needs a session id");
+    const keys = Object.keys(updates ?? {});
+    if (keys.length !== 1 || updates.eject !== true) {
+      throw new TypeError("updateParticipant supports one update: {eject: true}");
+    }
+    this._request("update-participant", { sessionId, eject: true })
+      .catch((err) => this._nonfatal("update-participant-error", err));
+    return this;
+  }
+
+  /** Replace the local participant's userData: locally at once, then on the node; resolves with
+   * `{userData}` once the node took it. */
   async setUserData(data) {
     this._checkJoined();
     const id = ++this._ids;
     this._userDataPending.set(id, data);
     this._local.userData = data;
     await this._request("set-user-data", { data }, id);
+    return { userData: data };
   }
 
-  /** Write the room's session data ('replace' or 'shallow-merge'); local state at once. */
-  async setMeetingSessionData(data, mergeStrategy = "replace", keysToDelete = []) {
+  /** Write the room's session data ('replace' or 'shallow-merge'); local state at once. Returns
+   * nothing, as daily-js; a refusal comes as `nonfatal-error` (`meeting-session-data-error`). */
+  setMeetingSessionData(data, mergeStrategy = "replace", keysToDelete = []) {
     this._checkJoined();
     keysToDelete = keysToDelete ?? []; // (null: none, as the node takes it)
     const id = ++this._ids;
@@ -206,21 +279,35 @@ export class CallObject {
     this._refreshSession();
     const fields = { data, mergeStrategy };
     if (keysToDelete.length) fields.keysToDelete = keysToDelete;
-    await this._request("set-meeting-session-data", fields, id);
+    this._request("set-meeting-session-data", fields, id).catch((err) => this._nonfatal("meeting-session-data-error", err));
   }
 
   /** Leave the room and close the socket; safe to call at any time, more than once. */
   async leave() {
-    if (["new", "left-meeting", "error", "leaving"].includes(this._state)) return;
+    if (["new", "left-meeting", "error"].includes(this._state) || this._leaving) return;
     const connected = this._connected;
-    this._state = "leaving";
+    this._leaving = true;
     clearTimeout(this._retryTimer);
     if (connected) await this._send("leave").catch(() => {}); // best effort: we go either way
     this._teardown();
     this._forgetSession(); // meetingSessionState() is the room's only while in it
     this._counts = { present: 0, hidden: 0 }; // and so are the counts
-    this._state = "left-meeting";
-    this._emit("left-meeting", { reason: "left" });
+    this._leaving = false;
+    this._setState("left-meeting", { reason: "left" });
+  }
+
+  /** Leave, then make the call object unusable (daily-js's destroy()); `call-instance-destroyed`. */
+  async destroy() {
+    if (this._destroyed) return;
+    await this.leave();
+    this._destroyed = true;
+    instances.delete(this.callClientId);
+    this._emit("call-instance-destroyed", {});
+    this._handlers.clear();
+  }
+
+  isDestroyed() {
+    return this._destroyed;
   }
 
   // -- local state --
@@ -228,8 +315,8 @@ export class CallObject {
   /** `{local: the local participant, <session id>: participant, ...}` (copies). */
   participants() {
     const result = {};
-    for (const [sid, participant] of this._others) result[sid] = { ...participant };
-    if (this._local) result.local = { ...this._local };
+    for (const [sid, participant] of this._others) result[sid] = copyParticipant(participant);
+    if (this._local) result.local = copyParticipant(this._local);
     return result;
   }
 
@@ -244,7 +331,8 @@ export class CallObject {
     return { data: { ...this._sessionView } };
   }
 
-  /** new, joining, joined, leaving, left-meeting or error (daily-js's meetingState()). */
+  /** new, loading, loaded, joining-meeting, joined-meeting, left-meeting or error, as daily-js's
+   * (it stays joined-meeting while reconnecting and while leave() runs). */
   meetingState() {
     return this._state;
   }
@@ -258,10 +346,20 @@ export class CallObject {
     return this;
   }
 
-  /** Remove `handler` from `event`, or every handler of `event`. */
+  /** Call `handler(event)` for the next event named `event` only. */
+  once(event, handler) {
+    const wrapper = (payload) => {
+      this.off(event, wrapper);
+      handler(payload);
+    };
+    wrapper.listener = handler; // so off(event, handler) removes it too
+    return this.on(event, wrapper);
+  }
+
+  /** Remove `handler` (also one given to once()) from `event`, or every handler of `event`. */
   off(event, handler) {
     const handlers = this._handlers.get(checkEvent(event)) ?? [];
-    this._handlers.set(event, handler ? handlers.filter((h) => h !== handler) : []);
+    this._handlers.set(event, handler ? handlers.filter((h) => h !== handler && h.listener !== handler) : []);
     return this;
   }
 
@@ -276,6 +374,8 @@ export class CallObject {
       const opening = setTimeout(() => ws.close(), this.timeout);
       ws.onopen = () => {
         clearTimeout(opening);
+        if (!resume) this._setState("loaded");
+        if (!resume) this._setState("joining-meeting");
         const { token, userName, userData } = this._joinArgs;
         // After a drop, the userData the node took (or may have): a resume the node refuses
         // becomes a fresh join. Writes still waiting are sent after it, each on its own.
@@ -309,9 +409,13 @@ export class CallObject {
       pending.reject(closed);
     }
     this._pending.clear();
-    if (this._state !== "joined" || !wasUp) return; // joining, leaving, or a failed reconnect
+    if (!this._inMeeting() || !wasUp) return; // joining, leaving, or a failed reconnect
     if (code === CLOSE_REPLACED) {
       this._fail(`the node closed the connection (code ${code}); not reconnecting`, code);
+      return;
+    }
+    if (code === CLOSE_EJECTED) { // daily-js's ejection: `error` of type "ejected", `left-meeting`
+      this._fail(EJECTED_MESSAGE, code, "ejected", "ejected");
       return;
     }
     this._emit("network-connection", { type: "signaling", event: "interrupted", closeCode: code });
@@ -327,11 +431,11 @@ export class CallObject {
     }
     const ceiling = Math.min(capMs, baseMs * 2 ** this._attempt++);
     this._retryTimer = setTimeout(async () => {
-      if (this._state !== "joined") return;
+      if (!this._inMeeting()) return;
       try {
         await this._connect(true);
       } catch (err) {
-        if (this._state !== "joined") return;
+        if (!this._inMeeting()) return;
         const attempt = this._ws; // still open if the node refused the join
         this._ws = null;
         attempt?.close();
@@ -341,12 +445,15 @@ export class CallObject {
     }, Math.max(retryAfter, ceiling / 2 + (Math.random() * ceiling) / 2)); // a busy node's delay first
   }
 
-  /** Give up: the meeting is over for this call object. */
-  _fail(errorMsg, closeCode, code) {
+  /** Give up: the meeting is over for this call object. `error` carries daily-js's `errorMsg` and
+   * `error: {type, msg, details}`; `code` and `closeCode` are roomstate's. */
+  _fail(errorMsg, closeCode, code, type) {
     this._state = "error";
     this._teardown();
-    this._emit("error", { errorMsg, closeCode, code });
-    this._emit("left-meeting", { reason: "error", closeCode });
+    const error = fatalError(code, errorMsg, { on: "reconnect", uri: this._wsUrl, closeCode });
+    if (type) error.type = type;
+    this._emit("error", { errorMsg, error, closeCode, code });
+    this._emit("left-meeting", { reason: type === "ejected" ? "ejected" : "error", closeCode });
   }
 
   /** Close the socket, stop the timers, fail the queued requests, forget the other people. */
@@ -381,7 +488,31 @@ export class CallObject {
   // -- internals: requests and replies --
 
   _checkJoined() {
-    if (this._state !== "joined") throw new RoomstateError("not-joined", "call join() first");
+    this._checkAlive();
+    if (!this._inMeeting()) throw new RoomstateError("not-joined", "call join() first");
+  }
+
+  _checkAlive() {
+    if (this._destroyed) {
+      throw new RoomstateError("destroyed", "this call object was destroyed; make another with Daily.createCallObject()");
+    }
+  }
+
+  /** In the meeting (connected or reconnecting) and not leaving it. */
+  _inMeeting() {
+    return this._state === "joined-meeting" && !this._leaving;
+  }
+
+  /** Move to meetingState() `state` and emit the event of the same name. */
+  _setState(state, payload = {}) {
+    this._state = state;
+    this._emit(state, payload);
+  }
+
+  /** A request that returns no promise failed: a `nonfatal-error` of daily-js's shape. */
+  _nonfatal(type, err) {
+    const extra = err.retryAfter === undefined ? {} : { retryAfter: err.retryAfter };
+    this._emit("nonfatal-error", { type, errorMsg: err.message, code: err.code, ...extra });
   }
 
   /** A public request: waits while reconnecting, then sends. */
@@ -506,7 +637,8 @@ export class CallObject {
       if (type === "joined") this._onJoined(frame);
       pending.resolve(content);
     } else if (type === "error" || type === "nonfatal-error") {
-      this._emit("nonfatal-error", content); // an error not answering a waiting request
+      const { code, message, ...rest } = content; // an error not answering a waiting request
+      this._emit("nonfatal-error", { ...rest, type: "node-error", errorMsg: message, code });
     } else if (PARTICIPANT_EVENTS.has(type)) {
       this._onParticipant(type, content);
     } else if (type === "participant-events") { // one loop turn's, in order
@@ -533,14 +665,15 @@ export class CallObject {
   _onParticipant(type, content) {
     const sid = content.participant.session_id;
     if (sid === this.sessionId) return;
-    if (type === "participant-left" || isHidden(content.participant)) this._others.delete(sid);
-    else this._others.set(sid, content.participant);
-    this._emit(type, content);
+    const participant = toParticipant(content.participant, false);
+    if (type === "participant-left" || isHidden(participant)) this._others.delete(sid);
+    else this._others.set(sid, participant);
+    this._emit(type, { ...content, participant: copyParticipant(participant) });
   }
 
   /** A `joined` reply: the first join, a resumed session, or a fresh join after a refused resume. */
   _onJoined(frame) {
-    const first = this._state === "joining";
+    const first = this._state !== "joined-meeting";
     const resumed = frame.resumed === true;
     const before = { others: this._others, session: this._sessionView, userData: this._userDataBase };
     const askedReplay = this.lastSeq !== null;
@@ -554,11 +687,13 @@ export class CallObject {
     const participants = { ...frame.participants };
     const mine = participants[this.sessionId];
     delete participants[this.sessionId];
-    this._local = mine ? { ...mine } : { session_id: this.sessionId, userData: null };
+    this._local = toParticipant(mine ?? { session_id: this.sessionId, userData: null }, true);
     this._userDataBase = this._local.userData;
     const waitingWrites = [...this._userDataPending.values()]; // shown at once, sent after this
     if (waitingWrites.length) this._local.userData = waitingWrites[waitingWrites.length - 1];
-    this._others = new Map(Object.entries(participants).filter(([, p]) => !isHidden(p)));
+    this._others = new Map(
+      Object.entries(participants).filter(([, p]) => !isHidden(p)).map(([sid, p]) => [sid, toParticipant(p, false)]),
+    );
     const hidden = isHidden(this._local) ? 1 : 0; // a node from before counts: the ones listed
     this._counts = frame.participantCounts
       ? { ...frame.participantCounts }
@@ -569,23 +704,21 @@ export class CallObject {
     this._attempt = 0;
     this._startPinger();
     if (first) {
-      this._state = "joined";
-      this._emit("joined-meeting", { participants: this.participants() });
+      this._setState("joined-meeting", { participants: this.participants() });
     } else {
       this._emitChanges(before);
       if (!resumed) {
-        const message = "the session could not be resumed; joined again as a new session";
-        this._emit("nonfatal-error", { type: "resume", code: "session-lost", message });
+        const errorMsg = "the session could not be resumed; joined again as a new session";
+        this._emit("nonfatal-error", { type: "resume", code: "session-lost", errorMsg });
       } else if (frame.replayed === false && askedReplay) {
-        const message = "app messages sent while disconnected could not be replayed";
-        this._emit("nonfatal-error", { type: "resume", code: "messages-lost", message });
+        const errorMsg = "app messages sent while disconnected could not be replayed";
+        this._emit("nonfatal-error", { type: "resume", code: "messages-lost", errorMsg });
       }
       if (resumed && !same(before.userData, this._userDataBase)) {
         // a write the node may have missed (no reply came before the drop): send it again
         this._userDataBase = before.userData;
         if (!waitingWrites.length) this._local.userData = before.userData;
-        this._send("set-user-data", { data: before.userData }).catch((err) =>
-          this._emit("nonfatal-error", { type: "set-user-data", code: err.code, message: err.message }));
+        this._send("set-user-data", { data: before.userData }).catch((err) => this._nonfatal("user-data-error", err));
       }
       this._emit("network-connection", { type: "signaling", event: "connected", resumed, sessionId: this.sessionId });
     }
@@ -596,19 +729,21 @@ export class CallObject {
   _emitChanges(before) {
     for (const [sid, participant] of this._others) {
       const old = before.others.get(sid);
-      if (!old) this._emit("participant-joined", { participant });
-      else if (!same(old, participant)) this._emit("participant-updated", { participant });
+      if (!old) this._emit("participant-joined", { participant: copyParticipant(participant) });
+      else if (!same(old, participant)) this._emit("participant-updated", { participant: copyParticipant(participant) });
     }
     for (const [sid, participant] of before.others) {
-      if (!this._others.has(sid)) this._emit("participant-left", { participant });
+      if (!this._others.has(sid)) this._emit("participant-left", { participant: copyParticipant(participant) });
     }
     if (!same(before.session, this._sessionView)) {
       this._emit("meeting-session-state-updated", { meetingSessionState: { data: { ...this._sessionView } } });
     }
   }
 
-  /** Run an event's handlers; a failing handler is logged, never thrown. */
-  _emit(event, payload) {
+  /** Run an event's handlers with `{action: event, callClientId, ...payload}` (daily-js's event
+   * object); a failing handler is logged, never thrown. */
+  _emit(event, content) {
+    const payload = { action: event, callClientId: this.callClientId, ...content };
     for (const handler of this._handlers.get(event) ?? []) {
       try {
         handler(payload);
@@ -619,9 +754,23 @@ export class CallObject {
   }
 }
 
-/** A new call object (daily-js: `Daily.createCallObject()`). */
+/** A new call object (daily-js: `Daily.createCallObject()`). Unlike daily-js, a page may have
+ * several at once. */
 export function createCallObject(options) {
-  return new CallObject(options);
+  const call = new CallObject(options);
+  instances.set(call.callClientId, call);
+  return call;
 }
 
-export default { createCallObject, CallObject, RoomstateError, roomWsUrl, EVENTS };
+/** The call object `callClientId`, or the first not destroyed (daily-js's getCallInstance()). */
+export function getCallInstance(callClientId) {
+  if (callClientId !== undefined) return instances.get(callClientId);
+  return instances.values().next().value;
+}
+
+/** The default export: daily-js's `Daily` (`Daily.createCallObject()`), plus roomstate's own. */
+export const Daily = Object.freeze({
+  createCallObject, getCallInstance, version: () => VERSION, CallObject, RoomstateError, roomWsUrl, EVENTS, VERSION,
+});
+
+export default Daily;

@@ -1,0 +1,250 @@
+"""Redis as production runs it: TLS only, the default user off, the node as the ACL user that
+docs/operations.md gives, secrets from files. Real redis-server and node processes; the
+certificates are made with openssl for each module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from deploy.local.servers import RedisServer, TlsFiles, make_tls_files, track
+from roomstate.auth import make_token
+from roomstate.bus.redis.bus import RedisBus
+from roomstate.errors import BusError
+from roomstate.sdk.client import CallClient
+from roomstate.sdk.rest import RestClient
+from roomstate.settings import Settings
+
+from .conftest import API_KEY, FAST, ROOT
+
+pytestmark = pytest.mark.integration
+
+ADMIN = ("admin", "admin-" + uuid.uuid4().hex)  # the tests' own user: the default one is off
+ADMIN_ONLY = ("--user", "default", "off", "--user", "admin", "on", ">" + ADMIN[1], "~*", "&*",
+              "+@all")  # fmt: skip
+NODE_PASSWORD = "node-" + uuid.uuid4().hex
+
+
+def documented_acl_rule() -> list[str]:
+    """The ``ACL SETUSER roomstate ...`` line of docs/operations.md, as arguments."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("ACL SETUSER")]
+    assert len(lines) == 1, "docs/operations.md gives one ACL SETUSER line"
+    return lines[0].split()[2:]
+
+
+def acl_user(server: RedisServer, password: str) -> None:
+    """Make the node's user on `server` exactly as documented (">PASSWORD" replaced)."""
+    rule = [f">{password}" if arg == ">PASSWORD" else arg for arg in documented_acl_rule()]
+    assert server.command("ACL", "SETUSER", *rule) == "OK"
+
+
+def denials(server: RedisServer) -> list[str]:
+    """What ACL LOG recorded as refused: every command, key and channel the node used must
+    have been allowed."""
+    entries = server.command("ACL", "LOG") or []
+    assert isinstance(entries, list)
+    return [str(entry) for entry in entries]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[RedisServer]:
+    """TLS only (a client certificate optional), the default user off, the node's user made
+    from the documented rule."""
+    server = RedisServer.start(
+        tmp_path_factory.mktemp("redis"), tls=tls, auth=ADMIN, extra_args=ADMIN_ONLY
+    )
+    acl_user(server, NODE_PASSWORD)
+    yield server
+    server.stop()
+
+
+@dataclass
+class JsonNode:
+    proc: subprocess.Popen[str]
+    url: str
+    out: Path
+    err: Path
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def lines(self) -> list[str]:
+        return [*self.out.read_text().splitlines(), *self.err.read_text().splitlines()]
+
+
+def start_json_node(tmp: Path, env: dict[str, str], *args: str) -> JsonNode:
+    """A node with JSON logs on a free port; waits for its "listening on" line."""
+    name = uuid.uuid4().hex[:6]
+    out, err = tmp / f"node-{name}.out", tmp / f"node-{name}.err"
+    full_env = {**os.environ, **FAST, **env, "PYTHONPATH": str(ROOT)}
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roomstate", "serve", "--port", "0", "--log-format", "json",
+             *args],
+            stdout=stdout, stderr=stderr, text=True, env=full_env, cwd=ROOT,
+        )  # fmt: skip
+    track(proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in out.read_text().splitlines():
+            message = json.loads(line).get("message", "")
+            if "listening on" in message:
+                return JsonNode(proc, message.split("listening on", 1)[1].strip(), out, err)
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"node did not start: {err.read_text()[-2000:]}")
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            async with http.get(f"{url}/readyz") as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.1)
+
+
+async def test_a_node_on_tls_redis_as_an_acl_user_serves_rest_and_logs_json(
+    acl_redis: RedisServer, tls: TlsFiles, tmp_path: Path, http: aiohttp.ClientSession, room: str
+) -> None:
+    """The production line: an API key (from a file), rediss:// with the ACL user and password
+    in the URL, the CA file, JSON logs: ready, a session-data write and read through REST."""
+    (tmp_path / "api-key").write_text(API_KEY + "\n")
+    url = f"rediss://roomstate:{NODE_PASSWORD}@127.0.0.1:{acl_redis.port}/0"
+    node = start_json_node(
+        tmp_path,
+        {"ROOMSTATE_API_KEY_FILE": str(tmp_path / "api-key")},
+        "--redis", url, "--redis-tls-ca", str(tls.ca),
+    )  # fmt: skip
+    try:
+        await wait_ready(http, node.url)
+        async with RestClient(node.url, API_KEY) as rest:
+            assert await rest.set_session_data(room, {"topic": "tls"}) == {"data": {"topic": "tls"}}
+            assert await rest.get_session_data(room) == {"data": {"topic": "tls"}}
+        stored = acl_redis.command("KEYS", f"rs:*:state:{room}")
+        assert stored, "the write is in Redis"
+    finally:
+        assert node.stop() == 0
+    lines = node.lines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    assert denials(acl_redis) == []
+
+
+async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_upkeep(
+    acl_redis: RedisServer,
+    tls: TlsFiles,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    room: str,
+    clients: list[CallClient],
+) -> None:
+    """Credentials in settings (the password from a file), a client certificate: every part of
+    the bus works with exactly the documented rule, and Redis refused nothing."""
+    (tmp_path / "redis-password").write_text(NODE_PASSWORD)
+    env = {
+        "ROOMSTATE_API_KEY": API_KEY,
+        "ROOMSTATE_REDIS": f"rediss://127.0.0.1:{acl_redis.port}/0",
+        "ROOMSTATE_REDIS_USERNAME": "roomstate",
+        "ROOMSTATE_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"),
+        "ROOMSTATE_REDIS_TLS_CA": str(tls.ca),
+        "ROOMSTATE_REDIS_TLS_CERT": str(tls.client_cert),
+        "ROOMSTATE_REDIS_TLS_KEY": str(tls.client_key),
+    }
+    a, b = start_json_node(tmp_path, env), start_json_node(tmp_path, env)
+    try:
+        for node in (a, b):
+            await wait_ready(http, node.url)
+        ann, bob = CallClient(), CallClient()
+        clients += [ann, bob]
+        await ann.join(f"{a.url}/rooms/{room}", token=make_token(API_KEY, room, user_name="ann"))
+        await bob.join(f"{b.url}/rooms/{room}", token=make_token(API_KEY, room, user_name="bob"))
+        await ann.set_meeting_session_data({"round": 1})
+        async with asyncio.timeout(5):
+            while bob.meeting_session_state()["data"] != {"round": 1}:
+                await asyncio.sleep(0.02)
+        async with RestClient(b.url, API_KEY) as rest:
+            assert await rest.get_session_data(room) == {"data": {"round": 1}}
+        # bob drops; ann writes meanwhile; bob resumes and has it
+        token = bob.resume_token
+        await bob.close()
+        await ann.set_meeting_session_data({"round": 2})
+        await bob.join(
+            f"{b.url}/rooms/{room}", token=make_token(API_KEY, room, user_name="bob"), resume=token
+        )
+        async with asyncio.timeout(5):
+            while bob.meeting_session_state()["data"] != {"round": 2}:
+                await asyncio.sleep(0.02)
+        # upkeep: node A dies; B's lease rounds find it lost and remove ann
+        a.proc.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(15):
+            while any(p.get("user_name") == "ann" for p in bob.participants().values()):
+                await asyncio.sleep(0.1)
+    finally:
+        a.stop()
+        b.stop()
+    assert denials(acl_redis) == []
+
+
+async def test_mutual_tls_refuses_a_node_without_a_client_certificate(
+    tmp_path: Path, tls: TlsFiles, room: str
+) -> None:
+    server = RedisServer.start(tmp_path, tls=tls, tls_auth_clients="yes")
+    try:
+        without = RedisBus(Settings(redis=server.url, redis_tls_ca=str(tls.ca)))
+        with pytest.raises(BusError):
+            await without.start()
+        await without.close()
+        with_cert = RedisBus(
+            Settings(
+                redis=server.url,
+                redis_tls_ca=str(tls.ca),
+                redis_tls_cert=str(tls.client_cert),
+                redis_tls_key=str(tls.client_key),
+            )
+        )
+        await with_cert.start()
+        try:
+            assert (await with_cert.snapshot(room)).position == "0-0"
+        finally:
+            await with_cert.close()
+    finally:
+        server.stop()
+
+
+async def test_a_certificate_from_another_ca_is_refused(
+    tmp_path: Path, tls: TlsFiles, room: str
+) -> None:
+    other = make_tls_files(tmp_path / "other")
+    server = RedisServer.start(tmp_path, tls=tls)
+    try:
+        bus = RedisBus(Settings(redis=server.url, redis_tls_ca=str(other.ca)))
+        with pytest.raises(BusError, match="cannot reach Redis"):
+            await bus.start()
+        await bus.close()
+    finally:
+        server.stop()
