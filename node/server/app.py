@@ -13,7 +13,7 @@ Routes:
     GET  /v1/openapi.json                    the REST API's OpenAPI document
     GET  /healthz  /readyz  /metrics
     GET  /rooms/{room}                       the demo page
-    GET  /sdk/roomstate.js                   the browser SDK
+    GET  /sdk/roomstate.js  /sdk/roomstate.d.ts   the browser SDK and its types
 
 The app owns what the node must not know of: the `WriteBatch` its connections share, and the
 fan-out that builds each WebSocket frame once (`make_node` gives it to the node).
@@ -86,6 +86,12 @@ async def sdk(request: web.Request) -> web.FileResponse:
     )
 
 
+async def sdk_types(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(
+        BROWSER_SDK / "roomstate.d.ts", headers={"Content-Type": "application/typescript"}
+    )
+
+
 def build_app(node: Node) -> web.Application:
     """The app serving `node` (made by `make_node`, so that its frames reach the sockets)."""
     app = web.Application(client_max_size=node.settings.frame_bytes * 2)
@@ -106,6 +112,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/rooms/{room}", demo_page)
     app.router.add_get("/sdk/roomstate.js", sdk)
+    app.router.add_get("/sdk/roomstate.d.ts", sdk_types)
     return app
 
 
