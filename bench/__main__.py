@@ -17,7 +17,8 @@ import runpy
 import sys
 
 STUDY_NAMES = ("churn", "floor_libs", "gc_thresholds", "hops", "paired", "profile_node",
-               "redis_client_cost", "script_cost", "target", "wake_cost", "webinar")  # fmt: skip
+               "redis_client_cost", "script_cost", "target", "wake_cost", "webinar",
+               "workers")  # fmt: skip
 STUDIES = {name: f"bench.studies.{name}" for name in STUDY_NAMES}
 STUDIES["ws_floor"] = "bench.systems.ws_floor"  # the floor server's own comparison of libraries
 
