@@ -1,4 +1,5 @@
-"""One conformance suite for every bus: in-memory, Redis standalone and Redis Cluster.
+"""One conformance suite for every bus: in-memory, Redis standalone and Redis Cluster, and the
+last two as production runs them: a TLS-only Redis as the documented ACL user, a TLS Cluster.
 
 The buses are driven in-process, directly through the `Bus` interface, as two nodes would use one.
 The Redis runs use real redis-server processes. The property test checks that the state Redis
@@ -27,6 +28,9 @@ from roomstate.settings import Settings
 from roomstate.wire.events import AppMessage, BusEvent
 
 from ..property.strategies import apply_room_op, few_stamps, room_ops, stamps
+from .secure_redis import NODE_PASSWORD, NODE_USER, acl_redis, denials, tls, tls_cluster
+
+__all__ = ["acl_redis", "tls", "tls_cluster"]  # fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -49,16 +53,26 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def bus_settings(request: pytest.FixtureRequest) -> Settings | None:
+@pytest.fixture(params=["memory", "redis", "cluster", "redis-tls-acl", "cluster-tls"])
+def bus_settings(request: pytest.FixtureRequest) -> Iterator[Settings | None]:
     """None for the in-memory bus, else the Settings that select a Redis bus."""
     if request.param == "memory":
-        return None
-    if request.param == "redis":
-        return Settings(redis=request.getfixturevalue("redis_server").url, room_grace_s=GRACE_S)
-    return Settings(
-        redis_cluster=request.getfixturevalue("redis_cluster").seeds, room_grace_s=GRACE_S
-    )
+        yield None
+    elif request.param == "redis":
+        yield Settings(redis=request.getfixturevalue("redis_server").url, room_grace_s=GRACE_S)
+    elif request.param == "cluster":
+        seeds = request.getfixturevalue("redis_cluster").seeds
+        yield Settings(redis_cluster=seeds, room_grace_s=GRACE_S)
+    elif request.param == "redis-tls-acl":
+        server = request.getfixturevalue("acl_redis")
+        ca = str(request.getfixturevalue("tls").ca)
+        url = f"rediss://{NODE_USER}:{NODE_PASSWORD}@127.0.0.1:{server.port}/0"
+        yield Settings(redis=url, redis_tls_ca=ca, room_grace_s=GRACE_S)
+        assert denials(server) == [], "the documented ACL rule allows all the bus does"
+    else:
+        seeds = request.getfixturevalue("tls_cluster").seeds
+        ca = str(request.getfixturevalue("tls").ca)
+        yield Settings(redis_cluster=seeds, redis_tls_ca=ca, room_grace_s=GRACE_S)
 
 
 @pytest.fixture

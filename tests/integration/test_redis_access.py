@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,52 +27,11 @@ from roomstate.sdk.rest import RestClient
 from roomstate.settings import Settings
 
 from .conftest import API_KEY, FAST, ROOT
+from .secure_redis import NODE_PASSWORD, acl_redis, denials, tls
+
+__all__ = ["acl_redis", "tls"]  # fixtures
 
 pytestmark = pytest.mark.integration
-
-ADMIN = ("admin", "admin-" + uuid.uuid4().hex)  # the tests' own user: the default one is off
-ADMIN_ONLY = ("--user", "default", "off", "--user", "admin", "on", ">" + ADMIN[1], "~*", "&*",
-              "+@all")  # fmt: skip
-NODE_PASSWORD = "node-" + uuid.uuid4().hex
-
-
-def documented_acl_rule() -> list[str]:
-    """The ``ACL SETUSER roomstate ...`` line of docs/operations.md, as arguments."""
-    text = (ROOT / "docs" / "operations.md").read_text()
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("ACL SETUSER")]
-    assert len(lines) == 1, "docs/operations.md gives one ACL SETUSER line"
-    return lines[0].split()[2:]
-
-
-def acl_user(server: RedisServer, password: str) -> None:
-    """Make the node's user on `server` exactly as documented (">PASSWORD" replaced)."""
-    rule = [f">{password}" if arg == ">PASSWORD" else arg for arg in documented_acl_rule()]
-    assert server.command("ACL", "SETUSER", *rule) == "OK"
-
-
-def denials(server: RedisServer) -> list[str]:
-    """What ACL LOG recorded as refused: every command, key and channel the node used must
-    have been allowed."""
-    entries = server.command("ACL", "LOG") or []
-    assert isinstance(entries, list)
-    return [str(entry) for entry in entries]
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def acl_redis(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[RedisServer]:
-    """TLS only (a client certificate optional), the default user off, the node's user made
-    from the documented rule."""
-    server = RedisServer.start(
-        tmp_path_factory.mktemp("redis"), tls=tls, auth=ADMIN, extra_args=ADMIN_ONLY
-    )
-    acl_user(server, NODE_PASSWORD)
-    yield server
-    server.stop()
 
 
 @dataclass
