@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import psutil
 import pytest
 
@@ -191,6 +192,25 @@ async def test_a_worker_in_a_crash_loop_stops_the_supervisor_with_code_1(
         await asyncio.sleep(0.05)
     assert supervisor.proc.wait(20) == 1
     assert f"died {CRASH_LOOP} times in a row" in supervisor.log.read_text()
+
+
+def test_with_json_logs_the_supervisor_and_its_workers_print_only_json_lines(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    node = start_node(
+        tmp_path, {"ROOMSTATE_LOG_FORMAT": "json"}, "--workers", "2", "--redis", redis.url
+    )
+    ids = set(workers(node))
+    node.proc.terminate()
+    assert node.proc.stdout is not None
+    stdout = node.proc.stdout.read()
+    assert node.proc.wait(15) == 0
+    node.proc.stdout.close()
+    printed = [orjson.loads(line) for line in stdout.splitlines() if line.strip()]
+    logged = [orjson.loads(line) for line in node.log.read_text().splitlines() if line.strip()]
+    assert [p["message"].split(" ")[0] for p in printed] == ["demo"]  # after the ready line
+    assert ids <= {entry.get("node") for entry in logged}  # each worker names itself
+    assert any(e["logger"] == "roomstate.supervisor" for e in logged)
 
 
 def test_more_than_one_worker_on_the_in_memory_bus_is_refused() -> None:
