@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roomstate import logs
@@ -95,11 +96,21 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, bound
 
 
-def _die_with_supervisor() -> None:
-    """In a worker before it runs (Linux): SIGTERM when the supervisor dies, so that a killed
-    supervisor leaves no workers holding the port."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_supervisor() -> Callable[[], None] | None:
+    """What a worker runs before it starts (Linux): SIGTERM when the supervisor dies, so that a
+    killed supervisor leaves no workers holding the port. Looked up here, before any fork: the
+    forked child only makes the call."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return set_parent_death_signal
 
 
 @dataclass(eq=False)
@@ -125,6 +136,7 @@ class Supervisor:
         self.failed = False  # a crash loop, or a worker that did not drain cleanly
         self.stopping = asyncio.Event()
         self.ready_changed = asyncio.Event()
+        self.before_start = _die_with_supervisor()
         self.announced = False  # the ready lines are printed
 
     async def run(self) -> int:
@@ -174,7 +186,7 @@ class Supervisor:
                 *("-m", "roomstate", "serve", *argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
-                preexec_fn=_die_with_supervisor if sys.platform == "linux" else None,
+                preexec_fn=self.before_start,
             )
             started = time.monotonic()
             if self.stopping.is_set():  # the drain may have looked before it existed

@@ -194,6 +194,16 @@ async def test_a_worker_in_a_crash_loop_stops_the_supervisor_with_code_1(
     assert f"died {CRASH_LOOP} times in a row" in supervisor.log.read_text()
 
 
+def test_a_killed_supervisor_leaves_no_worker_on_the_port(supervisor: NodeProcess) -> None:
+    running = list(workers(supervisor).values())
+    supervisor.proc.kill()
+    supervisor.proc.wait(5)
+    left = psutil.wait_procs(running, timeout=15)[1]
+    for process in left:  # (no longer the supervisor's children: nothing else stops them)
+        process.kill()
+    assert not left, f"workers still running: {left}"
+
+
 def test_with_json_logs_the_supervisor_and_its_workers_print_only_json_lines(
     tmp_path: Path, redis: RedisServer
 ) -> None:
