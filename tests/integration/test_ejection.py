@@ -160,3 +160,28 @@ async def test_eject_at_token_exp_ejects_when_the_token_expires(
     assert left["reason"] == "ejected"
     await asyncio.sleep(1.0)
     assert lasting.events("error") == [] and str(lasting.session_id) in watcher.participants()
+
+
+async def test_a_participant_dropped_and_waiting_to_resume_can_be_ejected(
+    nodes: Deployment, room: str, clients: list[CallClient]
+) -> None:
+    owner = await joined(clients, nodes, 0, room, "host", owner=True)
+    guest = await joined(clients, nodes, 1, room, "guest")
+    await sees_all([owner, guest], 2)
+    sid, resume = guest.session_id, guest.resume_token
+    assert sid is not None
+    await guest.close()  # dropped: node 1 keeps it for the resume grace (1.5 s)
+    await owner.update_participant(sid, {"eject": True})
+    left = await owner.next_event(
+        "participant-left", predicate=lambda e: e["participant"]["session_id"] == sid
+    )
+    assert left["reason"] == "ejected"
+    again = await guest.join(
+        nodes.nodes[1].room_url(room),
+        token=make_token(API_KEY, room, user_name="guest"),
+        resume=resume,
+    )
+    assert again.get("resumed") is not True and again["sessionId"] != sid
+    await asyncio.sleep(2.0)  # past the grace: node 1 sends no second leave for it
+    assert [left_reason(owner, sid)] == ["ejected"]
+    assert len(owner.events("participant-left")) == 1
