@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from roomstate.auth import make_token
@@ -185,3 +186,33 @@ async def test_a_participant_dropped_and_waiting_to_resume_can_be_ejected(
     await asyncio.sleep(2.0)  # past the grace: node 1 sends no second leave for it
     assert [left_reason(owner, sid)] == ["ejected"]
     assert len(owner.events("participant-left")) == 1
+
+
+async def test_tokens_minted_over_rest_carry_the_eject_fields(
+    nodes: Deployment, room: str, clients: list[CallClient], http: aiohttp.ClientSession
+) -> None:
+    async def minted(**properties: Any) -> str:
+        async with http.post(
+            f"{nodes.url}/v1/meeting-tokens",
+            json={"properties": {"room_name": room, **properties}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as answer:
+            assert answer.status == 200, await answer.text()
+            return str((await answer.json())["token"])
+
+    admin, timed, other = CallClient(), CallClient(), CallClient()
+    clients.extend([admin, timed, other])
+    await admin.join(
+        nodes.nodes[0].room_url(room),
+        token=await minted(user_name="admin", permissions={"canAdmin": ["participants"]}),
+    )
+    started = time.monotonic()
+    await timed.join(
+        nodes.nodes[1].room_url(room), token=await minted(user_name="t", eject_after_elapsed=2)
+    )
+    await other.join(nodes.nodes[2].room_url(room), token=await minted(user_name="other"))
+    await sees_all([admin, timed, other], 3)
+    await admin.update_participant(str(other.session_id), {"eject": True})
+    assert (await other.next_event("left-meeting"))["reason"] == "ejected"
+    assert (await timed.next_event("left-meeting", timeout=5))["reason"] == "ejected"
+    assert 1.8 <= time.monotonic() - started <= 3.5
