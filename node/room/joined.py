@@ -28,7 +28,12 @@ class JoinReply:
         """`joined` with the first page of participants (JSON objects), then one
         ``participants-page`` per other page; ``"paged": true`` on `joined` says pages follow,
         ``"last": true`` marks the last."""
-        flags = {"resumed": self.resumed, "replayed": self.replayed, "paged": len(pages) > 1}
+        # a refused resume says `"resumed": false`; `paged` only when pages follow
+        flags = {
+            "resumed": self.resumed,
+            "replayed": self.replayed,
+            "paged": len(pages) > 1 or None,
+        }
         joined = encode_state(
             "joined",
             id=self.request_id,
@@ -38,7 +43,7 @@ class JoinReply:
             meetingSessionState={"data": data},
             resumeToken=self.resume_token,
             seq=self.seq,
-            **{name: value for name, value in flags.items() if value},
+            **{name: value for name, value in flags.items() if value is not None},
         )
         last = len(pages) - 1
         return [joined] + [

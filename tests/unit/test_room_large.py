@@ -305,3 +305,13 @@ def test_a_roster_over_the_page_size_comes_in_pages_that_make_the_whole() -> Non
     settled(small, 0, ("a", False, False), ("b", False, False))
     (only,) = small.joined_frames(1, "a")
     assert "paged" not in orjson.loads(only)
+
+
+def test_a_refused_resume_says_so_and_an_unpaged_joined_has_no_paged_flag() -> None:
+    room = make_room()
+    settled(room, 0, ("a", False, False))
+    refused = orjson.loads(room.joined_frames(1, "a", "a.x", "0-1", resumed=False)[0])
+    assert refused["resumed"] is False and "paged" not in refused and "replayed" not in refused
+    snapshot = room.snapshot("a")
+    again = room.joined_frames(1, "a", snapshot=snapshot, resumed=True, replayed=False)
+    assert orjson.loads(again[0])["replayed"] is False
