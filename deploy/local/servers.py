@@ -1,5 +1,5 @@
 """Start and stop real server processes on free loopback ports: redis-server, a Redis Cluster,
-haproxy, and any other command (roomstate nodes).
+Redis Sentinels, haproxy, and any other command (roomstate nodes).
 
 Used by the integration tests, bench/ and deploy/local/up. Every process is a child of this
 Python process (never daemonized), runs in its own session, writes its output to a log file in
@@ -10,6 +10,9 @@ that wants its processes to outlive it calls `detach()` on them.
     redis = RedisServer.start(tmp_path)            # redis.url == "redis://127.0.0.1:P/0"
     redis.kill(); redis.restart()                  # same port, same directory
     cluster = RedisCluster.start(tmp_path)         # cluster.seeds == "127.0.0.1:P1,..."
+    tls = make_tls_files(tmp_path / "tls")         # a test CA, server and client certificates
+    RedisServer.start(tmp_path, tls=tls)           # TLS only: url == "rediss://127.0.0.1:P/0"
+    sentinels = RedisSentinels.start(tmp_path, master)  # sentinels.addresses, .master_port()
     lb = Haproxy.start(tmp_path, [("127.0.0.1", 8081), ("127.0.0.1", 8082)])
     ...
     lb.stop(); cluster.stop(); redis.stop()
@@ -822,6 +825,153 @@ class RedisCluster:
             server.detach()
 
     def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- Sentinel ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class RedisSentinels:
+    """`redis-server --sentinel` processes watching one master under the name `name`.
+
+    Each writes its config (Sentinel rewrites it), log and output in `tmp_dir`, named by port:
+    `sentinel-P.conf`, `sentinel-P.log`, `sentinel-P.out`. With `tls` they listen on TLS only and
+    reach the Redis servers over TLS; `auth` is the user and password they use with those
+    servers (the Sentinels themselves ask for none).
+    """
+
+    tmp_dir: Path
+    name: str
+    ports: list[int]
+    processes: list[ManagedProcess] = field(repr=False)
+    tls: TlsFiles | None = None
+
+    @classmethod
+    def start(
+        cls,
+        tmp_dir: Path,
+        master: RedisServer,
+        *,
+        count: int = 3,
+        name: str = "roomstate",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10_000,
+        auth: tuple[str, str] | None = None,
+        replicas: int = 1,
+        timeout: float = 30.0,
+    ) -> RedisSentinels:
+        """Start `count` Sentinels and wait until each knows the master's `replicas` replicas
+        and the other Sentinels."""
+        binary = find_binary("redis-server", "redis-server")
+        tmp_dir = Path(tmp_dir)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tls = master.tls
+        sentinels = cls(tmp_dir, name, [], [], tls)
+        try:
+            for _ in range(count):
+                port = free_port()
+                if tls is None:
+                    listen = [f"port {port}"]
+                else:
+                    listen = [
+                        "port 0",
+                        f"tls-port {port}",
+                        f"tls-cert-file {tls.cert}",
+                        f"tls-key-file {tls.key}",
+                        f"tls-ca-cert-file {tls.ca}",
+                        "tls-auth-clients optional",
+                        "tls-replication yes",  # TLS to the servers and the other Sentinels
+                    ]
+                lines = [
+                    *listen,
+                    f"bind {HOST}",
+                    "daemonize no",
+                    f"dir {tmp_dir}",
+                    f"logfile sentinel-{port}.log",
+                    f"sentinel monitor {name} {HOST} {master.port} {quorum}",
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}",
+                    f"sentinel failover-timeout {name} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {name} 1",
+                ]
+                if auth is not None:
+                    lines += [f"sentinel auth-user {name} {auth[0]}",
+                              f"sentinel auth-pass {name} {auth[1]}"]  # fmt: skip
+                config = tmp_dir / f"sentinel-{port}.conf"
+                config.write_text("\n".join(lines) + "\n")
+                sentinels.ports.append(port)
+                sentinels.processes.append(
+                    ManagedProcess.spawn(
+                        f"redis-sentinel:{port}",
+                        [binary, str(config), "--sentinel"],
+                        tmp_dir / f"sentinel-{port}.out",
+                        cwd=tmp_dir,
+                    )
+                )
+            for port, process in zip(sentinels.ports, sentinels.processes, strict=True):
+                wait_until(
+                    lambda port=port: sentinels._knows_all(port, count, replicas),  # type: ignore[misc]
+                    timeout=timeout,
+                    what=f"Sentinel {port} to know {replicas} replica(s) and {count - 1} Sentinels",
+                    process=process,
+                    interval=0.1,
+                )
+        except BaseException:
+            sentinels.stop()
+            raise
+        return sentinels
+
+    def command(self, port: int, *args: str | int, timeout: float = 2.0) -> RespValue:
+        """One command to the Sentinel on `port`."""
+        return redis_command(port, *args, timeout=timeout, tls=self.tls)
+
+    def _knows_all(self, port: int, count: int, replicas: int) -> bool:
+        try:
+            reply = self.command(port, "SENTINEL", "MASTER", self.name)
+        except (OSError, RedisReplyError):
+            return False
+        assert isinstance(reply, list)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        return (
+            int(str(fields.get("num-slaves", 0))) >= replicas
+            and int(str(fields.get("num-other-sentinels", 0))) >= count - 1
+        )
+
+    @property
+    def addresses(self) -> str:
+        """`127.0.0.1:P1,127.0.0.1:P2,...`, for --redis-sentinel."""
+        return ",".join(f"{HOST}:{port}" for port in self.ports)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel that answers names it."""
+        for port, process in zip(self.ports, self.processes, strict=True):
+            if not process.running:
+                continue
+            try:
+                reply = self.command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+            except (OSError, RedisReplyError):
+                continue
+            if isinstance(reply, list) and len(reply) == 2:
+                return int(str(reply[1]))
+        return None
+
+    def failover(self) -> None:
+        """`SENTINEL FAILOVER`: promote a replica without the master failing."""
+        self.command(self.ports[0], "SENTINEL", "FAILOVER", self.name)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def detach(self) -> None:
+        for process in self.processes:
+            process.detach()
+
+    def __enter__(self) -> RedisSentinels:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,8 @@ redis-py's client and the hot path's connections (resp.py) are both made here, f
 settings, so both speak TLS and authenticate alike, with every server of a Cluster. Behind
 Sentinel, redis-py follows the master itself (``redis.asyncio.sentinel``); the hot path asks the
 Sentinels for the master each time it opens a connection, which it does after losing one (a
-failover: the Sentinels close the old master's clients) or after a ``READONLY`` reply.
+failover: the Sentinels close the old master's clients) or after a ``READONLY`` reply, and
+`Connections` asks them every `MASTER_CHECK_S` whether the master changed (`master_address`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Access:
         self.ssl = self._ssl_context() if settings.redis_tls_on else None
         self._sentinel: Sentinel | None = None  # redis-py's, behind Sentinel
         self._next_sentinel = 0  # the one asked first: the last that answered
+        self._asked: RespConnection | None = None  # kept open to the Sentinel last asked
+        self.connected_master: Address | None = None  # the master the hot path last reached
 
     def _ssl_context(self) -> ssl.SSLContext:
         s = self.settings
@@ -127,8 +130,39 @@ class Access:
         return aioredis.Redis(host=host, port=port, db=self.db, **options)
 
     async def close(self) -> None:
+        if self._asked is not None:
+            self._asked.close()
         if self._sentinel is not None:
             await self._sentinel.aclose()
+
+    async def master_address(self, timeout: float) -> Address:
+        """The master's address as the Sentinels name it now (asked on a connection kept open
+        to the Sentinel that answered last, or to the next one)."""
+        name = self.settings.redis_sentinel_master
+        assert name is not None
+        failures = []
+        for i in range(len(self.sentinels)):
+            index = (self._next_sentinel + i) % len(self.sentinels)
+            try:
+                if self._asked is None or self._asked.closed or i > 0:
+                    if self._asked is not None:
+                        self._asked.close()
+                    host, port = self.sentinels[index]
+                    self._asked = await RespConnection.open(
+                        host, port, timeout=timeout, ssl=self.ssl, auth=self.sentinel_auth
+                    )
+                found = await self._asked.call(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name, timeout=timeout
+                )
+            except (OSError, TimeoutError, RespError) as exc:
+                failures.append(f"{self.sentinels[index]}: {exc or type(exc).__name__}")
+                continue
+            if not found:
+                failures.append(f"{self.sentinels[index]} knows no master {name!r}")
+                continue
+            self._next_sentinel = index
+            return (found[0].decode(), int(found[1]))
+        raise ConnectionError(f"no Sentinel names the master: {'; '.join(failures)}")
 
     async def open(self, address: Address, *, timeout: float) -> RespConnection:
         """A hot-path connection to `address` (`MASTER`: the standalone Redis, or the master
@@ -143,39 +177,19 @@ class Access:
         )
 
     async def _open_master(self, timeout: float) -> RespConnection:
-        """Ask the Sentinels, in turn, for the master's address; connect to it if it says it
-        is the master (a Sentinel may not know of a failover yet)."""
-        name = self.settings.redis_sentinel_master
-        assert name is not None
-        failures = []
-        for i in range(len(self.sentinels)):
-            index = (self._next_sentinel + i) % len(self.sentinels)
-            host, port = self.sentinels[index]
-            try:
-                sentinel = await RespConnection.open(
-                    host, port, timeout=timeout, ssl=self.ssl, auth=self.sentinel_auth
-                )
-                try:
-                    found = await sentinel.call(
-                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name, timeout=timeout
-                    )
-                finally:
-                    sentinel.close()
-                if not found:
-                    failures.append(f"{host}:{port} knows no master {name!r}")
-                    continue
-                master = (found[0].decode(), int(found[1]))
-                conn = await RespConnection.open(
-                    *master, timeout=timeout, ssl=self.ssl, auth=self.auth, db=self.db
-                )
-                role = await conn.call("ROLE", timeout=timeout)
-                if role[0] != b"master":
-                    conn.close()
-                    failures.append(f"{host}:{port} names {master}, which is a {role[0]!r}")
-                    continue
-            except (OSError, TimeoutError, RespError) as exc:
-                failures.append(f"{host}:{port}: {exc or type(exc).__name__}")
-                continue
-            self._next_sentinel = index
-            return conn
-        raise ConnectionError(f"no Sentinel names a reachable master: {'; '.join(failures)}")
+        """Connect to the master the Sentinels name, if it says it is the master (a Sentinel
+        may not know of a failover yet)."""
+        master = await self.master_address(timeout)
+        conn = await RespConnection.open(
+            *master, timeout=timeout, ssl=self.ssl, auth=self.auth, db=self.db
+        )
+        try:
+            role = await conn.call("ROLE", timeout=timeout)
+        except BaseException:
+            conn.close()
+            raise
+        if role[0] != b"master":
+            conn.close()
+            raise ConnectionError(f"the Sentinels name {master}, which is a {role[0]!r} now")
+        self.connected_master = master
+        return conn

@@ -11,9 +11,11 @@ that talks to Redis sets it. Where Redis is, TLS and credentials are access.py's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
@@ -41,6 +43,9 @@ REFRESH_INTERVAL_S = 0.5  # the Cluster's slot map is read again at most this of
 # the seeds' connect timeouts add up when the whole Cluster is out of reach. A write waits as
 # long as its own deadline allows.
 REFRESH_WAIT_S = 0.5
+# Behind Sentinel, how often the Sentinels are asked whether the master changed: writes sent to
+# a master that was just replaced are lost when it becomes a replica.
+MASTER_CHECK_S = 0.5
 # What redis-py raises when Redis cannot be reached or refuses: its errors, and, from the Cluster
 # client, RedisClusterException (not a RedisError) when no node of the Cluster answers.
 REDIS_ERRORS = (RedisError, RedisClusterException)
@@ -99,6 +104,8 @@ class Connections:
         self._slots = [key_slot(hash_tag(shard).encode()) for shard in range(SHARDS)]
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -math.inf
+        self._opened: weakref.WeakSet[RespConnection] = weakref.WeakSet()  # to the master
+        self._follower: asyncio.Task[None] | None = None  # behind Sentinel: `_follow_master`
 
     @property
     def reconnects(self) -> int:
@@ -117,8 +124,32 @@ class Connections:
         except REDIS_ERRORS as exc:
             raise BusError(f"cannot reach Redis: {exc}") from exc
         self.ready = True
+        if self.access.sentinels and self._follower is None:
+            self._follower = asyncio.ensure_future(self._follow_master())
+
+    async def _follow_master(self) -> None:
+        """Behind Sentinel: once the Sentinels name another master, close every hot-path
+        connection to the old one. Writes go to the new master from then on; subscribed rooms
+        catch up there, and find the events the old master had and the new one lacks (their
+        writes are merged back: `lost_rooms`)."""
+        while True:
+            await asyncio.sleep(MASTER_CHECK_S)
+            try:
+                master = await self.access.master_address(COMMAND_TIMEOUT_S)
+            except (OSError, TimeoutError, RespError) as exc:
+                log.debug("cannot ask the Sentinels for the master: %s", exc)
+                continue
+            if self.access.connected_master not in (None, master):
+                log.warning("the Sentinels name a new master, %s:%d: reconnecting", *master)
+                self.access.connected_master = None
+                for conn in list(self._opened):
+                    conn.close()
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         self._writers.close()
         await self.client.aclose()
         await self.access.close()
@@ -135,9 +166,12 @@ class Connections:
     async def open(self, address: Address) -> RespConnection:
         """A new connection to the server at `address`."""
         try:
-            return await self.access.open(address, timeout=CONNECT_TIMEOUT_S)
+            conn = await self.access.open(address, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, RespError) as exc:
             raise BusError(f"cannot connect to Redis at {address}: {exc}") from exc
+        if address == MASTER:
+            self._opened.add(conn)
+        return conn
 
     async def writer(self, shard: int) -> RespConnection:
         """The hot path's connection to `shard`'s server."""
