@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -54,7 +53,7 @@ from roomstate.sdk.errors import (
     Unavailable,
     UnknownType,
 )
-from roomstate.sdk.events import Emitter, Handler
+from roomstate.sdk.events import CallEvents, Emitter
 from roomstate.sdk.rest import RestClient
 from roomstate.sdk.state import EVENTS, CallState, Event, Outgoing
 from roomstate.wire.protocol import ROOM_NAME
@@ -112,7 +111,14 @@ def room_ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
-class CallClient:
+def join_error(exc: ClientError) -> Event:
+    """The `error` event of a join that failed, in daily-js's shape (`code`: roomstate's)."""
+    kind = "not-allowed" if exc.code in ("unauthorized", "forbidden") else "connection-error"
+    error = {"type": kind, "msg": exc.message, "details": {"on": "join"}}
+    return {"errorMsg": exc.message, "error": error, "code": exc.code}
+
+
+class CallClient(CallEvents):
     """One participant's connection to one room at a time, like daily-js's call object.
 
     A background reader task feeds every frame from the node to the call's `CallState`; the
@@ -132,6 +138,7 @@ class CallClient:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Json]]] = {}  # request id -> reply
         self._leaving = False  # a close is expected: not an `error` event
+        self._destroyed = False  # destroy() was called: no more joins
 
     @property
     def record_events(self) -> bool:
@@ -192,6 +199,8 @@ class CallClient:
         changed meanwhile becomes events. On any failure (refused, timed out, no route) the
         connection is closed before the exception propagates, so the client can join again.
         """
+        if self._destroyed:
+            raise ClientError("destroyed", "this client was destroyed; make another CallClient")
         if self._ws is not None:
             raise AlreadyJoined("already-joined", "this client is connected; call leave() first")
         ws_url = room_ws_url(url)
@@ -202,10 +211,12 @@ class CallClient:
         try:
             try:
                 async with asyncio.timeout_at(deadline):  # connecting and the reply, together
+                    self._emitter.emit([("loading", {})])
                     self._ws = await self._http.ws_connect(ws_url, max_msg_size=MAX_RECEIVE_BYTES)
                     self._reader = asyncio.create_task(
                         self._read(self._ws), name=f"roomstate {ws_url}"
                     )
+                    self._emitter.emit([("loaded", {}), ("joining-meeting", {})])
                     joined = await self._send(request)
             except TimeoutError as exc:
                 if isinstance(exc, RequestTimeout):
@@ -213,21 +224,27 @@ class CallClient:
                 raise RequestTimeout(
                     "timeout", f"could not join at {ws_url} within {self.timeout} s"
                 ) from None
-        except BaseException:
+        except BaseException as exc:
             self._state.join_failed()
+            if isinstance(exc, ClientError):  # as daily-js: `error`, meeting_state() "error"
+                self._emitter.emit([("error", join_error(exc))])
             # A node that did not answer in time is not waited for again to close.
             await self._shutdown(close_wait=max(0.0, deadline - asyncio.get_running_loop().time()))
             raise
         return {key: value for key, value in joined.items() if key not in ("type", "id")}
 
-    async def send_app_message(self, data: Json, to: str | list[str] = "*") -> None:
-        """Send `data` to every other participant (``"*"``), one session id, or a list."""
+    async def send_app_message(self, data: Json, to: str | list[str] = "*") -> CallClient:
+        """Send `data` to every other participant (``"*"``), one session id, or a list; returns
+        the client, as daily-js returns the call object."""
         await self._send(self._state.send_app_message(data, to))
+        return self
 
-    async def set_user_data(self, data: Json) -> None:
-        """Replace the local participant's userData: locally at once, then on the node."""
+    async def set_user_data(self, data: Json) -> dict[str, Json]:
+        """Replace the local participant's userData: locally at once, then on the node; returns
+        ``{"userData": data}`` once the node took it, as daily-js."""
         self._check_connected()
         await self._send(self._state.set_user_data(data))
+        return {"userData": data}
 
     async def set_meeting_session_data(
         self,
@@ -274,6 +291,17 @@ class CallClient:
         self._state.end_meeting("left")
         self._emit_events()
 
+    async def destroy(self) -> None:
+        """Leave, then refuse any further join (daily-js's destroy());
+        ``call-instance-destroyed``."""
+        if not self._destroyed:
+            await self.leave()
+            self._destroyed = True
+            self._emitter.emit([("call-instance-destroyed", {})])
+
+    def is_destroyed(self) -> bool:
+        return self._destroyed
+
     async def close(self) -> None:
         """Drop the connection without leaving: the others see ``participant-left`` with reason
         ``disconnected``, as if the network had gone. Safe to call after `leave`. The last
@@ -297,32 +325,7 @@ class CallClient:
         participantCounts()); hidden participants are never in `participants()` but "local"."""
         return self._state.participant_counts()
 
-    # -- events --
-
-    def on(self, event: str, handler: Handler) -> None:
-        """Call `handler(event)` for each event named `event`; a coroutine runs as a task."""
-        self._emitter.on(event, handler)
-
-    def off(self, event: str, handler: Handler | None = None) -> None:
-        """Remove `handler` from `event`, or every handler of `event`."""
-        self._emitter.off(event, handler)
-
-    def events(self, event: str) -> list[Event]:
-        """Every event named `event` received so far, oldest first."""
-        return self._emitter.events(event)
-
-    async def next_event(
-        self,
-        event: str,
-        timeout: float = 5.0,
-        predicate: Callable[[Event], bool] | None = None,
-    ) -> Event:
-        """The next event named `event` (matching `predicate`) not yet returned by this method.
-
-        Events are buffered from the start, so one that arrived before the call is returned
-        at once; events skipped by `predicate` are consumed. Raises `TimeoutError`.
-        """
-        return await self._emitter.next_event(event, timeout, predicate)
+    # -- events: on, once, off, meeting_state, events, next_event (CallEvents) --
 
     # -- internals --
 

@@ -1,9 +1,10 @@
 """The call's events as the app sees them: handlers, and the history `next_event` reads.
 
 `CallState` says which events happened; `Emitter` delivers them, in order, to the handlers
-registered with `on` (a coroutine handler runs as a task; a failing handler is logged, never
-raised) and, when recording, keeps them for `events` and `next_event` (tests wait on events
-instead of sleeping).
+registered with `on` or `once` (a coroutine handler runs as a task; a failing handler is logged,
+never raised) and, when recording, keeps them for `events` and `next_event` (tests wait on events
+instead of sleeping). Every event carries daily-js's ``action`` (its name); the lifecycle events
+give daily-js's `meeting_state()`. `CallEvents` is this half of `CallClient`'s API.
 """
 
 from __future__ import annotations
@@ -12,15 +13,31 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from roomstate.sdk.state import EVENTS, Event
 
-__all__ = ["Emitter", "Handler"]
+__all__ = ["MEETING_STATES", "CallEvents", "Emitter", "Handler"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Event], object]  # a plain function, or one returning an awaitable
+
+# daily-js's meetingState() values; each but "new" is the name of the event that enters it
+MEETING_STATES: Final = (
+    "new", "loading", "loaded", "joining-meeting", "joined-meeting", "left-meeting", "error",
+)  # fmt: skip
+
+
+class _Once:
+    """A handler that removes itself after its first event."""
+
+    def __init__(self, emitter: Emitter, event: str, listener: Handler) -> None:
+        self.emitter, self.event, self.listener = emitter, event, listener
+
+    def __call__(self, payload: Event) -> object:
+        self.emitter.off(self.event, self)
+        return self.listener(payload)
 
 
 class Emitter:
@@ -35,18 +52,25 @@ class Emitter:
         self._history: dict[str, list[Event]] = {}  # event name -> every event so far
         self._cursor: dict[str, int] = {}  # event name -> index of the next for next_event
         self._arrived = asyncio.Event()  # set, then replaced, whenever an event is recorded
+        self.meeting_state = "new"  # the last lifecycle event's name ("error" outlasts a leave)
 
     def on(self, event: str, handler: Handler) -> None:
         """Call `handler(event)` for each event named `event`; a coroutine runs as a task."""
         self._handlers.setdefault(_check_event(event), []).append(handler)
 
+    def once(self, event: str, handler: Handler) -> None:
+        """Call `handler(event)` for the next event named `event` only."""
+        self.on(event, _Once(self, event, handler))
+
     def off(self, event: str, handler: Handler | None = None) -> None:
-        """Remove `handler` from `event`, or every handler of `event`."""
+        """Remove `handler` (also one given to `once`) from `event`, or every handler of it."""
         handlers = self._handlers.get(_check_event(event), [])
         if handler is None:
             handlers.clear()
-        elif handler in handlers:
-            handlers.remove(handler)
+            return
+        for found in list(handlers):
+            if found == handler or (isinstance(found, _Once) and found.listener == handler):
+                handlers.remove(found)
 
     def events(self, event: str) -> list[Event]:
         """Every event named `event` received so far, oldest first."""
@@ -81,8 +105,14 @@ class Emitter:
             raise TimeoutError(f"no {event!r} event within {timeout} s") from None
 
     def emit(self, events: list[tuple[str, Event]]) -> None:
-        """Record `events` (name, payload) and run their handlers, in order."""
-        for event, payload in events:
+        """Record `events` (name, payload) and run their handlers, in order; each payload gets
+        daily-js's ``action``."""
+        for event, content in events:
+            payload = {"action": event, **content}
+            if event in MEETING_STATES and not (
+                event == "left-meeting" and self.meeting_state == "error"
+            ):
+                self.meeting_state = event
             if self.record:
                 self._history.setdefault(event, []).append(payload)
                 self._arrived.set()
@@ -102,6 +132,46 @@ class Emitter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("an event handler failed", exc_info=task.exception())
+
+
+class CallEvents:
+    """daily-js's event methods and meetingState(), over an `Emitter` (`CallClient`'s half)."""
+
+    _emitter: Emitter
+
+    def on(self, event: str, handler: Handler) -> None:
+        """Call `handler(event)` for each event named `event`; a coroutine runs as a task."""
+        self._emitter.on(event, handler)
+
+    def once(self, event: str, handler: Handler) -> None:
+        """Call `handler(event)` for the next event named `event` only."""
+        self._emitter.once(event, handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove `handler` (also one given to `once`) from `event`, or every handler of it."""
+        self._emitter.off(event, handler)
+
+    def meeting_state(self) -> str:
+        """daily-js's meetingState(): new, loading, loaded, joining-meeting, joined-meeting,
+        left-meeting or error."""
+        return self._emitter.meeting_state
+
+    def events(self, event: str) -> list[Event]:
+        """Every event named `event` received so far, oldest first."""
+        return self._emitter.events(event)
+
+    async def next_event(
+        self,
+        event: str,
+        timeout: float = 5.0,
+        predicate: Callable[[Event], bool] | None = None,
+    ) -> Event:
+        """The next event named `event` (matching `predicate`) not yet returned by this method.
+
+        Events are buffered from the start, so one that arrived before the call is returned
+        at once; events skipped by `predicate` are consumed. Raises `TimeoutError`.
+        """
+        return await self._emitter.next_event(event, timeout, predicate)
 
 
 def _check_event(event: str) -> str:

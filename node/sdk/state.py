@@ -51,6 +51,10 @@ Event = dict[str, Any]  # an event's payload, as daily-js gives it
 
 EVENTS: Final = frozenset(
     {
+        "loading",
+        "loaded",
+        "joining-meeting",
+        "call-instance-destroyed",
         "joined-meeting",
         "participant-joined",
         "participant-updated",
@@ -116,10 +120,11 @@ class CallState:
     # -- views --
 
     def participants(self) -> dict[str, dict[str, Json]]:
-        """``{"local": the local participant, session id: participant, ...}`` (copies)."""
-        result = {sid: dict(p) for sid, p in self._others.items()}
+        """``{"local": the local participant, session id: participant, ...}``: copies, in
+        daily-js's shape (`daily_participant`)."""
+        result = {sid: daily_participant(p, False) for sid, p in self._others.items()}
         if self._local is not None:
-            result["local"] = dict(self._local)
+            result["local"] = daily_participant(self._local, True)
         return result
 
     def participant_counts(self) -> dict[str, Json]:
@@ -258,7 +263,8 @@ class CallState:
                 self._on_joined(frame)
             return Reply(rid, frame)
         if kind == "error":  # not the reply to an awaited request
-            self._emit("nonfatal-error", content)
+            message = content.pop("message", "")
+            self._emit("nonfatal-error", {**content, "type": "node-error", "errorMsg": message})
         elif kind in _PARTICIPANT_EVENTS:
             self._on_participant(kind, content)
         elif kind == "participant-events":  # one loop turn's, in order; ours are skipped
@@ -303,9 +309,9 @@ class CallState:
             )
             self._end({"reason": "ejected", "closeCode": close_code})
             return True
-        self._emit(
-            "error", {"errorMsg": ConnectionClosed(close_code).message, "closeCode": close_code}
-        )
+        message = ConnectionClosed(close_code).message
+        error = {"type": "connection-error", "msg": message}
+        self._emit("error", {"errorMsg": message, "error": error, "closeCode": close_code})
         self._end({"reason": "connection-closed", "closeCode": close_code})
         return True
 
@@ -332,6 +338,8 @@ class CallState:
         return Outgoing(next(self._ids), frame_type, fields)
 
     def _emit(self, event: str, payload: Event) -> None:
+        if "participant" in payload:  # always someone else's
+            payload = {**payload, "participant": daily_participant(payload["participant"], False)}
         self._events.append((event, payload))
 
     def _end(self, payload: Event) -> None:
@@ -390,13 +398,14 @@ class CallState:
             if frame.get("resumed") is not True:
                 message = "the session could not be resumed; joined again as a new session"
                 self._emit(
-                    "nonfatal-error", {"type": "resume", "code": "session-lost", "message": message}
+                    "nonfatal-error",
+                    {"type": "resume", "code": "session-lost", "errorMsg": message},
                 )
             elif frame.get("replayed") is False and asked_replay:
                 message = "app messages sent while disconnected could not be replayed"
                 self._emit(
                     "nonfatal-error",
-                    {"type": "resume", "code": "messages-lost", "message": message},
+                    {"type": "resume", "code": "messages-lost", "errorMsg": message},
                 )
 
     def _emit_changes(
@@ -428,6 +437,21 @@ class CallState:
         else:
             self._others[sid] = participant
         self._emit(kind, content)
+
+
+def daily_participant(participant: dict[str, Json], local: bool) -> dict[str, Json]:
+    """A copy of a participant in daily-js's shape: `local`, `owner`, and `permissions` with
+    daily-js's defaults under the node's. `joined_at` stays Unix time in milliseconds."""
+    given = participant.get("permissions")
+    permissions: dict[str, Json] = {
+        "hasPresence": True,
+        "canSend": True,
+        "canReceive": {"base": True},
+        "canAdmin": False,
+        **(given if isinstance(given, dict) else {}),
+    }
+    owner = participant.get("owner") is True
+    return {**participant, "local": local, "owner": owner, "permissions": permissions}
 
 
 def _hidden(participant: Json) -> bool:

@@ -11,7 +11,14 @@ import pytest
 from aiohttp import web
 
 from roomstate.auth import make_token
-from roomstate.sdk.client import CallClient, ConnectionClosed, RestClient, RestError, TooLarge
+from roomstate.sdk.client import (
+    CallClient,
+    ClientError,
+    ConnectionClosed,
+    RestClient,
+    RestError,
+    TooLarge,
+)
 from roomstate.settings import Settings
 
 from .inprocess import node_in_process
@@ -91,16 +98,54 @@ async def test_a_resume_tells_the_app_what_changed_while_it_was_away() -> None:
 
 async def test_a_join_that_fails_raises_and_emits_no_meeting_events() -> None:
     # A join the node cut off (here a frame over its limit, sent past the client's own check)
-    # emitted `error` and `left-meeting` for a meeting never joined, besides raising.
+    # emitted `error` and `left-meeting` for a meeting never joined, besides raising. Now it
+    # gives one `error`, as daily-js's failed join does, and no `left-meeting`.
     async with node_in_process(Settings(), ROOM) as it:
         a = CallClient(max_frame_bytes=10**7)
         with pytest.raises(ConnectionClosed):
             await a.join(it.url, user_data="x" * 200_000)
         await asyncio.sleep(0.1)
-        assert a.events("error") == [] and a.events("left-meeting") == []
+        (error,) = a.events("error")
+        assert error["action"] == "error" and error["error"]["type"] == "connection-error"
+        assert error["errorMsg"] == error["error"]["msg"] and error["code"] == "connection-closed"
+        assert a.events("left-meeting") == [] and a.meeting_state() == "error"
         await a.join(it.url)  # and it can join after all
         await a.leave()
-        assert a.events("left-meeting") == [{"reason": "left"}]
+        assert a.events("left-meeting") == [{"action": "left-meeting", "reason": "left"}]
+
+
+async def test_the_daily_js_data_api_in_python_naming() -> None:
+    """meeting_state() values, `once`, `action`, return values, participants' shape, destroy."""
+    async with node_in_process(Settings(), ROOM) as it, CallClient() as b:
+        a = CallClient()
+        states: list[str] = []
+        for name in ("loading", "loaded", "joining-meeting", "joined-meeting", "left-meeting"):
+            a.on(name, lambda event: states.append(event["action"]))
+        assert a.meeting_state() == "new"
+        await a.join(it.url, user_name="ada")
+        await b.join(it.url, user_name="bob")
+        assert states == ["loading", "loaded", "joining-meeting", "joined-meeting"]
+        assert a.meeting_state() == "joined-meeting"
+        local = a.participants()["local"]
+        assert local["local"] is True and local["owner"] is False
+        assert local["permissions"]["hasPresence"] is True
+        assert await a.set_user_data({"hand": True}) == {"userData": {"hand": True}}
+        once: list[object] = []
+        b.once("app-message", lambda event: once.append(event["data"]))
+        assert await a.send_app_message(1) is a
+        await a.send_app_message(2, to=str(b.session_id))
+        second = await b.next_event("app-message", predicate=lambda e: e["data"] == 2)
+        assert once == [1] and second["action"] == "app-message"
+        update = await b.next_event("participant-updated")
+        assert update["participant"]["local"] is False
+        await a.set_meeting_session_data({"k": 1})  # returns nothing, as daily-js
+        await a.destroy()
+        assert a.is_destroyed() and a.meeting_state() == "left-meeting"
+        assert [e["action"] for e in a.events("call-instance-destroyed")] == [
+            "call-instance-destroyed"
+        ]
+        with pytest.raises(ClientError, match="destroyed"):
+            await a.join(it.url)
 
 
 async def test_a_plain_text_rest_error_keeps_its_status_as_code() -> None:
@@ -135,7 +180,7 @@ async def test_a_hidden_participant_is_counted_and_heard_but_never_listed() -> N
         assert joined["participantCounts"] == {"present": 2, "hidden": 1}
         assert hid.participant_counts() == {"present": 2, "hidden": 1}
         local = hid.participants()["local"]
-        assert local["permissions"] == {"hasPresence": False}
+        assert local["permissions"]["hasPresence"] is False
         assert set(hid.participants()) == {"local", host.session_id, ann.session_id}
         for other in (host, ann):
             await other.next_event(
@@ -148,7 +193,7 @@ async def test_a_hidden_participant_is_counted_and_heard_but_never_listed() -> N
         # the hidden one speaks and is spoken to, by session id too
         await hid.send_app_message({"q": "hello?"})
         heard = await ann.next_event("app-message")
-        assert heard == {"data": {"q": "hello?"}, "fromId": hid.session_id}
+        assert heard == {"action": "app-message", "data": {"q": "hello?"}, "fromId": hid.session_id}
         assert hid.session_id is not None
         await ann.send_app_message("answer", to=hid.session_id)
         assert (await hid.next_event("app-message"))["data"] == "answer"

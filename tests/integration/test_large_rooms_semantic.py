@@ -118,10 +118,10 @@ async def test_a_hidden_participant_is_in_joined_only_for_itself(join: Any) -> N
     hidden = await join(hidden=True)
     local = hidden.participants()["local"]
     assert local["session_id"] == hidden.session_id
-    assert local["permissions"] == {"hasPresence": False}
+    assert local["permissions"]["hasPresence"] is False
     assert others(hidden) == {host.session_id, guest.session_id}
     shown = hidden.participants().items()
-    assert all("permissions" not in p for sid, p in shown if sid != "local")
+    assert all(p["permissions"]["hasPresence"] for sid, p in shown if sid != "local")
     await counts_become([host, guest, hidden], hidden=1, present=2)
     for present in (host, guest):
         assert hidden.session_id not in present.participants()
@@ -134,7 +134,7 @@ async def test_a_hidden_participant_is_in_joined_only_for_itself(join: Any) -> N
     event = await hidden.next_event(
         "participant-joined", predicate=lambda e: e["participant"]["session_id"] == late.session_id
     )
-    assert "permissions" not in event["participant"]
+    assert event["participant"]["permissions"]["hasPresence"] is True
     assert others(hidden) == {host.session_id, guest.session_id, late.session_id}
     await counts_become([host, guest, hidden, late], hidden=1, present=3)
 
@@ -175,14 +175,18 @@ async def test_only_owners_get_a_hidden_participants_user_data_updates(join: Any
             predicate=lambda e: e["participant"]["session_id"] == hidden.session_id,
         )
         assert update["participant"]["userData"] == {"hand": "up"}
-        assert update["participant"]["permissions"] == {"hasPresence": False}
+        assert update["participant"]["permissions"]["hasPresence"] is False
         assert hidden.session_id not in owner.participants()
     # Sent after the update, through the same room log: once it is in, an update to the
     # guests would have come before it (nothing overtakes a participant event).
     await hidden.send_app_message("after the hand")
     for plain in (guest, guest2):
         heard = await plain.next_event("app-message")
-        assert heard == {"data": "after the hand", "fromId": hidden.session_id}
+        assert heard == {
+            "action": "app-message",
+            "data": "after the hand",
+            "fromId": hidden.session_id,
+        }
         assert about(plain, hidden.session_id) == []
         assert hidden.session_id not in plain.participants()
     assert hidden.participants()["local"]["userData"] == {"hand": "up"}
@@ -210,7 +214,11 @@ async def test_app_messages_reach_a_hidden_participant_and_come_from_it(join: An
         heard = await listener.next_event(
             "app-message", predicate=lambda e: isinstance(e["data"], dict)
         )
-        assert heard == {"data": {"q": "a question"}, "fromId": hidden.session_id}
+        assert heard == {
+            "action": "app-message",
+            "data": {"q": "a question"},
+            "fromId": hidden.session_id,
+        }
     direct = await ann.next_event("app-message", predicate=lambda e: e["data"] == "for ann")
     assert direct["fromId"] == hidden.session_id
     await quiet()

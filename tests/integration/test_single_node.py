@@ -86,7 +86,7 @@ async def test_broadcast_reaches_every_other_participant_never_the_sender(
     await a.send_app_message({"n": 1})
     for other in (b, c):
         event = await other.next_event("app-message")
-        assert event == {"data": {"n": 1}, "fromId": a.session_id}
+        assert event == {"action": "app-message", "data": {"n": 1}, "fromId": a.session_id}
     await quiet()
     assert a.events("app-message") == []
 
@@ -335,6 +335,7 @@ async def test_rest_app_messages_presence_and_session_data(
         await rest.send_app_message(room, {"to": "all"})
         for client in (a, b, c):
             assert await client.next_event("app-message") == {
+                "action": "app-message",
                 "data": {"to": "all"},
                 "fromId": "API",
             }

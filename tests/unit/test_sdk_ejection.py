@@ -50,4 +50,4 @@ def test_another_close_is_no_ejection() -> None:
     state = in_room()
     assert state.connection_lost(1006, expected=False)
     error, left = (payload for _, payload in state.events_received())
-    assert "error" not in error and left["reason"] == "connection-closed"
+    assert error["error"]["type"] == "connection-error" and left["reason"] == "connection-closed"

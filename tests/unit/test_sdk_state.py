@@ -13,7 +13,7 @@ import pytest
 
 from roomstate.crdt import Json
 from roomstate.sdk.errors import NotJoined, RateLimited, TooLarge
-from roomstate.sdk.state import EVENTS, CallState, Outgoing, Reply
+from roomstate.sdk.state import EVENTS, CallState, Outgoing, Reply, daily_participant
 from roomstate.wire.protocol import Join, Limits, encode, encode_error, encode_state, parse
 
 ME, BOB, CAROL = "s-me", "s-bob", "s-carol"
@@ -26,6 +26,27 @@ def server(kind: str, **fields: Json) -> dict[str, Any]:
 
 def person(sid: str, user_data: Json = None) -> dict[str, Json]:
     return {"session_id": sid, "user_name": sid, "userData": user_data}
+
+
+def seen(sid: str, user_data: Json = None, local: bool = False) -> dict[str, Json]:
+    """`person` as participants() and the events give it: daily-js's shape."""
+    return daily_participant(person(sid, user_data), local)
+
+
+def test_participants_have_daily_js_shape() -> None:
+    assert seen(BOB) == {
+        "session_id": BOB,
+        "user_name": BOB,
+        "userData": None,
+        "local": False,
+        "owner": False,
+        "permissions": {
+            "hasPresence": True,
+            "canSend": True,
+            "canReceive": {"base": True},
+            "canAdmin": False,
+        },
+    }
 
 
 def joined(
@@ -111,7 +132,7 @@ def test_a_join_is_the_frame_the_node_parses_and_its_reply_fills_the_state() -> 
     assert reply.frame["sessionId"] == ME
     assert (state.session_id, state.resume_token, state.last_seq) == (ME, "rt", "3")
     assert state.in_meeting
-    assert state.participants() == {"local": person(ME, {"c": 1}), BOB: person(BOB)}
+    assert state.participants() == {"local": seen(ME, {"c": 1}, local=True), BOB: seen(BOB)}
     assert state.meeting_session_state() == {"data": {"k": 1}}
     [(event, payload)] = state.events_received()
     assert event == "joined-meeting" and payload["participants"] == state.participants()
@@ -245,7 +266,7 @@ def test_participant_frames_change_the_participants_and_become_events() -> None:
     state.receive_frame(server("participant-updated", participant=person(BOB, {"v": 1})))
     state.receive_frame(server("participant-left", participant=person(CAROL)))
     assert names(state) == ["participant-joined", "participant-updated", "participant-left"]
-    assert state.participants() == {"local": person(ME), BOB: person(BOB, {"v": 1})}
+    assert state.participants() == {"local": seen(ME, local=True), BOB: seen(BOB, {"v": 1})}
 
 
 # -- positions and resume --
@@ -321,7 +342,7 @@ def test_a_fresh_join_forgets_the_room_of_before() -> None:
     state = in_room(data={"k": 1})
     state.end_meeting("closed")
     state.join()
-    assert state.participants() == {"local": person(ME)}
+    assert state.participants() == {"local": seen(ME, local=True)}
     assert state.meeting_session_state() == {"data": {}}
 
 
@@ -334,7 +355,14 @@ def test_a_lost_connection_ends_the_meeting_once_and_keeps_writes_maybe_applied(
     assert state.connection_lost(1006, expected=False)
     events = state.events_received()
     assert events == [
-        ("error", {"errorMsg": "the connection closed (code 1006)", "closeCode": 1006}),
+        (
+            "error",
+            {
+                "errorMsg": "the connection closed (code 1006)",
+                "error": {"type": "connection-error", "msg": "the connection closed (code 1006)"},
+                "closeCode": 1006,
+            },
+        ),
         ("left-meeting", {"reason": "connection-closed", "closeCode": 1006}),
     ]
     assert not state.in_meeting
