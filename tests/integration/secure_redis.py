@@ -4,6 +4,7 @@ gives it. Module-scoped fixtures; a test module imports the ones it uses."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +29,20 @@ def documented_acl_rule() -> list[str]:
     return lines[0].split()[2:]
 
 
-def acl_user(server: RedisServer, password: str) -> None:
-    """Make the node's user on `server` exactly as documented (">PASSWORD" replaced)."""
+def documented_cluster_extra() -> list[str]:
+    """What docs/operations.md adds to the rule for a Cluster ("In a Cluster, add `...`")."""
+    text = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    found = re.search(r"In a Cluster, add `([^`]+)`", text)
+    assert found, "docs/operations.md says what a Cluster adds to the ACL rule"
+    return found.group(1).split()
+
+
+def acl_user(server: RedisServer, password: str, *, cluster: bool = False) -> None:
+    """Make the node's user on `server` exactly as documented (">PASSWORD" replaced; in a
+    Cluster, with what the docs add for it)."""
     rule = [f">{password}" if arg == ">PASSWORD" else arg for arg in documented_acl_rule()]
-    assert server.command("ACL", "SETUSER", *rule) == "OK"
+    extra = documented_cluster_extra() if cluster else []
+    assert server.command("ACL", "SETUSER", *rule, *extra) == "OK"
 
 
 def denials(server: RedisServer) -> list[str]:
@@ -61,7 +72,12 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterat
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[RedisCluster]:
-    """A 3-master Cluster on TLS only (clients, the cluster bus)."""
-    cluster = RedisCluster.start(tmp_path_factory.mktemp("tls-cluster"), tls=tls)
+    """A 3-master Cluster on TLS only (clients, the cluster bus), the default user off, the
+    node's user on every server."""
+    cluster = RedisCluster.start(
+        tmp_path_factory.mktemp("tls-cluster"), tls=tls, auth=ADMIN, extra_args=ADMIN_ONLY
+    )
+    for server in cluster.servers:
+        acl_user(server, NODE_PASSWORD, cluster=True)
     yield cluster
     cluster.stop()

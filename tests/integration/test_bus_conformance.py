@@ -1,5 +1,5 @@
 """One conformance suite for every bus: in-memory, Redis standalone and Redis Cluster, and the
-last two as production runs them: a TLS-only Redis as the documented ACL user, a TLS Cluster.
+last two as production runs them: on TLS only, as the documented ACL user.
 
 The buses are driven in-process, directly through the `Bus` interface, as two nodes would use one.
 The Redis runs use real redis-server processes. The property test checks that the state Redis
@@ -70,9 +70,17 @@ def bus_settings(request: pytest.FixtureRequest) -> Iterator[Settings | None]:
         yield Settings(redis=url, redis_tls_ca=ca, room_grace_s=GRACE_S)
         assert denials(server) == [], "the documented ACL rule allows all the bus does"
     else:
-        seeds = request.getfixturevalue("tls_cluster").seeds
+        cluster = request.getfixturevalue("tls_cluster")
         ca = str(request.getfixturevalue("tls").ca)
-        yield Settings(redis_cluster=seeds, redis_tls_ca=ca, room_grace_s=GRACE_S)
+        yield Settings(
+            redis_cluster=cluster.seeds,
+            redis_username=NODE_USER,
+            redis_password=NODE_PASSWORD,
+            redis_tls_ca=ca,
+            room_grace_s=GRACE_S,
+        )
+        for server in cluster.servers:
+            assert denials(server) == [], "the documented ACL rule allows all the bus does"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from deploy.local.servers import RedisServer, TlsFiles, make_tls_files, track
+from deploy.local.servers import RedisCluster, RedisServer, TlsFiles, make_tls_files, track
 from roomstate.auth import make_token
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.errors import BusError
@@ -27,9 +27,9 @@ from roomstate.sdk.rest import RestClient
 from roomstate.settings import Settings
 
 from .conftest import API_KEY, FAST, ROOT
-from .secure_redis import NODE_PASSWORD, acl_redis, denials, tls
+from .secure_redis import NODE_PASSWORD, NODE_USER, acl_redis, denials, tls, tls_cluster
 
-__all__ = ["acl_redis", "tls"]  # fixtures
+__all__ = ["acl_redis", "tls", "tls_cluster"]  # fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +111,33 @@ async def test_a_node_on_tls_redis_as_an_acl_user_serves_rest_and_logs_json(
     lines = node.lines()
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
     assert denials(acl_redis) == []
+
+
+async def test_a_node_on_a_tls_cluster_as_the_acl_user_serves_rest(
+    tls_cluster: RedisCluster, tls: TlsFiles, tmp_path: Path, http: aiohttp.ClientSession, room: str
+) -> None:
+    """The same on a Cluster: TLS only, the default user off on every server, the node's user
+    with what the docs add for a Cluster; credentials in settings, the password from a file."""
+    (tmp_path / "redis-password").write_text(NODE_PASSWORD)
+    env = {
+        "ROOMSTATE_API_KEY": API_KEY,
+        "ROOMSTATE_REDIS_USERNAME": NODE_USER,
+        "ROOMSTATE_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"),
+    }
+    node = start_json_node(
+        tmp_path, env, "--redis-cluster", tls_cluster.seeds, "--redis-tls-ca", str(tls.ca)
+    )
+    try:
+        await wait_ready(http, node.url)
+        async with RestClient(node.url, API_KEY) as rest:
+            written = {"data": {"on": "cluster"}}
+            assert await rest.set_session_data(room, {"on": "cluster"}) == written
+            assert await rest.get_session_data(room) == written
+    finally:
+        assert node.stop() == 0
+    assert all(isinstance(json.loads(line), dict) for line in node.lines())
+    for server in tls_cluster.servers:
+        assert denials(server) == []
 
 
 async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_upkeep(
