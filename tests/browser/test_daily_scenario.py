@@ -178,7 +178,7 @@ def test_daily_js_scenario(multi: tuple[Deployment, Haproxy], people: list[Page]
     # promise gives nonfatal-error {type, errorMsg}; a join that fails gives `error`.
     refused = ann.evaluate(
         """call.setUserData({ big: "x".repeat(5000) }).then(() => null,
-               (err) => ({ errorMsg: err.errorMsg, local: call.participants().local.userData }))"""
+               (err) => ({ errorMsg: err.message, local: call.participants().local.userData }))"""
     )
     assert "4096" in refused["errorMsg"] and refused["local"] == {"hand": False}
     # (over the node's 100 KiB session data limit, under its 128 KiB frame limit)
@@ -198,7 +198,7 @@ def test_daily_js_scenario(multi: tuple[Deployment, Haproxy], people: list[Page]
             const other = Daily.createCallObject();
             const failed = new Promise((resolve) => other.once("error", resolve));
             const rejected = await other.join({ url, userData: "u".repeat(5000) }).then(
-                () => null, (err) => err.errorMsg);
+                () => null, (err) => err.message);
             const event = await failed;
             const out = { rejected, state: other.meetingState(), action: event.action,
                           errorMsg: event.errorMsg, type: event.error.type };
@@ -224,11 +224,11 @@ def test_daily_js_scenario(multi: tuple[Deployment, Haproxy], people: list[Page]
         """async (url) => {
             await call.destroy();
             try { await call.join({ url }); return "joined"; }
-            catch (err) { return [call.isDestroyed(), err.code]; }
+            catch (err) { return [call.isDestroyed(), err instanceof Error, err.message]; }
         }""",
         room_url,
     )
-    assert destroyed == [True, "destroyed"]
+    assert destroyed[:2] == [True, True] and "destroyed" in destroyed[2]
     for page in (ann, bob):
         page.evaluate("call.leave()")
         assert page.evaluate("call.meetingState()") == "left-meeting"
