@@ -220,3 +220,39 @@ async def test_haproxy_routes_to_ready_backends_and_websockets(
         await asyncio.to_thread(lb.stop)
     assert not pid_alive(lb.pid)
     assert (tmp_path / f"haproxy-{lb.port}.log").exists()
+
+
+@integration
+def test_a_tls_redis_takes_tls_only_and_mutual_tls_wants_the_client_certificate(
+    tmp_path: Path,
+) -> None:
+    tls = servers.make_tls_files(tmp_path / "tls")
+    with RedisServer.start(tmp_path, tls=tls, tls_auth_clients="yes") as server:
+        assert server.url.startswith("rediss://") and server.ping()
+        with pytest.raises((OSError, servers.RedisReplyError)):  # plain TCP: no answer
+            servers.redis_command(server.port, "PING", timeout=1)
+        cli = find_binary("redis-cli", "redis-tools")
+        base = [cli, "-p", str(server.port), "--tls", "--cacert", str(tls.ca)]
+        without = subprocess.run([*base, "PING"], capture_output=True, text=True, timeout=10)
+        assert "PONG" not in without.stdout  # no client certificate
+        mutual = [*base, "--cert", str(tls.client_cert), "--key", str(tls.client_key), "PING"]
+        assert subprocess.run(mutual, capture_output=True, text=True, timeout=10).stdout == "PONG\n"
+
+
+@integration
+def test_sentinels_follow_a_killed_master_to_its_replica(tmp_path: Path) -> None:
+    master = RedisServer.start(tmp_path)
+    replica = RedisServer.start(tmp_path, extra_args=("--replicaof", "127.0.0.1", str(master.port)))
+    try:
+        with servers.RedisSentinels.start(tmp_path / "sentinel", master) as sentinels:
+            assert sentinels.master_port() == master.port
+            master.kill()
+            servers.wait_until(
+                lambda: sentinels.master_port() == replica.port,
+                timeout=15,
+                what="the Sentinels to name the replica",
+            )
+            assert replica.info("replication")["role"] == "master"
+    finally:
+        replica.stop()
+        master.stop()
