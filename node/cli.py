@@ -123,9 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "token":
         from roomstate.auth import make_token
 
-        key = args.api_key or os.environ.get("ROOMSTATE_API_KEY")
+        try:  # the key as serve reads it: ROOMSTATE_API_KEY or ROOMSTATE_API_KEY_FILE
+            key = args.api_key or Settings.from_env(os.environ).api_key
+        except ValueError as exc:
+            parser.error(str(exc))
         if not key:
-            parser.error("token needs --api-key or ROOMSTATE_API_KEY")
+            parser.error("token needs --api-key, ROOMSTATE_API_KEY or ROOMSTATE_API_KEY_FILE")
         exp = int(time.time()) + args.ttl
         try:
             signed = make_token(

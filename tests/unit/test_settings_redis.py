@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jwt
 import pytest
 
+from roomstate import cli
 from roomstate.settings import Settings
 
 
@@ -75,3 +77,15 @@ def test_sentinel_needs_the_master_name_and_no_other_redis() -> None:
         Settings(redis_sentinel="s1:26379", redis_sentinel_master="m", redis="redis://r:1/0")
     env = {"ROOMSTATE_REDIS_SENTINEL": "s1:26379,s2:26379", "ROOMSTATE_REDIS_SENTINEL_MASTER": "m"}
     assert Settings.from_env(env).redis_sentinel_master == "m"
+
+
+def test_the_token_command_signs_with_the_key_from_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "k" * 32
+    (tmp_path / "api-key").write_text(key + "\n")
+    monkeypatch.delenv("ROOMSTATE_API_KEY", raising=False)
+    monkeypatch.setenv("ROOMSTATE_API_KEY_FILE", str(tmp_path / "api-key"))
+    cli.main(["token", "--room", "r1"])
+    signed = capsys.readouterr().out.strip()
+    assert jwt.decode(signed, key, algorithms=["HS256"])["r"] == "r1"
