@@ -117,6 +117,8 @@ class Connections:
         return Script(source, self.client.register_script(source).sha, numkeys)
 
     async def start(self) -> None:
+        if self.access.sentinels and self._follower is None:  # (the keeper goes on after a
+            self._follower = asyncio.ensure_future(self._follow_master())  # failed start)
         try:
             await cast(Awaitable[Any], self.client.ping())
             if isinstance(self.client, RedisCluster):
@@ -124,8 +126,6 @@ class Connections:
         except REDIS_ERRORS as exc:
             raise BusError(f"cannot reach Redis: {exc}") from exc
         self.ready = True
-        if self.access.sentinels and self._follower is None:
-            self._follower = asyncio.ensure_future(self._follow_master())
 
     async def _follow_master(self) -> None:
         """Behind Sentinel: once the Sentinels name another master, close every hot-path
