@@ -113,7 +113,7 @@ def room_ws_url(url: str) -> str:
 
 def join_error(exc: ClientError) -> Event:
     """The `error` event of a join that failed, in daily-js's shape (`code`: roomstate's)."""
-    kind = "not-allowed" if exc.code in ("unauthorized", "forbidden") else "connection-error"
+    kind = "not-allowed" if isinstance(exc, Unauthorized | Forbidden) else "connection-error"
     error = {"type": kind, "msg": exc.message, "details": {"on": "join"}}
     return {"errorMsg": exc.message, "error": error, "code": exc.code}
 
