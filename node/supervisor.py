@@ -181,14 +181,20 @@ class Supervisor:
             *("--workers", "1", "--reuse-port"),
         ]
         while not self.stopping.is_set():
-            process = worker.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *("-m", "roomstate", "serve", *argv),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                preexec_fn=self.before_start,
-            )
             started = time.monotonic()
+            try:
+                process = worker.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    *("-m", "roomstate", "serve", *argv),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    preexec_fn=self.before_start,
+                )
+            except OSError as exc:  # out of processes or memory: a death at start
+                log.error("cannot start worker %s: %s", worker.node_id, exc)
+                if not await self._after_death(worker, 0.0, None):
+                    return
+                continue
             if self.stopping.is_set():  # the drain may have looked before it existed
                 process.send_signal(signal.SIGTERM)
             assert process.stdout is not None
@@ -207,22 +213,27 @@ class Supervisor:
                     log.error("worker %s exited with code %d while draining", worker.node_id, code)
                     self.failed = True
                 return
-            delay = worker.restarts.died(ran)
-            if delay is None:
-                log.critical(
-                    "worker %s died %d times in a row within %g s of its start (last: code %d):"
-                    " a crash loop; stopping the other workers",
-                    *(worker.node_id, worker.restarts.limit, worker.restarts.quick_s, code),
-                )
-                self.failed = True
-                self.stopping.set()
+            log.error("worker %s (pid %d) exited with code %d after %.1f s", *(
+                worker.node_id, process.pid, code, ran))  # fmt: skip
+            if not await self._after_death(worker, ran, code):
                 return
-            log.error(
-                "worker %s (pid %d) exited with code %d after %.1f s; starting it again in %g s",
-                *(worker.node_id, process.pid, code, ran, delay),
+
+    async def _after_death(self, worker: Worker, ran: float, code: int | None) -> bool:
+        """Wait before `worker` starts again; False: it must not (a crash loop, or stopping)."""
+        delay = worker.restarts.died(ran)
+        if delay is None:
+            log.critical(
+                "worker %s died %d times in a row within %g s of its start (last: code %s):"
+                " a crash loop; stopping the other workers",
+                *(worker.node_id, worker.restarts.limit, worker.restarts.quick_s, code),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            self.failed = True
+            self.stopping.set()
+            return False
+        log.info("starting worker %s again in %g s", worker.node_id, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        return not self.stopping.is_set()
 
     async def _drain(self, keepers: list[asyncio.Task[None]]) -> None:
         """SIGTERM to every worker; SIGKILL to those still running after `DRAIN_S`."""
