@@ -159,7 +159,8 @@ def main() -> None:
         log(f"== {name}")
         # (any system but "external", whose nodes' CPU the runner does not read)
         sc = Scenario(name, f"workers-{count}", participants=10, rooms=10, generators=2)
-        with PreparedRun(sc, tmp / name.replace(" ", "-"), start(count, tmp / f"{count}w")) as run:
+        where = tmp / f"{count}w"  # the servers' logs and the generators' configs
+        with PreparedRun(sc, where, start(count, where)) as run:
             for rate in rates:
                 run.run_step(rate, duration_s=seconds, drain_s=3.0, tag="ladder")
                 run.settle(3.0)
