@@ -13,6 +13,7 @@ an incoming delta is news.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,13 @@ class LWWMap:
     # Wall ms below which tombstones are forgotten and writes of keys not held are refused.
     # This replica's own horizon (`collect`), not state: never merged, encoded or compared.
     floor_ms: int = field(default=0, compare=False, repr=False)
+    # No tombstone is stamped before this (ms): `collect` looks for them only past it.
+    oldest_tombstone_ms: float = field(default=math.inf, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for entry in self.entries.values():
+            if entry.deleted and entry.stamp.wall_ms < self.oldest_tombstone_ms:
+                self.oldest_tombstone_ms = entry.stamp.wall_ms
 
     # -- writes: each returns the delta to publish, already merged into self --
 
@@ -129,10 +137,12 @@ class LWWMap:
             if mine is None or theirs.wins_over(mine):
                 self.entries[key] = theirs
                 changed = True
+                if theirs.deleted and theirs.stamp.wall_ms < self.oldest_tombstone_ms:
+                    self.oldest_tombstone_ms = theirs.stamp.wall_ms
         return changed
 
     def copy(self) -> LWWMap:
-        return LWWMap(self.epoch, dict(self.entries), self.floor_ms)
+        return LWWMap(self.epoch, dict(self.entries), self.floor_ms, self.oldest_tombstone_ms)
 
     def collect(self, floor_ms: int) -> int:
         """Raise the floor to `floor_ms` and forget the tombstones stamped before it (what they
@@ -141,9 +151,14 @@ class LWWMap:
         if floor_ms <= self.floor_ms:
             return 0
         self.floor_ms = floor_ms
+        if floor_ms <= self.oldest_tombstone_ms:
+            return 0  # (a pass over the keys only when some tombstone is due)
         old = [k for k, e in self.entries.items() if e.deleted and e.stamp.wall_ms < floor_ms]
         for key in old:
             del self.entries[key]
+        self.oldest_tombstone_ms = min(
+            (e.stamp.wall_ms for e in self.entries.values() if e.deleted), default=math.inf
+        )
         return len(old)
 
     def _collect(self) -> None:

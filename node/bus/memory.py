@@ -9,7 +9,7 @@ from collections import deque
 from typing import Any
 
 from roomstate.bus.base import Bus, EventHandler, LeaseState, Snapshot
-from roomstate.crdt import RoomState
+from roomstate.crdt import DEFAULT_KEEP_MS, RoomState
 from roomstate.wire.events import BusEvent, decode_event, encode_event
 
 __all__ = ["MemoryBus"]
@@ -67,6 +67,8 @@ class MemoryBus(Bus):
         self._logs.setdefault(room, deque(maxlen=LOG_LENGTH)).append((position, event))
         if event.delta is not None:
             state.merge(event.delta)
+            # removals are forgotten past the horizon, dated by the events that stored them
+            state.collect(event.sent_ms, DEFAULT_KEEP_MS)
             self._schedule_expiry(room, state)
         for after, handler in list(self._subscribers.get(room, ())):
             if position > after:

@@ -17,6 +17,7 @@ from roomstate.crdt import (
     DEFAULT_MAX_DRIFT_MS,
     CodecError,
     Entry,
+    LWWMap,
     LWWRegister,
     Participant,
     RoomState,
@@ -66,6 +67,7 @@ def condition_ops(session_id: str, location: Any) -> list[str]:
 def state_from_hash(fields: dict[str, str]) -> RoomState:
     """The RoomState stored in a room's state hash (the inverse of what PUBLISH stores)."""
     state = RoomState()
+    entries: dict[str, Entry] = {}  # the session data's
     for field, stored in fields.items():
         kind, _, rest = field.partition(":")
         if kind == "x":
@@ -75,7 +77,7 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
             state.session_data.epoch = Stamp.decode(stored)
             continue
         if kind == "g":  # the store's floor: this replica refuses what the store refused
-            state.floor_ms = state.session_data.floor_ms = int(stored)
+            state.floor_ms = int(stored)
             continue
         if kind not in ("p", "m"):
             continue  # "n": the presence count; "l": the last event's id; "c", "q": forgetting
@@ -83,9 +85,9 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
         stamp = Stamp.decode(stamp_text)
         if kind == "m":
             if payload == "d":
-                state.session_data.entries[rest] = Entry(stamp, deleted=True)
+                entries[rest] = Entry(stamp, deleted=True)
             else:
-                state.session_data.entries[rest] = Entry(stamp, orjson.loads(payload[1:]))
+                entries[rest] = Entry(stamp, orjson.loads(payload[1:]))
             continue
         sid, _, register = rest.rpartition(":")
         name = _REGISTERS.get(register)
@@ -93,4 +95,5 @@ def state_from_hash(fields: dict[str, str]) -> RoomState:
             raise CodecError(f"not a participant's register: {field!r}")
         participant = state.participants.setdefault(sid, Participant())
         setattr(participant, name, LWWRegister(orjson.loads(payload), stamp))
+    state.session_data = LWWMap(state.session_data.epoch, entries, state.floor_ms)
     return state
