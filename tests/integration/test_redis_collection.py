@@ -108,3 +108,18 @@ async def test_redis_forgets_nothing_in_a_hash_younger_than_the_horizon(
     await bus.publish(room, event(RoomState().join("s2", {}, {"node": "n1"}, None, old)))
     fields = stored_fields(redis_server, room)
     assert "g" not in fields and "x:s1" in fields and "p:s2:i" in fields
+
+
+async def test_a_removal_stored_by_the_previous_version_is_kept(
+    bus: RedisBus, redis_server: RedisServer
+) -> None:
+    """`x:<sid>` = "1" (kept for good by a version without forgetting) is in no queue: it stays,
+    and still hides its participant."""
+    room = f"gc-{uuid.uuid4().hex[:10]}"
+    redis_server.command("HSET", state_key(room), "x:old", "1", "c", "1")  # long lived
+    late = RoomState().join("old", {}, {"node": "n1"}, None, Stamp(2**40, 0, "n1"))
+    for _ in range(3):
+        await bus.publish(room, event(late))  # each forgets what is due
+    fields = stored_fields(redis_server, room)
+    assert "x:old" in fields and "g" in fields
+    assert (await bus.snapshot(room)).state.participants == {}
