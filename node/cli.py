@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workers",
         type=_workers,
         help="node processes on the port, each a node of its own, or auto: one per core"
-        " (ROOMSTATE_WORKERS; 1); more than 1 needs --redis or --redis-cluster",
+        " (ROOMSTATE_WORKERS; 1); more than 1 needs Redis",
     )
     # Set by the supervisor of --workers on its workers: listen with SO_REUSEPORT.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)

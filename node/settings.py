@@ -170,8 +170,8 @@ class Settings:
         if not (self.redis or self.redis_cluster or self.redis_sentinel):
             raise ValueError(
                 f"ROOMSTATE_WORKERS={self.workers}: more than one worker needs a Redis bus"
-                " (--redis or --redis-cluster): worker processes share no memory, so on the"
-                " in-memory bus each would hold rooms of its own"
+                " (--redis, --redis-cluster or --redis-sentinel): worker processes share no"
+                " memory, so on the in-memory bus each would hold rooms of its own"
             )
         if self.node_id is not None:
             try:
