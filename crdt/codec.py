@@ -10,6 +10,9 @@ Version 1 layout::
     map   {"e": STAMP | null, "k": {KEY: [STAMP, VALUE]}, "d": {KEY: STAMP}}     d: tombstones
     room  {"p": {SID: {"i": REG?, "l": REG?, "u": REG?}}, "r": [SID...], "m": MAP}
           where REG is [STAMP, VALUE] and MAP is the map layout without "v" and "t"
+
+A replica's floor and the dates of its removals (`RoomState.collect`) are its own, not state:
+never encoded; a decoded state has no floor.
 """
 
 from __future__ import annotations

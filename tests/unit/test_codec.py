@@ -91,3 +91,17 @@ def test_a_malformed_stamp_is_a_codec_error(text: str) -> None:
     # data catch (it was the root CrdtError, which escaped them)
     with pytest.raises(CodecError, match="not an HLC stamp"):
         Stamp.decode(text)
+
+
+def test_a_collected_state_encodes_as_before_and_decodes_without_a_floor() -> None:
+    """The floor and the dates of removals are the replica's own: the layout is version 1's."""
+    state = RoomState()
+    state.join("s1", {"user_name": "ann"}, {"node": "n1"}, None, Stamp(1, 0, "n1"))
+    state.remove(["s0"])
+    state.collect(1_000, 500)
+    encoded = encode(state)
+    assert orjson.loads(encoded)["r"] == ["s0"]
+    decoded = decode(encoded, RoomState)
+    assert decoded == state
+    assert decoded.floor_ms == 0 and decoded.session_data.floor_ms == 0
+    assert encode(decoded) == encoded
