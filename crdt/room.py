@@ -101,6 +101,7 @@ class RoomState:
     # removed since its last round, still to be dated.
     _dated: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _undated: list[str] = field(default_factory=list, compare=False, repr=False)
+    _since_ms: int | None = field(default=None, compare=False, repr=False)  # first `collect`
 
     def __post_init__(self) -> None:
         self._undated.extend(self.removed - self._dated.keys())
@@ -221,6 +222,7 @@ class RoomState:
             self.session_data.copy(),
             floor_ms=self.floor_ms,
             _dated=dict(self._dated),  # (those still to be dated: found by __post_init__)
+            _since_ms=self._since_ms,
         )
 
     # -- collection --
@@ -233,13 +235,18 @@ class RoomState:
         hid was stamped before the floor, by a clock at most the drift bound ahead, while the
         date was read from one at most the drift bound behind); session-data tombstones
         stamped before the floor are too. Returns how many were forgotten. O(what it dates
-        and forgets): dates only grow, so the oldest are first."""
+        and forgets): dates only grow, so the oldest are first.
+
+        The floor first moves once this replica has collected for a whole horizon: one made
+        from a store that had just lost its data gets the other replicas merged back first."""
         for sid in self._undated:
             if sid in self.removed:
                 self._dated.setdefault(sid, now_ms)
         self._undated.clear()
+        if self._since_ms is None:
+            self._since_ms = now_ms
         floor = now_ms - keep_ms
-        if floor <= self.floor_ms:
+        if floor <= self.floor_ms or floor < self._since_ms:
             return 0
         self.floor_ms = floor
         forgotten = 0
