@@ -150,3 +150,68 @@ def test_equal_stamps_resolve_the_same_way_everywhere() -> None:
     left.merge(b)
     right.merge(a)
     assert left == right and left.value() == {"k": "B"}
+
+
+# -- forgetting removals (docs/crdt.md) --
+
+KEEP = 1000
+
+
+def joined_state(sid: str = "s1", wall: int = 0) -> RoomState:
+    state = RoomState()
+    state.join(sid, {"user_name": sid}, {"node": "a"}, {"x": 1}, Stamp(wall, 0, "a"))
+    return state
+
+
+def test_a_removed_id_is_forgotten_past_the_floor_less_twice_the_drift() -> None:
+    state = joined_state()
+    state.remove(["s1"])
+    assert state.collect(100, KEEP, max_drift_ms=50) == 0  # dated 100; no floor yet
+    assert state.collect(1_100, KEEP, max_drift_ms=50) == 0  # floor 100: dated 100 is not before
+    assert state.collect(1_199, KEEP, max_drift_ms=50) == 0  # floor 199: 100 is not before 99
+    assert state.collect(1_201, KEEP, max_drift_ms=50) == 1  # floor 201: 100 is before 101
+    assert state.removed == set() and state.floor_ms == 201
+
+
+def test_past_the_floor_only_what_a_forgotten_removal_hid_is_refused() -> None:
+    state = joined_state("live")
+    state.collect(0, KEEP)
+    state.collect(5_000, KEEP)  # floor 4000
+    late = RoomState().set_user_data("live", 2, Stamp(100, 0, "a"))
+    state.merge(late)  # older than the floor, of a participant it holds: last writer wins
+    assert state.participants["live"].user_data is not None
+    assert state.participants["live"].user_data.value == 2
+    gone = joined_state("gone", wall=3_000)
+    assert not state.merge(gone), "registers of an id not held, before the floor, take nothing"
+    assert "gone" not in state.participants
+    fresh = joined_state("new", wall=4_000)
+    assert state.merge(fresh).joined == ["new"]
+    mixed = joined_state("mixed", wall=3_999)
+    mixed.set_user_data("mixed", 5, Stamp(4_001, 0, "a"))
+    state.merge(mixed)  # only the registers stamped from the floor on
+    assert state.participants["mixed"].info is None
+    assert state.participants["mixed"].user_data is not None
+
+
+def test_a_session_tombstone_is_forgotten_once_stamped_before_the_floor() -> None:
+    state = RoomState()
+    state.merge_session_data({"k": 1, "j": 1}, Stamp(10, 0, "a"))
+    state.merge_session_data({}, Stamp(20, 0, "a"), ("k",))
+    state.collect(0, KEEP)
+    state.collect(KEEP + 20, KEEP)  # floor 20: the tombstone (20) is not before it
+    assert "k" in state.session_data.entries
+    state.collect(KEEP + 21, KEEP)
+    assert "k" not in state.session_data.entries
+    state.merge(RoomState().merge_session_data({"k": 1}, Stamp(10, 0, "a")))
+    assert state.session_data.value() == {"j": 1}, "the write the tombstone hid came back"
+
+
+def test_a_replica_sets_no_floor_before_it_has_collected_for_a_horizon() -> None:
+    """One made from a store that just lost its data refuses nothing the others merge back."""
+    state = RoomState()
+    state.collect(10_000, KEEP)
+    state.collect(10_999, KEEP)
+    assert state.floor_ms == 0
+    assert state.merge(joined_state("old", wall=0)).joined == ["old"]
+    state.collect(11_000, KEEP)
+    assert state.floor_ms == 10_000
