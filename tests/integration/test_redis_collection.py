@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deploy.local.servers import RedisServer
 from roomstate.bus.redis import state_hash
 from roomstate.bus.redis.bus import RedisBus, state_key
-from roomstate.crdt import RoomState, Stamp
+from roomstate.crdt import RoomState, Stamp, to_obj
 from roomstate.settings import Settings
 from roomstate.wire.events import BusEvent
+
+from ..property.strategies import apply_room_op, room_ops
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +128,60 @@ async def test_a_removal_stored_by_the_previous_version_is_kept(
     fields = stored_fields(redis_server, room)
     assert "x:old" in fields and "g" in fields
     assert (await bus.snapshot(room)).state.participants == {}
+
+
+# The stamps of the strategies have wall times 0-12: a floor of 6 refuses about half of them.
+FLOOR = 6
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+async def test_below_the_floor_redis_refuses_what_python_refuses(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A room's state, then a floor, then a delta (often a whole state, as merged back): what
+    Lua stores is what `RoomState.merge` keeps with that floor (tombstones aside, which each
+    forgets on its own schedule)."""
+    monkeypatch.setattr(state_hash, "HORIZON", (10**9, 0))  # the floor set by hand stays
+    made = RedisBus(Settings(redis=redis_server.url))
+    await made.start()
+    loop = asyncio.get_running_loop()
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        before=st.lists(room_ops(), max_size=6),
+        late=st.lists(room_ops(), min_size=1, max_size=6),
+    )
+    def check(before: list[tuple[Any, ...]], late: list[tuple[Any, ...]]) -> None:
+        room = f"gc-{uuid.uuid4().hex[:10]}"
+        expected, delta = RoomState(), RoomState()
+        deltas = [apply_room_op(expected, op) for op in before]
+        for op in late:
+            apply_room_op(delta, op)
+
+        async def publish_and_read() -> RoomState:
+            for d in deltas:
+                await made.publish(room, event(d))
+            redis_server.command("HSET", state_key(room), "g", FLOOR)
+            await made.publish(room, event(delta))
+            return (await made.snapshot(room)).state
+
+        stored = asyncio.run_coroutine_threadsafe(publish_and_read(), loop).result(30)
+        expected.floor_ms = expected.session_data.floor_ms = FLOOR
+        expected.merge(delta)
+        assert strip(stored) == strip(expected)
+
+    try:
+        await asyncio.to_thread(check)
+    finally:
+        await made.close()
+
+
+def strip(state: RoomState) -> dict[str, Any]:
+    """What a replica holds, tombstones aside."""
+    obj = to_obj(state)
+    obj["r"], obj["m"]["d"] = [], {}
+    return obj

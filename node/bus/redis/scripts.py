@@ -170,15 +170,19 @@ for _, op in ipairs(ops) do
 end
 
 -- Below the floor, a participant or key not held before this event takes nothing: what a
--- forgotten removal hid (a stale replica merged back, a write that was late).
+-- forgotten removal hid (a stale replica merged back, a write that was late). Whether it was
+-- held is read before anything is stored, and only for such old ops (usually none).
 local held = {}
-local function was_held(sid)
-  if held[sid] == nil then
-    local p = "p:" .. sid
-    local r = redis.call("HMGET", state, p .. ":i", p .. ":l", p .. ":u")
-    held[sid] = (r[1] or r[2] or r[3]) and true or false
+if below then
+  for _, op in ipairs(ops) do
+    local kind = op[1]
+    if (kind == "i" or kind == "l" or kind == "u") and held[op[2]] == nil
+        and lt(op[3], below) then
+      local p = "p:" .. op[2]
+      local r = redis.call("HMGET", state, p .. ":i", p .. ":l", p .. ":u")
+      held[op[2]] = (r[1] or r[2] or r[3]) and true or false
+    end
   end
-  return held[sid]
 end
 
 local epoch = redis.call("HGET", state, "e")
@@ -186,7 +190,7 @@ for _, op in ipairs(ops) do
   local kind = op[1]
   if kind == "i" or kind == "l" or kind == "u" then
     if redis.call("HEXISTS", state, "x:" .. op[2]) == 0
-        and (not below or was_held(op[2]) or not lt(op[3], below)) then
+        and (not below or not lt(op[3], below) or held[op[2]]) then
       local field = "p:" .. op[2] .. ":" .. kind
       local old = redis.call("HGET", state, field)
       if wins(op[3], op[4], old) then
