@@ -155,6 +155,7 @@ class Membership:
             "lease lost: fencing node %s incarnation %s", identity.node_id, identity.incarnation
         )
         self._held_since = math.inf  # no upkeep round until the new incarnation holds the lease
+        self._held_at = time.monotonic()  # nothing left to be stale: no second fence for it
         clients = self.sessions.drop_all()
         self.hosting.close_all()  # and the replicas to merge back: never stored under the next
         for conn in clients:
