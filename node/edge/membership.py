@@ -124,7 +124,11 @@ class Membership:
         if state is None:
             self._held_since = math.inf
             log.warning("lease renewal failed: %s", lease_round.error)
-        elif state == "held" and lease_round.sent - self._held_at > DEFAULT_KEEP_MS / 2000:
+        elif (
+            state == "held"
+            and lease_round.sent - self._held_at > DEFAULT_KEEP_MS / 2000
+            and not self.admission.draining  # (shutting down: its participants are leaving)
+        ):
             # Out of touch with the store for half the horizon: removals made meanwhile may be
             # forgotten before this node's replicas catch up (docs/crdt.md): start afresh.
             self._fencing = asyncio.get_running_loop().create_task(self._fence_once())
