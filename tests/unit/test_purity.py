@@ -100,6 +100,7 @@ PURE = _selected(
     "roomstate.bus.redis.state_hash",
     "roomstate.sdk.state",
     "roomstate.sdk.writes",
+    "roomstate.webhooks.events",
 )
 
 
