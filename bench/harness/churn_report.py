@@ -37,6 +37,43 @@ def _round(value: float | None, unit: float) -> float | None:
     return None if value is None else round(value / unit, 1)
 
 
+def _live(d: dict[str, float]) -> float:
+    """Live objects (MB): Python's allocated blocks and malloc's bytes in use."""
+    return d["pymalloc_allocated_mb"] + d["malloc_in_use_mb"]
+
+
+def _free(d: dict[str, float]) -> float:
+    """Freed memory the allocators keep (MB): free blocks in pymalloc's arenas, malloc's kept."""
+    return d["pymalloc_free_mb"] + d["malloc_kept_mb"]
+
+
+def allocators(results: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per node (`--allocators`), from half time to the end, and from the end to the rooms
+    dropped: the change of RSS, of live objects, of freed memory kept, of pymalloc arenas (KB)."""
+    per_node = results.get("allocators")
+    if not per_node:
+        return None
+    labels = [d["label"] for d in results.get("dumps") or ()]
+    out = []
+    for i, dumps in enumerate(per_node):
+        at = dict(zip(labels, dumps, strict=False))
+        row: dict[str, Any] = {"node": i}
+        for name, (a, b) in {
+            "second_half": ("half", "end"),
+            "rooms_dropped": ("end", "after"),
+        }.items():
+            if a in at and b in at:
+                x, y = at[a], at[b]
+                row[name] = {
+                    "rss_kb": round((y["rss_mb"] - x["rss_mb"]) * 1e3),
+                    "live_kb": round((_live(y) - _live(x)) * 1e3),
+                    "kept_free_kb": round((_free(y) - _free(x)) * 1e3),
+                    "arenas": y["pymalloc_arenas"] - x["pymalloc_arenas"],
+                }
+        out.append(row)
+    return out
+
+
 def analyse(results: dict[str, Any]) -> dict[str, Any]:
     """The summary: the figures per room, per participant, the growth, the clients' tally."""
     s = results["settings"]
@@ -99,6 +136,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     out["node_per_room_kb"] = round(extra_node / s["rooms"] / 1e3, 1)
     out["node_per_participant_kb"] = round(extra_node / max(joined, 1) / 1e3, 1)
     out["node_growth_second_half_max_kb"] = max(n["growth_second_half_kb"] for n in nodes)
+    out["node_allocators"] = allocators(results)
     out["errors"] = tally.get("error_count", 0) + tally.get("join_failures", 0)
     out["ok"] = all(results.get("alive") or [False]) and out["errors"] == 0
     return out
@@ -149,6 +187,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['state_growth_second_half_kb']} KB and "
             f"{r['state_fields_growth_second_half']} fields over the second half.",
         ]
+    if results.get("allocators"):
+        lines += ["", *allocator_table(results)]
     lines += [
         "",
         f"Room keys over the second half: {r['room_keys']}. Node per room and per participant: "
@@ -172,3 +212,32 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("tracemalloc_files"):
         lines += ["", "Tracemalloc dumps: " + ", ".join(results["tracemalloc_files"])]
     return "\n".join(lines) + "\n"
+
+
+def allocator_table(results: dict[str, Any]) -> list[str]:
+    """Where each node's memory is at each dump (`--allocators`), in MB."""
+    labels = [d["label"] for d in results.get("dumps") or ()]
+    lines = [
+        "Where each node's memory is (MB; live: Python's allocated blocks + malloc's bytes in "
+        "use; kept: freed memory the allocators keep, pymalloc's free blocks + malloc's):",
+        "",
+        "| node | point | RSS | live | pymalloc arenas | pymalloc free | malloc kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, dumps in enumerate(results["allocators"]):
+        for label, d in zip(labels, dumps, strict=False):
+            lines.append(
+                f"| {i} | {label} | {d['rss_mb']:.2f} | {_live(d):.2f} | {d['pymalloc_arenas']} "
+                f"| {d['pymalloc_free_mb']:.2f} | {d['malloc_kept_mb']:.2f} |"
+            )
+    for row in results["summary"].get("node_allocators") or ():
+        for name, text in (("second_half", "over the second half"),
+                           ("rooms_dropped", "once the rooms were dropped")):  # fmt: skip
+            if name in row:
+                c = row[name]
+                lines.append(
+                    f"\nNode {row['node']} {text}: RSS {c['rss_kb']:+} KB, live objects "
+                    f"{c['live_kb']:+} KB, freed memory kept {c['kept_free_kb']:+} KB, "
+                    f"{c['arenas']:+} pymalloc arenas."
+                )
+    return lines

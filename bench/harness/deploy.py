@@ -110,12 +110,14 @@ def wait_for_line(proc: ManagedProcess, marker: str, timeout: float = 30.0) -> s
 
 
 def start_node(
-    tmp: Path, index: int, env: dict[str, str], *args: str
+    tmp: Path, index: int, env: dict[str, str], *args: str, module: str = "roomstate"
 ) -> tuple[ManagedProcess, str]:
+    """A node: `python -m roomstate serve`, or another `module` that runs the same command
+    (bench.harness.alloc_node: a node that tells where its memory is)."""
     log = tmp / f"node-{index}-{time.monotonic_ns()}.log"
     proc = ManagedProcess.spawn(
         f"roomstate-node-{index}",
-        [sys.executable, "-m", "roomstate", "serve", "--port", "0", *args],
+        [sys.executable, "-m", module, "serve", "--port", "0", *args],
         log,
         env=python_env({**BENCH_NODE_ENV, "ROOMSTATE_NODE_ID": f"bench-{index}", **env}),
         cwd=ROOT,
@@ -124,7 +126,9 @@ def start_node(
     return proc, line.split("listening on", 1)[1].strip()
 
 
-def start_topology(name: str, tmp: Path, env: dict[str, str] | None = None) -> Deployment:
+def start_topology(
+    name: str, tmp: Path, env: dict[str, str] | None = None, module: str = "roomstate"
+) -> Deployment:
     count, store = TOPOLOGIES[name]
     tmp.mkdir(parents=True, exist_ok=True)
     env = env or {}
@@ -142,7 +146,7 @@ def start_topology(name: str, tmp: Path, env: dict[str, str] | None = None) -> D
     nodes, entries = [], []
     try:
         for i in range(count):
-            proc, url = start_node(tmp, i, env, *args)
+            proc, url = start_node(tmp, i, env, *args, module=module)
             nodes.append(proc)
             entries.append(url)
     except BaseException:

@@ -5,6 +5,7 @@ bytes a room and a participant take in Redis and in each node, and whether that 
     python -m bench churn --quick               # the same for 60 s
     python -m bench churn --clients 120 --rooms 12 --seconds 600
     python -m bench churn --tracemalloc         # the nodes trace allocations (slower, bigger)
+    python -m bench churn --allocators          # where each node's memory is, live or kept
 
 3 nodes and one redis-server on free loopback ports, the nodes with their default resume grace.
 C clients (bench/harness/churn_clients.py) churn through R rooms: join a room on a random node,
@@ -18,8 +19,10 @@ half, less the idle deployment's, over the rooms or the participants joined), th
 second half (the last sample less the one at half time, and a least-squares slope per minute),
 what the clients did (joins, writes, leaves, drops) and every error. With `--tracemalloc` each node
 writes the allocation sites that grew between the run's quarter, half, end and after the room
-grace (ROOMSTATE_TRACEMALLOC_DIR, SIGUSR2); their files are copied beside the report. Results:
-bench/out/churn[-quick].{json,md}.
+grace (ROOMSTATE_TRACEMALLOC_DIR, SIGUSR2); their files are copied beside the report. With
+`--allocators` the nodes run as bench.harness.alloc_node and tell, at the same points, how their
+RSS splits between live objects and what their allocators keep (no tracing: the node runs at its
+usual speed); the report has the table. Results: bench/out/churn[-quick].{json,md}.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from bench.harness import alloc_node
 from bench.harness.churn_clients import Churn, Profile
 from bench.harness.churn_report import analyse, markdown
 from bench.harness.common import proc_rss_bytes
@@ -93,28 +97,36 @@ class ChurnRun:
         # an operator's resume grace (the bench's default is 0): a dropped socket's participant
         # stays that long, as it would in production
         env = {"ROOMSTATE_RESUME_GRACE_S": str(Settings.resume_grace_s)}
-        if self.args.tracemalloc:
+        if self.args.tracemalloc or self.args.allocators:
             self.trace_dir.mkdir(parents=True, exist_ok=True)
-            env["ROOMSTATE_TRACEMALLOC_DIR"] = str(self.trace_dir)
+            variable = (
+                alloc_node.DIR_VARIABLE if self.args.allocators else "ROOMSTATE_TRACEMALLOC_DIR"
+            )
+            env[variable] = str(self.trace_dir)
         return env
 
     async def dump(self, dep: Deployment, label: str, t0: float) -> None:
-        """Each node appends its allocation sites' growth since its last dump (SIGUSR2); waits
-        (up to 120 s) until every node has written it, so that dumps do not overlap."""
-        if not self.args.tracemalloc:
+        """Each node appends a dump (SIGUSR2: its allocation sites' growth since the last one, or
+        its allocators' figures); waits (up to 120 s) until every node has written it, so that
+        dumps do not overlap."""
+        if not (self.args.tracemalloc or self.args.allocators):
             return
         for node in dep.nodes:
             node.send_signal(signal.SIGUSR2)
         self.dumps.append({"label": label, "t": round(time.monotonic() - t0, 2)})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            files = [self.trace_dir / f"tracemalloc-{pid}.txt" for pid in dep.node_pids()]
-            written = [f.read_text().count("-- dump took") if f.exists() else 0 for f in files]
+            files = [self._dump_file(pid) for pid in dep.node_pids()]
+            written = [f.read_text().count("== ") if f.exists() else 0 for f in files]
             if min(written) >= len(self.dumps):
                 break
             await asyncio.sleep(0.5)
         self.dumps[-1]["written_t"] = round(time.monotonic() - t0, 2)
-        log(f"  tracemalloc dump '{label}' asked of every node")
+        log(f"  dump '{label}' written by every node")
+
+    def _dump_file(self, pid: int) -> Path:
+        kind = "allocators" if self.args.allocators else "tracemalloc"
+        return self.trace_dir / f"{kind}-{pid}.txt"
 
     async def drive(self, dep: Deployment) -> dict[str, Any]:
         a = self.args
@@ -167,7 +179,8 @@ class ChurnRun:
                 "alive": [n.running for n in dep.nodes]}  # fmt: skip
 
     def run(self) -> dict[str, Any]:
-        dep = start_topology("3-nodes-redis", self.tmp, self.env())
+        module = "bench.harness.alloc_node" if self.args.allocators else "roomstate"
+        dep = start_topology("3-nodes-redis", self.tmp, self.env(), module)
         try:
             import uvloop
 
@@ -175,12 +188,18 @@ class ChurnRun:
         finally:
             dep.stop()
         outcome["dumps"] = self.dumps
+        if self.args.allocators:  # per node, per dump (in the order of `dumps`)
+            outcome["allocators"] = [
+                alloc_node.parse(self._dump_file(pid).read_text())
+                if self._dump_file(pid).exists() else []
+                for pid in dep.node_pids()
+            ]  # fmt: skip
         return outcome
 
     def keep_dumps(self, out: Path, stem: str) -> list[str]:
         """The nodes' tracemalloc files, copied into `out` as STEM-tracemalloc-N.txt."""
-        kept = []
-        if self.trace_dir.is_dir():
+        kept: list[str] = []
+        if self.trace_dir.is_dir() and self.args.tracemalloc:
             for i, path in enumerate(sorted(self.trace_dir.glob("*.txt"))):
                 target = out / f"{stem}-tracemalloc-{i}.txt"
                 shutil.copyfile(path, target)
@@ -211,15 +230,22 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the nodes trace allocations and dump their growth (slower, bigger)",
     )
+    ap.add_argument(
+        "--allocators",
+        action="store_true",
+        help="the nodes tell how their RSS splits between live objects and their allocators",
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="directory for the .json/.md")
     args = ap.parse_args(argv)
+    if args.tracemalloc and args.allocators:
+        ap.error("--tracemalloc hides Python's allocator: use --allocators in a run of its own")
     if args.quick:
         args.seconds = 60.0
     if args.clients < args.rooms or args.rooms < 1:
         ap.error("--clients must be at least --rooms (a room's first client never leaves)")
     stem = "churn-quick" if args.quick else "churn"
-    if args.tracemalloc:
-        stem += "-tracemalloc"
+    if args.tracemalloc or args.allocators:
+        stem += "-tracemalloc" if args.tracemalloc else "-allocators"
     started = time.monotonic()
     results: dict[str, Any] = {
         "mode": stem, "started": datetime.now(UTC).isoformat(timespec="seconds"),
