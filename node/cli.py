@@ -33,7 +33,8 @@ Every option can also be set with an environment variable (the option wins):
   joins are shed, retryable), ROOMSTATE_LOOP_STUCK_S (30; a silent loop lets the lease go),
   process: ROOMSTATE_WORKERS (1; auto: one per core), ROOMSTATE_GC_THRESHOLDS (10000,10,10;
   python: Python's own), ROOMSTATE_LOG_LEVEL (INFO),
-  ROOMSTATE_LOG_FORMAT (text; json: one JSON object per line),
+  ROOMSTATE_LOG_FORMAT (text; json: one JSON object per line), ROOMSTATE_TRACEMALLOC_DIR (off;
+  a directory: allocations are traced, each SIGUSR2 writes the sites that grew; slow),
   tests only: ROOMSTATE_CLOCK_OFFSET_MS (0; added to the node's clock).
 Without an API key the node runs in development mode: anonymous joins, open REST, loopback only.
 """
