@@ -88,6 +88,15 @@ class Settings:
     # supervisor ("auto": one per core); 1: this process is the node. More need a Redis bus
     workers: int = 1
 
+    # Webhooks (docs/webhooks.md): room events POSTed to backends, signed
+    webhook_url: str = ""  # URL[,URL...] every event is sent to; "": no webhooks
+    webhook_secret: str | None = None  # base64 HMAC key of X-Webhook-Signature (16+ bytes)
+    webhook_types: str = ""  # TYPE[,TYPE...] sent; "" or "*": all
+    webhook_timeout_s: float = 10.0  # a receiver's answer is awaited this long per request
+    webhook_retry_s: float = 600.0  # an event is retried this long, then dead-lettered
+    webhook_claim_s: float = 30.0  # a dead node's pending events are taken over after this
+    webhook_concurrency: int = 8  # requests in flight per node (a room's events go in order)
+
     # Fault injection (tests)
     clock_offset_ms: int = 0  # added to this node's wall clock (ms): a skewed clock, for tests
 
@@ -118,6 +127,11 @@ class Settings:
                 " with a space (leave it unset for development mode)"
             )
         self._check_redis_access()
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "ROOMSTATE_WEBHOOK_URL is set without ROOMSTATE_WEBHOOK_SECRET: webhooks are"
+                " signed (a base64 key; ROOMSTATE_WEBHOOK_SECRET_FILE reads it from a file)"
+            )
 
     def _check_redis_access(self) -> None:
         url = urlsplit(self.redis) if self.redis is not None else None
@@ -199,6 +213,11 @@ class Settings:
         return values[0], values[1], values[2]
 
     @property
+    def webhook_urls(self) -> tuple[str, ...]:
+        """The receivers of webhooks (none: webhooks off)."""
+        return tuple(url.strip() for url in self.webhook_url.split(",") if url.strip())
+
+    @property
     def development(self) -> bool:
         """No API key: anonymous joins, open REST, loopback only."""
         return self.api_key is None
@@ -240,6 +259,9 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     ),
     **dict.fromkeys(("rate_per_s", "heartbeat_s", "handshake_timeout_s"), (0, None, True)),
     **dict.fromkeys(("max_loop_lag_ms", "max_joins_in_flight"), (1, None, False)),
+    **dict.fromkeys(("webhook_timeout_s", "webhook_claim_s"), (0, None, True)),
+    "webhook_retry_s": (0, None, False),  # 0: one attempt
+    "webhook_concurrency": (1, None, False),
     # well above any lag load makes: below the lease TTL a busy node would be let go of
     "loop_stuck_s": (10, None, False),
     # 0: no batching, no resume, an empty room's state dropped at once
