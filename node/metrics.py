@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from roomstate import __version__
 
-__all__ = ["GC_PAUSES", "BusMetrics", "GcPauses", "Metrics", "PlainHistogram"]
+__all__ = ["GC_PAUSES", "BusMetrics", "GcPauses", "Metrics", "PlainHistogram", "WebhookMetrics"]
 
 
 class FrameCounts(Collector):
@@ -182,6 +182,38 @@ class BusMetrics(Collector):
         yield family
 
 
+class WebhookMetrics(Collector):
+    """Webhook delivery (roomstate.webhooks.delivery), kept as plain numbers by the deliverer."""
+
+    def __init__(self) -> None:
+        self.delivered = 0  # events every receiver took (2xx)
+        self.failures = 0  # requests that failed (not 2xx, refused, timed out)
+        self.retries = 0  # events tried again after a failure
+        self.dead_letters = 0  # events given up on, kept in the dead letters
+        self.backlog = 0  # events recorded and not yet delivered, fleet-wide (when last read)
+        self.lag = PlainHistogram(
+            "roomstate_webhook_lag_seconds",
+            "From recording an event (in the store) to its delivery to every receiver",
+            (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+        )
+        self.observe_lag = self.lag.observe
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        for name, value, text in (
+            ("delivered", self.delivered, "Webhook events every receiver took"),
+            ("failures", self.failures, "Webhook requests that failed (not 2xx, or no answer)"),
+            ("retries", self.retries, "Webhook events tried again after a failure"),
+            ("dead_letters", self.dead_letters, "Webhook events given up on (dead letters)"),
+        ):
+            yield CounterMetricFamily(f"roomstate_webhook_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "roomstate_webhook_backlog",
+            "Webhook events recorded and not yet delivered, fleet-wide (read every few seconds)",
+            value=self.backlog,
+        )
+        yield from self.lag.collect()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -249,6 +281,10 @@ class Metrics:
         if self._bus is None:
             self._bus = bus
             self.registry.register(bus)
+
+    def watch_webhooks(self, webhooks: WebhookMetrics) -> None:
+        """Export the webhook deliverer's metrics too."""
+        self.registry.register(webhooks)
 
     def frame_in(self, kind: str) -> None:
         self.frames_in.counts[kind] += 1

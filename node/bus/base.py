@@ -25,6 +25,7 @@ from typing import Any, Literal
 from roomstate.bus.keeper import LeaseKeeper
 from roomstate.crdt import RoomState
 from roomstate.metrics import BusMetrics
+from roomstate.webhooks.queue import WebhookQueue
 from roomstate.wire.events import BusEvent
 
 __all__ = ["Bus", "EventHandler", "LeaseState", "Membership", "RoomLog", "Snapshot"]
@@ -43,6 +44,10 @@ class Snapshot:
 
 class RoomLog(abc.ABC):
     """Publish room events, subscribe to rooms, snapshot a room for a late joiner."""
+
+    webhooks = False
+    """Whether `publish` also records, in the same atomic step, the webhook events of what it
+    stored (roomstate.webhooks: joins, leaves, a meeting's start) in `webhook_queue`."""
 
     @abc.abstractmethod
     async def publish(
@@ -135,6 +140,7 @@ class Bus(RoomLog, Membership):
     """What a node needs from the store it shares rooms through."""
 
     _metrics: BusMetrics | None = None
+    webhook_queue: WebhookQueue  # the recorded webhook events, shared with the bus's other nodes
 
     @property
     def metrics(self) -> BusMetrics:

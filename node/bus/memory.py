@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from typing import Any
 
+import orjson
+
 from roomstate.bus.base import Bus, EventHandler, LeaseState, Snapshot
 from roomstate.crdt import DEFAULT_KEEP_MS, RoomState
+from roomstate.webhooks.queue import MemoryWebhookQueue
 from roomstate.wire.events import BusEvent, decode_event, encode_event
 
 __all__ = ["MemoryBus"]
@@ -32,6 +36,9 @@ class MemoryBus(Bus):
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._leases: dict[str, str] = {}  # node id -> incarnation
         self._logs: dict[str, deque[tuple[int, BusEvent]]] = {}  # the latest events per room
+        self._hooks = MemoryWebhookQueue()  # recorded as the PUBLISH script records
+        self.webhook_queue = self._hooks
+        self._meetings: dict[str, int] = {}  # room -> when (ms) its meeting started (webhooks)
 
     async def start(self) -> None:
         pass
@@ -66,7 +73,11 @@ class MemoryBus(Bus):
         self._positions[room] = position
         self._logs.setdefault(room, deque(maxlen=LOG_LENGTH)).append((position, event))
         if event.delta is not None:
+            present = state.present() if self.webhooks else None
+            infos = {sid: p.info.value for sid, p in present.items() if p.info} if present else {}
             state.merge(event.delta)
+            if present is not None:
+                self._record(room, state, infos, event.reason)
             # removals are forgotten past the horizon, dated by the events that stored them
             state.collect(event.sent_ms, DEFAULT_KEEP_MS)
             self._schedule_expiry(room, state)
@@ -119,6 +130,26 @@ class MemoryBus(Bus):
     def lease_confirmed_at(self, room: str) -> float:
         return math.inf  # one process: nobody else can judge this node lost
 
+    def _record(
+        self, room: str, state: RoomState, before: dict[str, Any], reason: str | None
+    ) -> None:
+        """What a stored delta changed, for the webhooks (as the PUBLISH script records it)."""
+        now = int(time.time() * 1000)
+        after = state.present()
+        entries: list[dict[str, str]] = []
+        if after and room not in self._meetings:  # the first participant of no meeting
+            self._meetings[room] = now
+            entries.append({"k": "s"})
+        for sid, p in after.items():
+            if sid not in before and p.info is not None:
+                entries.append({"k": "j", "s": sid, "i": _canonical(p.info.value)})
+        for sid, info in before.items():
+            if sid not in after:
+                entries.append({"k": "l", "s": sid, "i": _canonical(info), "w": reason or ""})
+        meeting = str(self._meetings.get(room, ""))
+        for fields in entries:
+            self._hooks.record({"r": room, "t": str(now), "m": meeting, **fields})
+
     def _schedule_expiry(self, room: str, state: RoomState) -> None:
         handle = self._expiry.pop(room, None)
         if handle is not None:
@@ -130,4 +161,9 @@ class MemoryBus(Bus):
     def _expire(self, room: str) -> None:
         self._expiry.pop(room, None)
         self._states.pop(room, None)  # positions stay: they only ever grow
+        self._meetings.pop(room, None)
         self._logs.pop(room, None)
+
+
+def _canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

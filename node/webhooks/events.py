@@ -70,6 +70,7 @@ class Recorded:
         t  when the store recorded it (ms)   m  when the room's meeting started (ms)
         s  session id                        i  the participant's stored info (JSON)
         w  why the participant left          d  the session data (JSON), for "d"
+        o  a replayed event: its first position
     """
 
     shard: int
@@ -89,7 +90,8 @@ class Recorded:
 
     @property
     def id(self) -> str:
-        return f"{_PREFIX[self.type]}-{self.shard}-{self.position}"
+        # a replayed dead letter is recorded again: its first position ("o") keeps its id
+        return f"{_PREFIX[self.type]}-{self.shard}-{self.fields.get('o', self.position)}"
 
 
 def _seconds(ms: str | None) -> float | None:
