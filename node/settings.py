@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from roomstate.crdt import CrdtError
 from roomstate.crdt.hlc import check_node_id
+from roomstate.webhooks.events import decode_secret, parse_types
 
 __all__ = ["Settings"]
 
@@ -132,6 +133,9 @@ class Settings:
                 "ROOMSTATE_WEBHOOK_URL is set without ROOMSTATE_WEBHOOK_SECRET: webhooks are"
                 " signed (a base64 key; ROOMSTATE_WEBHOOK_SECRET_FILE reads it from a file)"
             )
+        if self.webhook_url:
+            decode_secret(self.webhook_secret or "")  # (each raises naming its variable)
+            parse_types(self.webhook_types)
 
     def _check_redis_access(self) -> None:
         url = urlsplit(self.redis) if self.redis is not None else None

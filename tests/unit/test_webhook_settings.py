@@ -38,3 +38,13 @@ def test_a_url_without_a_secret_is_refused_with_the_rule() -> None:
 def test_webhook_numbers_out_of_range_are_refused_with_their_name(name: str, raw: str) -> None:
     with pytest.raises(ValueError, match=f"ROOMSTATE_{name}={raw} is out of range"):
         Settings.from_env({f"ROOMSTATE_{name}": raw})
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("ROOMSTATE_WEBHOOK_SECRET", "not base64!"), ("ROOMSTATE_WEBHOOK_TYPES", "room.exploded")],
+)
+def test_a_bad_secret_or_type_stops_the_node_with_its_name(variable: str, raw: str) -> None:
+    env = {"ROOMSTATE_WEBHOOK_URL": "http://a/h", "ROOMSTATE_WEBHOOK_SECRET": SECRET, variable: raw}
+    with pytest.raises(ValueError, match=variable):
+        Settings.from_env(env)
