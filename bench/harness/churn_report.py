@@ -241,3 +241,28 @@ def allocator_table(results: dict[str, Any]) -> list[str]:
                     f"{c['arenas']:+} pymalloc arenas."
                 )
     return lines
+
+
+def plot(results: dict[str, Any], path: Any) -> None:
+    """Redis's used memory and each node's RSS over the run, as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = results["samples"]
+    minutes = [s["t"] / 60 for s in samples]
+    fig, (redis_ax, node_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    redis_ax.plot(minutes, [s["redis_used"] / 1e6 for s in samples], color="tab:red")
+    redis_ax.set(title="Redis used_memory", xlabel="minutes", ylabel="MB")
+    for i in range(len(samples[0]["node_rss"])):
+        node_ax.plot(minutes, [s["node_rss"][i] / 1e6 for s in samples], label=f"node {i}")
+    node_ax.set(title="node RSS", xlabel="minutes", ylabel="MB")
+    node_ax.legend(loc="lower right")
+    settings = results["settings"]
+    fig.suptitle(
+        f"{settings['clients']} clients churning through {settings['rooms']} rooms that never empty"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

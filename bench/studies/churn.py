@@ -43,7 +43,7 @@ import orjson
 
 from bench.harness import alloc_node
 from bench.harness.churn_clients import Churn, Profile
-from bench.harness.churn_report import analyse, markdown
+from bench.harness.churn_report import analyse, markdown, plot
 from bench.harness.common import proc_rss_bytes
 from bench.harness.deploy import Deployment, start_topology
 from bench.harness.machine import machine
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
     json_path.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
     md_path.write_text(markdown(results))
+    plot(results, args.out / f"{stem}.png")
     log(f"results: {json_path} {md_path}")
     sys.stdout.write(orjson.dumps(results["summary"]).decode() + "\n")
     sys.stdout.flush()
