@@ -147,16 +147,19 @@ class EventBatch:
         """Whether the open batch's window has passed (a batch of one turn ends by `close`)."""
         return self.length > 0 and self.since is not None and now_ms >= self.since + self.length
 
-    def open(self, now_ms: int, recipients: int) -> None:
-        """A batch begins now, for a room with `recipients` local participants."""
+    def open(self, now_ms: int, local: int, owners: int) -> None:
+        """A batch begins now, in a room with `local` local participants, `owners` of them
+        owners: its window is as long as its events' recipients make it (a storm of raised
+        hands, for the owners only, keeps the shortest)."""
+        everyone = any(not e.owners_only for e in self.events)
         self.since = now_ms
-        self.length = window_for(self.window_ms, recipients)
+        self.length = window_for(self.window_ms, local if everyone else owners)
 
-    def close(self, now_ms: int, had_events: bool, recipients: int) -> None:
+    def close(self, now_ms: int, local: int, owners: int) -> None:
         """The open batch goes out: a window that had events opens the next one (a storm goes
         on being batched), else the next event goes out at once."""
-        if had_events and self.window_ms > 0:
-            self.open(now_ms, recipients)
+        if self.events and self.window_ms > 0:
+            self.open(now_ms, local, owners)
         else:
             self.since = None
 

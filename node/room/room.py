@@ -288,7 +288,7 @@ class Room:
         counts_due = self._counts_due()  # before the batch closes (and opens the next)
         closes_at = self._batch.closes_at()
         if closes_at is not None and closes_at <= now_ms:
-            self._batch.close(now_ms, bool(self._batch.events), len(self.local))
+            self._batch.close(now_ms, len(self.local), len(self._owners))
             self._flush(out)
         if self._session.take_due(now_ms):
             self._send_session_data(out)
@@ -349,10 +349,10 @@ class Room:
         """A participant event: at once if it is the turn's first, else at the end of it (or
         of the window, in a storm)."""
         if self._batch.over(now_ms):  # its poll has not run yet
-            self._batch.close(now_ms, bool(self._batch.events), len(self.local))
+            self._batch.close(now_ms, len(self.local), len(self._owners))
         self._batch.add(subject, frame, owners_only)
         if self._batch.since is None:
-            self._batch.open(now_ms, len(self.local))
+            self._batch.open(now_ms, len(self.local), len(self._owners))
             self._flush(out)
 
     def _announce(self, out: Output, kind: str, session_id: str, now_ms: int) -> None:

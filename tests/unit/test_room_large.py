@@ -315,3 +315,26 @@ def test_a_refused_resume_says_so_and_an_unpaged_joined_has_no_paged_flag() -> N
     snapshot = room.snapshot("a")
     again = room.joined_frames(1, "a", snapshot=snapshot, resumed=True, replayed=False)
     assert orjson.loads(again[0])["replayed"] is False
+
+
+def test_raised_hands_for_the_owners_keep_the_shortest_window_in_a_large_room() -> None:
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=60_000))
+    settled(room, 0, ("host", False, True))
+    for n in range(1000):
+        join(room, f"h{n}", 0, hidden=True)
+    room.poll(0)
+    room.set_user_data("h1", {"hand": True}, 1000)  # at once, to the owner; opens a window
+    assert room.next_deadline() == 1050, "owners-only events: the window of 1 recipient"
+    room.set_user_data("h2", {"hand": True}, 1010)
+    sent = [
+        (r, f["type"])
+        for r, f in frames(room.poll(1050))
+        if f["type"] != "participant-counts-updated"
+    ]
+    assert sent == [(["host"], "participant-updated")]
+    # an event for everyone in the next window makes it the room's size (1,001: 200 ms)
+    room.set_user_data("h3", {"hand": True}, 1060)
+    join(room, "p", 1070)
+    assert room.next_deadline() == 1100
+    room.poll(1100)
+    assert room.next_deadline() == 1100 + 200
