@@ -28,6 +28,7 @@ Every option can also be set with an environment variable (the option wins):
   timeouts: ROOMSTATE_USER_DATA_INTERVAL_MS (100), ROOMSTATE_SESSION_DATA_INTERVAL_MS (1000),
   ROOMSTATE_ROOM_GRACE_S (30), ROOMSTATE_RESUME_GRACE_S (15), ROOMSTATE_HEARTBEAT_S (20),
   ROOMSTATE_MAX_DRIFT_MS (500), ROOMSTATE_COUNTS_INTERVAL_MS (1000),
+  ROOMSTATE_TOMBSTONE_KEEP_S (120; removals are forgotten after it),
   participants: ROOMSTATE_DEFAULT_HAS_PRESENCE (true; false: tokenless joins are hidden),
   load: ROOMSTATE_MAX_LOOP_LAG_MS (500), ROOMSTATE_MAX_JOINS_IN_FLIGHT (200) (over them new
   joins are shed, retryable), ROOMSTATE_LOOP_STUCK_S (30; a silent loop lets the lease go),

@@ -77,6 +77,9 @@ class Settings:
     heartbeat_s: float = 20.0  # WebSocket ping interval; no pong within half of it: closed
     handshake_timeout_s: float = 10.0  # a connection without a whole request by then is cut off
     max_drift_ms: int = 500  # a clock further from the store's refuses stamped writes (ms)
+    # removals are forgotten after this (s); a node out of touch with the store for half of
+    # it fences (docs/crdt.md, "Forgetting removals")
+    tombstone_keep_s: float = 120.0
 
     # Process
     # Python's gc.set_threshold: young collections after 10,000 more live objects (not 700);
@@ -268,6 +271,8 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "webhook_concurrency": (1, None, False),
     # well above any lag load makes: below the lease TTL a busy node would be let go of
     "loop_stuck_s": (10, None, False),
+    # half of it must span two lease renewals (1 s each), or a healthy node would fence
+    "tombstone_keep_s": (4, None, False),
     # 0: no batching, no resume, an empty room's state dropped at once
     **dict.fromkeys(
         (
