@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from roomstate.bus.base import Bus, EventHandler, LeaseState, Snapshot
-from roomstate.crdt import DEFAULT_KEEP_MS, RoomState
+from roomstate.crdt import DEFAULT_KEEP_MS, DEFAULT_MAX_DRIFT_MS, RoomState
 from roomstate.webhooks.queue import MemoryWebhookQueue
 from roomstate.wire.events import BusEvent, decode_event, encode_event
 
@@ -28,8 +28,15 @@ class MemoryBus(Bus):
     gets the same decoded event (merge never mutates its argument).
     """
 
-    def __init__(self, room_grace_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        room_grace_s: float = 30.0,
+        keep_ms: int = DEFAULT_KEEP_MS,
+        max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
+    ) -> None:
         self.room_grace_s = room_grace_s  # how long an empty room's state is kept
+        self.keep_ms = keep_ms  # removals are forgotten past this (docs/crdt.md)
+        self.max_drift_ms = max_drift_ms  # the drift bound, whose double is the margin past it
         self._states: dict[str, RoomState] = {}
         self._positions: dict[str, int] = {}
         self._subscribers: dict[str, list[tuple[int, EventHandler]]] = {}
@@ -79,7 +86,7 @@ class MemoryBus(Bus):
             if present is not None:
                 self._record(room, state, infos, event.reason)
             # removals are forgotten past the horizon, dated by the events that stored them
-            state.collect(event.sent_ms, DEFAULT_KEEP_MS)
+            state.collect(event.sent_ms, self.keep_ms, self.max_drift_ms)
             self._schedule_expiry(room, state)
         for after, handler in list(self._subscribers.get(room, ())):
             if position > after:

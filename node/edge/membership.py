@@ -49,6 +49,7 @@ class Membership:
         sessions: Sessions,
         now_ms: Callable[[], int],
         loop_stuck_s: float = 30.0,
+        keep_ms: int = DEFAULT_KEEP_MS,
     ) -> None:
         self.bus = bus
         self.identity = identity
@@ -57,6 +58,7 @@ class Membership:
         self.sessions = sessions
         self.now_ms = now_ms
         self.loop_stuck_s = loop_stuck_s  # the loop silent this long: the lease is let go
+        self.keep_ms = keep_ms  # the horizon: removals kept; out of touch half of it: fence
         self._keeping = False  # the bus runs the lease keeper (between `start` and `stop`)
         self._fencing: asyncio.Task[None] | None = None  # a fence under way
         self._upkeep_task: asyncio.Task[None] | None = None
@@ -126,7 +128,7 @@ class Membership:
             log.warning("lease renewal failed: %s", lease_round.error)
         elif (
             state == "held"
-            and lease_round.sent - self._held_at > DEFAULT_KEEP_MS / 2000
+            and lease_round.sent - self._held_at > self.keep_ms / 2000
             and not self.admission.draining  # (shutting down: its participants are leaving)
         ):
             # Out of touch with the store for half the horizon: removals made meanwhile may be
@@ -205,7 +207,7 @@ class Membership:
         upkeep; docs/crdt.md, "Forgetting removals")."""
         now = self.now_ms()
         for room in self.hosting.rooms.values():
-            room.state.collect(now, DEFAULT_KEEP_MS, self.hosting.max_drift_ms)
+            room.state.collect(now, self.keep_ms, self.hosting.max_drift_ms)
 
     async def remove_lost_participants(self) -> None:
         """Remove the participants held by node incarnations that no longer hold a lease (a

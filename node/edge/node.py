@@ -136,6 +136,7 @@ class Node:
             self.sessions,
             self.now_ms,
             loop_stuck_s=settings.loop_stuck_s,
+            keep_ms=int(settings.tombstone_keep_s * 1000),
         )
 
     @property

@@ -126,7 +126,11 @@ def make_bus(settings: Settings) -> Bus:
         from roomstate.bus.redis.bus import RedisBus  # the only module that imports redis
 
         return RedisBus(settings)
-    return MemoryBus(room_grace_s=settings.room_grace_s)
+    return MemoryBus(
+        room_grace_s=settings.room_grace_s,
+        keep_ms=int(settings.tombstone_keep_s * 1000),
+        max_drift_ms=settings.max_drift_ms,
+    )
 
 
 async def serve(

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.local.servers import RedisServer
-from roomstate.bus.redis import state_hash
 from roomstate.bus.redis.bus import RedisBus, state_key
 from roomstate.crdt import RoomState, Stamp, to_obj
 from roomstate.settings import Settings
@@ -39,10 +38,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 async def bus(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer,
 ) -> AsyncIterator[RedisBus]:
-    monkeypatch.setattr(state_hash, "HORIZON", (KEEP_MS, 0))
     made = RedisBus(Settings(redis=redis_server.url))
+    made.horizon = (KEEP_MS, 0)  # shorter than the setting allows, for a quick test
     await made.start()
     yield made
     await made.close()
@@ -136,13 +135,13 @@ FLOOR = 6
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 async def test_below_the_floor_redis_refuses_what_python_refuses(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer,
 ) -> None:
     """A room's state, then a floor, then a delta (often a whole state, as merged back): what
     Lua stores is what `RoomState.merge` keeps with that floor (tombstones aside, which each
     forgets on its own schedule)."""
-    monkeypatch.setattr(state_hash, "HORIZON", (10**9, 0))  # the floor set by hand stays
     made = RedisBus(Settings(redis=redis_server.url))
+    made.horizon = (10**9, 0)  # the floor set by hand stays
     await made.start()
     loop = asyncio.get_running_loop()
 

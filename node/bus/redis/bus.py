@@ -74,6 +74,8 @@ class RedisBus(Bus):
         self._publish_message = self._conns.script(PUBLISH_MESSAGE, 4)
         self._snapshot = self._conns.client.register_script(SNAPSHOT)
         self._grace_ms = int(settings.room_grace_s * 1000)
+        # removals kept (ms), and the drift margin past it (docs/crdt.md, "Forgetting removals")
+        self.horizon = (int(settings.tombstone_keep_s * 1000), 2 * settings.max_drift_ms)
 
     @property
     def reader(self) -> Reader:
@@ -103,7 +105,7 @@ class RedisBus(Bus):
     async def publish(
         self, room: str, event: BusEvent, only_if_at: tuple[str, Any] | None = None
     ) -> str | None:
-        ops = delta_ops(event.delta) if event.delta is not None else []
+        ops = delta_ops(event.delta, self.horizon) if event.delta is not None else []
         if only_if_at is not None:
             ops += condition_ops(*only_if_at)
         shard, keys = publish_keys(room)

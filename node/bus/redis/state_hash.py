@@ -37,10 +37,10 @@ def _canonical(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def delta_ops(delta: RoomState) -> list[str]:
+def delta_ops(delta: RoomState, horizon: tuple[int, int] = HORIZON) -> list[str]:
     """The PUBLISH script's arguments for a delta: kind, id, stamp, payload per op (the first
-    one the horizon, `HORIZON`: the script forgets old removals as it stores the delta)."""
-    keep_ms, margin_ms = HORIZON
+    one `horizon`, as `HORIZON`: the script forgets old removals as it stores the delta)."""
+    keep_ms, margin_ms = horizon
     ops: list[str] = ["h", "", str(keep_ms), str(margin_ms)]
     for sid in delta.removed:
         ops += ["x", sid, "", ""]
