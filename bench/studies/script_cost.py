@@ -28,6 +28,7 @@ from deploy.local.servers import RedisServer
 ROOM = "cost"
 KEYS = [f"rs:{{rs1}}:log:{ROOM}", f"rs:{{rs1}}:state:{ROOM}", f"rs:{{rs1}}:ch:{ROOM}"]
 LEASE, INCARNATION = "rs:lease:n1", "inc"
+WEBHOOKS = "rs:{rs1}:wh"
 EVENT = "x" * 300  # about an encoded 256 B app message
 USERDATA_OP = ["u", "s1", "0001", '{"a":1}']
 
@@ -52,6 +53,8 @@ def scripts_at(rev: str) -> tuple[str, str]:
 
 def arguments(script: str, ops: list[str]) -> tuple[int, list[str | int]]:
     """numkeys and the keys and arguments for `script`, by whether it checks the lease."""
+    if "KEYS[5]" in script:  # with webhooks: their stream, and ARGV[5] "" (off)
+        return 5, [*KEYS, LEASE, WEBHOOKS, EVENT, 1000, 60_000, INCARNATION, "", *ops]
     if "KEYS[4]" in script:  # with the lease check
         return 4, [*KEYS, LEASE, EVENT, 1000, 60_000, INCARNATION, *ops]
     return 3, [*KEYS, EVENT, 1000, 60_000, *ops]

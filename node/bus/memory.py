@@ -45,6 +45,9 @@ class MemoryBus(Bus):
         self._logs: dict[str, deque[tuple[int, BusEvent]]] = {}  # the latest events per room
         self._hooks = MemoryWebhookQueue()  # recorded as the PUBLISH script records
         self.webhook_queue = self._hooks
+        self._hooks.meeting_of = self._meeting_of
+        self._hooks.session_data_of = self._session_data_of
+        self._data_waiting: set[str] = set()  # rooms with a session-data.updated not yet read
         self._meetings: dict[str, int] = {}  # room -> when (ms) its meeting started (webhooks)
 
     async def start(self) -> None:
@@ -82,9 +85,9 @@ class MemoryBus(Bus):
         if event.delta is not None:
             present = state.present() if self.webhooks else None
             infos = {sid: p.info.value for sid, p in present.items() if p.info} if present else {}
-            state.merge(event.delta)
+            changes = state.merge(event.delta)
             if present is not None:
-                self._record(room, state, infos, event.reason)
+                self._record(room, state, infos, event.reason, changes.session_data)
             # removals are forgotten past the horizon, dated by the events that stored them
             state.collect(event.sent_ms, self.keep_ms, self.max_drift_ms)
             self._schedule_expiry(room, state)
@@ -137,8 +140,23 @@ class MemoryBus(Bus):
     def lease_confirmed_at(self, room: str) -> float:
         return math.inf  # one process: nobody else can judge this node lost
 
+    def _meeting_of(self, room: str) -> tuple[str | None, int]:
+        state, started = self._states.get(room), self._meetings.get(room)
+        present = len(state.present()) if state is not None else 0
+        return (None if started is None else str(started)), present
+
+    def _session_data_of(self, room: str) -> dict[str, Any]:
+        self._data_waiting.discard(room)
+        state = self._states.get(room)
+        return state.session_data.value() if state is not None else {}
+
     def _record(
-        self, room: str, state: RoomState, before: dict[str, Any], reason: str | None
+        self,
+        room: str,
+        state: RoomState,
+        before: dict[str, Any],
+        reason: str | None,
+        data_changed: bool,
     ) -> None:
         """What a stored delta changed, for the webhooks (as the PUBLISH script records it)."""
         now = int(time.time() * 1000)
@@ -153,6 +171,11 @@ class MemoryBus(Bus):
         for sid, info in before.items():
             if sid not in after:
                 entries.append({"k": "l", "s": sid, "i": _canonical(info), "w": reason or ""})
+        if not after and any(fields["k"] == "l" for fields in entries) and room in self._meetings:
+            entries.append({"k": "e"})  # delivered once the room's grace has passed
+        if data_changed and room not in self._data_waiting:  # coalesced, as PUBLISH does
+            self._data_waiting.add(room)
+            entries.append({"k": "d"})
         meeting = str(self._meetings.get(room, ""))
         for fields in entries:
             self._hooks.record({"r": room, "t": str(now), "m": meeting, **fields})

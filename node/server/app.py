@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roomstate.bus import Bus, MemoryBus
 from roomstate.edge.node import CLOSE_RESTART, Node
-from roomstate.metrics import Metrics
+from roomstate.metrics import Metrics, WebhookMetrics
 from roomstate.server.fastpath import WriteBatch, fan_out
 from roomstate.server.rest import (
     NODE_KEY,
@@ -47,8 +47,10 @@ from roomstate.server.rest import (
     rest_set_session_data_alias,
     room_name,
 )
+from roomstate.server.webhooks import rest_dead_letters, rest_replay_dead_letter
 from roomstate.server.websocket import BATCH_KEY, websocket
 from roomstate.settings import Settings
+from roomstate.webhooks.delivery import Deliverer
 
 __all__ = ["build_app", "make_bus", "make_node", "serve"]
 
@@ -106,6 +108,8 @@ def build_app(node: Node) -> web.Application:
     app.router.add_post("/v1/rooms/{room}/session-data", rest_set_session_data_alias)
     app.router.add_post("/v1/meeting-tokens", rest_meeting_token)
     app.router.add_get("/v1/meeting-tokens/{token}", rest_read_meeting_token)
+    app.router.add_get("/v1/webhooks/dead-letters", rest_dead_letters)
+    app.router.add_post("/v1/webhooks/dead-letters/{id}/replay", rest_replay_dead_letter)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -125,12 +129,15 @@ def make_bus(settings: Settings) -> Bus:
     if settings.redis or settings.redis_cluster or settings.redis_sentinel:
         from roomstate.bus.redis.bus import RedisBus  # the only module that imports redis
 
-        return RedisBus(settings)
-    return MemoryBus(
-        room_grace_s=settings.room_grace_s,
-        keep_ms=int(settings.tombstone_keep_s * 1000),
-        max_drift_ms=settings.max_drift_ms,
-    )
+        bus: Bus = RedisBus(settings)
+    else:
+        bus = MemoryBus(
+            room_grace_s=settings.room_grace_s,
+            keep_ms=int(settings.tombstone_keep_s * 1000),
+            max_drift_ms=settings.max_drift_ms,
+        )
+    bus.webhooks = bool(settings.webhook_urls)  # its publishes record the webhook events
+    return bus
 
 
 async def serve(
@@ -154,6 +161,13 @@ async def serve(
     await bus.start()
     node = make_node(settings, bus)
     await node.start()
+    deliverer = None
+    if settings.webhook_urls:
+        webhook_metrics = WebhookMetrics()
+        node.metrics.watch_webhooks(webhook_metrics)
+        consumer = node.identity.origin  # one per incarnation: a restart's claims are new
+        deliverer = Deliverer(bus.webhook_queue, settings, consumer, webhook_metrics)
+        await deliverer.start()
     runner = web.AppRunner(
         build_app(node),
         handle_signals=False,
@@ -188,4 +202,6 @@ async def serve(
         log.info("shutting down: participants leave, clients get close code %d", CLOSE_RESTART)
         await node.shutdown()
         await runner.cleanup()
+        if deliverer is not None:  # (what it has not delivered stays pending in the store)
+            await deliverer.close()
         await bus.close()

@@ -42,6 +42,7 @@ POLL_S = 0.25  # an idle node asks for new events this often
 HELD_PER_LANE = 32  # events a node takes from the queue per lane, at most (the rest wait there)
 RETRY_FIRST_S = 0.5  # the first retry's delay; each next one doubles, up to
 RETRY_MAX_S = 10.0  # (and to half the claim timeout: a retrying node keeps its claim)
+DATA_INTERVAL_S = 1.0  # a room's session-data.updated: one a second at most
 
 
 def retry_delay_s(attempt: int, claim_s: float, jitter: float) -> float:
@@ -119,25 +120,48 @@ class Deliverer:
                 await asyncio.sleep(POLL_S)
 
     async def _lane(self, lane: asyncio.Queue[Recorded]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             recorded = await lane.get()
+            later = None
             try:
-                await self._deliver(recorded)
+                later = await self._deliver(recorded)
             except BusError as exc:  # it stays pending: taken over after the claim timeout
                 log.warning("webhook event %s: %s", recorded.position, exc)
-            finally:
+            except Exception:  # a bug: the event stays pending, the lane goes on
+                log.exception("webhook event %s", recorded.position)
+            if later is None:
                 self._held.discard((recorded.shard, recorded.position))
+            else:  # not due yet: back in its lane then (the room's later events go on)
+                loop.call_later(later, lane.put_nowait, recorded)
 
-    async def _deliver(self, recorded: Recorded) -> None:
+    async def _deliver(self, recorded: Recorded) -> float | None:
+        """Deliver `recorded` (or give up on it); or the seconds until it is due."""
         try:
             kind = recorded.type
+            to_event(recorded, 0)  # readable: else no retry would help
         except WebhookError as exc:  # (recorded by a newer version?) kept for an operator
             await self.queue.dead_letter(recorded, str(exc))
             self.metrics.dead_letters += 1
-            return
+            return None
         if kind not in self._types:
             await self.queue.ack(recorded)
-            return
+            return None
+        if kind == "meeting.ended":
+            started, present = await self.queue.meeting(recorded.room)
+            if started == recorded.fields.get("m"):
+                if present:  # someone came back within the grace: the meeting goes on
+                    await self.queue.ack(recorded)
+                # else: still in its grace. Left pending, it comes back (to this node or
+                # another) after the claim timeout, and is looked at again.
+                return None
+        if kind == "session-data.updated":  # the data as it is now: later changes coalesce
+            due = int(recorded.fields.get("t", "0")) / 1000 + DATA_INTERVAL_S - time.time()
+            if due > 0:  # one a second at most: each is read a second after it was recorded
+                return due
+            data = await self.queue.session_data(recorded.room)
+            fields = {**recorded.fields, "d": orjson.dumps(data).decode()}
+            recorded = Recorded(recorded.shard, recorded.position, fields)
         waiting, attempt, first = list(self.urls), 0, time.monotonic()
         while True:
             if attempt > 0:
@@ -148,7 +172,7 @@ class Deliverer:
                 await self.queue.ack(recorded)
                 self.metrics.delivered += 1
                 self.metrics.observe_lag(time.time() - int(recorded.fields.get("t", "0")) / 1000)
-                return
+                return None
             self.metrics.failures += len(failed)
             waiting = [url for url, _ in failed]
             delay = retry_delay_s(attempt, self._claim_s, random.random())
@@ -156,7 +180,7 @@ class Deliverer:
                 await self.queue.dead_letter(recorded, failed[-1][1])
                 self.metrics.dead_letters += 1
                 log.warning("webhook %s dead-lettered: %s", recorded.id, failed[-1][1])
-                return
+                return None
             self.metrics.retries += 1
             attempt += 1
             await asyncio.sleep(delay)

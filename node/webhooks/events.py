@@ -90,6 +90,8 @@ class Recorded:
 
     @property
     def id(self) -> str:
+        if self.type == "meeting.ended":  # one per meeting (a room may empty more than once)
+            return f"{_PREFIX[self.type]}-{self.room}-{self.fields.get('m', '')}"
         # a replayed dead letter is recorded again: its first position ("o") keeps its id
         return f"{_PREFIX[self.type]}-{self.shard}-{self.fields.get('o', self.position)}"
 

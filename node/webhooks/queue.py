@@ -13,7 +13,9 @@ import abc
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from roomstate.webhooks.events import Recorded
 
@@ -24,7 +26,7 @@ DEAD_LETTERS_KEPT = 10_000  # dead letters kept (the oldest go first)
 
 @dataclass(frozen=True)
 class DeadLetter:
-    id: str  # "<shard>/<position in the dead letters>": what `replay` takes
+    id: str  # "<shard>:<position in the dead letters>": what `replay` takes
     recorded: Recorded  # the event as it was recorded (its position: where it was recorded)
     error: str  # the last answer or failure of its delivery
 
@@ -65,6 +67,16 @@ class WebhookQueue(abc.ABC):
     async def backlog(self) -> int:
         """Events recorded and not yet acknowledged (waiting or pending)."""
 
+    @abc.abstractmethod
+    async def session_data(self, room: str) -> dict[str, Any]:
+        """The room's session data now, for the session-data.updated waiting for delivery: read
+        in one step with noting that it was read, so a later change records another one."""
+
+    @abc.abstractmethod
+    async def meeting(self, room: str) -> tuple[str | None, int]:
+        """The room's meeting now (when it started, ms; None: none, the room's state expired)
+        and how many participants are present: whether a meeting that emptied has ended."""
+
 
 class MemoryWebhookQueue(WebhookQueue):
     """The in-process queue of the in-memory bus: one process, so one consumer in practice;
@@ -77,6 +89,9 @@ class MemoryWebhookQueue(WebhookQueue):
             str, tuple[Recorded, str, float]
         ] = {}  # position -> (, consumer, since)
         self._dead: dict[str, DeadLetter] = {}
+        # the in-memory bus's answer to `meeting` (set by it)
+        self.meeting_of: Callable[[str], tuple[str | None, int]] = lambda room: (None, 0)
+        self.session_data_of: Callable[[str], dict[str, Any]] = lambda room: {}
 
     def record(self, fields: dict[str, str]) -> None:
         """Called by the in-memory bus as it stores the change (its `publish`)."""
@@ -107,7 +122,7 @@ class MemoryWebhookQueue(WebhookQueue):
     async def dead_letter(self, recorded: Recorded, error: str) -> None:
         if self._pending.pop(recorded.position, None) is None:
             return  # acknowledged meanwhile (by a consumer that took it over)
-        dead_id = f"0/{next(self._counter)}-0"
+        dead_id = f"0:{next(self._counter)}-0"
         self._dead[dead_id] = DeadLetter(dead_id, recorded, error)
         while len(self._dead) > DEAD_LETTERS_KEPT:
             del self._dead[next(iter(self._dead))]
@@ -128,3 +143,9 @@ class MemoryWebhookQueue(WebhookQueue):
 
     async def backlog(self) -> int:
         return len(self._waiting) + len(self._pending)
+
+    async def meeting(self, room: str) -> tuple[str | None, int]:
+        return self.meeting_of(room)
+
+    async def session_data(self, room: str) -> dict[str, Any]:
+        return self.session_data_of(room)

@@ -11,8 +11,8 @@ from bench.studies.script_cost import INCARNATION, LEASE, USERDATA_OP, arguments
 
 def test_the_current_scripts_get_the_lease_and_the_incarnation() -> None:
     numkeys, keys_and_args = arguments(current.PUBLISH, USERDATA_OP)
-    assert numkeys == 4 and keys_and_args[3] == LEASE and keys_and_args[7] == INCARNATION
-    assert keys_and_args[8:] == USERDATA_OP
+    assert numkeys == 5 and keys_and_args[3] == LEASE and keys_and_args[8] == INCARNATION
+    assert keys_and_args[9] == "" and keys_and_args[10:] == USERDATA_OP  # webhooks off
 
 
 def test_scripts_before_the_lease_check_get_three_keys() -> None:

@@ -81,6 +81,13 @@ def test_every_delivery_of_one_recorded_event_has_one_id() -> None:
     assert to_event(a, 1)["id"] == to_event(b, 2)["id"] != to_event(other_shard, 1)["id"]
 
 
+def test_a_meeting_ends_under_one_id_however_often_its_room_emptied() -> None:
+    first = Recorded(1, "9-0", {"k": "e", "r": "demo", "m": "2000", "t": "9000"})
+    again = Recorded(1, "12-0", {"k": "e", "r": "demo", "m": "2000", "t": "12000"})
+    later = Recorded(1, "99-0", {"k": "e", "r": "demo", "m": "50000", "t": "99000"})
+    assert first.id == again.id != later.id
+
+
 def test_an_unknown_kind_names_the_rule() -> None:
     with pytest.raises(WebhookError, match="unknown kind 'z'"):
         to_event(Recorded(0, "1-0", {"k": "z"}), 0)

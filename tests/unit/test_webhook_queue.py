@@ -56,12 +56,47 @@ async def test_a_left_event_carries_the_info_the_store_held() -> None:
     bus.webhooks = True
     await bus.publish("demo", joined("a", "ann"))
     await bus.publish("demo", left("a", "ejected"))
-    *_, leave = await bus.webhook_queue.read("c1", 10)
+    [leave] = [r for r in await bus.webhook_queue.read("c1", 10) if r.fields["k"] == "l"]
     event = to_event(leave, int(time.time() * 1000))
     assert event["type"] == "participant.left"
     assert event["payload"]["user_name"] == "ann"
     assert event["payload"]["reason"] == "ejected"
     assert orjson.loads(leave.fields["i"])["user_id"] == "u-ann"
+    await bus.close()
+
+
+async def test_a_meeting_ends_once_its_room_emptied_and_nobody_came_back() -> None:
+    bus = MemoryBus(room_grace_s=60)
+    bus.webhooks = True
+    await bus.publish("demo", joined("a", "ann"))
+    await bus.publish("demo", left("a", "left"))
+    await bus.publish("demo", joined("b", "bob"))  # within the grace: the same meeting
+    await bus.publish("demo", left("b", "left"))
+    recorded = await bus.webhook_queue.read("c1", 10)
+    assert [r.fields["k"] for r in recorded] == ["s", "j", "l", "e", "j", "l", "e"]
+    ends = [r for r in recorded if r.fields["k"] == "e"]
+    assert len({r.id for r in ends}) == 1, "one meeting, one meeting.ended id"
+    started = recorded[0].fields["m"]
+    assert await bus.webhook_queue.meeting("demo") == (started, 0)  # in its grace
+    bus._expire("demo")  # the grace passed
+    assert await bus.webhook_queue.meeting("demo") == (None, 0)
+    await bus.close()
+
+
+def data(values: dict[str, int], ms: int) -> BusEvent:
+    return BusEvent(ORIGIN, ms, RoomState().merge_session_data(values, Stamp(ms, 0, "n1")))
+
+
+async def test_session_data_changes_coalesce_until_a_delivery_reads_them() -> None:
+    bus = MemoryBus(room_grace_s=60)
+    bus.webhooks = True
+    await bus.publish("demo", data({"poll": 1}, 1_000))
+    await bus.publish("demo", data({"poll": 2}, 1_001))
+    assert [r.fields["k"] for r in await bus.webhook_queue.read("c1", 10)] == ["d"]
+    assert await bus.webhook_queue.session_data("demo") == {"poll": 2}
+    await bus.publish("demo", data({"agenda": 3}, 1_002))  # after the read: recorded again
+    assert [r.fields["k"] for r in await bus.webhook_queue.read("c1", 10)] == ["d"]
+    assert await bus.webhook_queue.session_data("demo") == {"poll": 2, "agenda": 3}
     await bus.close()
 
 

@@ -32,8 +32,8 @@ from roomstate.bus import Bus, EventHandler, LeaseKeeper, LeaseState, Snapshot
 from roomstate.bus.redis.connections import REDIS_ERRORS, Connections
 from roomstate.bus.redis.feed import Feed
 from roomstate.bus.redis.keeper import KeeperThread
+from roomstate.bus.redis.keys import SHARDS, epoch_key, fence, publish_keys, shard_of, webhook_key
 from roomstate.bus.redis.keys import channel as channel
-from roomstate.bus.redis.keys import epoch_key, fence, publish_keys, shard_of
 from roomstate.bus.redis.keys import lease_key as lease_key
 from roomstate.bus.redis.keys import log_key as log_key
 from roomstate.bus.redis.keys import state_key as state_key
@@ -42,6 +42,7 @@ from roomstate.bus.redis.reader import RESYNC_ORIGIN as RESYNC_ORIGIN
 from roomstate.bus.redis.reader import Reader
 from roomstate.bus.redis.scripts import PUBLISH, PUBLISH_MESSAGE, SNAPSHOT
 from roomstate.bus.redis.state_hash import condition_ops, delta_ops, state_from_hash
+from roomstate.bus.redis.webhooks import RedisWebhookQueue
 from roomstate.crdt import CodecError
 from roomstate.errors import BusError, FencedError
 from roomstate.settings import Settings
@@ -70,12 +71,14 @@ class RedisBus(Bus):
             self._conns.reconnects + self._reader.reconnects + self._keeper.reconnects
         )
         metrics.lease_age = self._lease_age
-        self._publish = self._conns.script(PUBLISH, 4)
-        self._publish_message = self._conns.script(PUBLISH_MESSAGE, 4)
+        self._publish = self._conns.script(PUBLISH, 5)
+        self._publish_message = self._conns.script(PUBLISH_MESSAGE, 5)
         self._snapshot = self._conns.client.register_script(SNAPSHOT)
         self._grace_ms = int(settings.room_grace_s * 1000)
         # removals kept (ms), and the drift margin past it (docs/crdt.md, "Forgetting removals")
         self.horizon = (int(settings.tombstone_keep_s * 1000), 2 * settings.max_drift_ms)
+        self._hooks = [webhook_key(shard) for shard in range(SHARDS)]  # by shard
+        self.webhook_queue = RedisWebhookQueue(self._conns)
 
     @property
     def reader(self) -> Reader:
@@ -113,13 +116,15 @@ class RedisBus(Bus):
             lease, incarnation = fence(event.origin, self._leases.lease_group(room))
         else:
             lease, incarnation = keys[1], ""
+        # webhooks on: the script records what the event changed ("w" and the event's reason)
+        hooks = "" if not self.webhooks else "w" + (event.reason or "")
         sent = time.perf_counter()
         try:
             result = await self._conns.evalsha(
                 shard,
                 self._publish if ops else self._publish_message,  # no state change: fewer calls
-                (*keys, lease, encode_event(event), STREAM_MAXLEN, self._grace_ms, incarnation,
-                 *ops),
+                (*keys, lease, self._hooks[shard], encode_event(event), STREAM_MAXLEN,
+                 self._grace_ms, incarnation, hooks, *ops),
             )  # fmt: skip
         except FencedError:
             self._observe_publish(time.perf_counter() - sent)

@@ -8,6 +8,9 @@ Lua script can merge a delta into the state, append the event and publish it ato
     rs:{rs<k>}:state:<room>    hash: the merged room state (state_hash.py, scripts.py)
     rs:{rs<k>}:ch:<room>       shard channel (SPUBLISH) of the room's events: live delivery
     rs:{rs<k>}:epoch           shard k's epoch: changes when its Redis loses its data
+    rs:{rs<k>}:wh              stream of shard k's webhook events, recorded by PUBLISH (when
+                               webhooks are on); read by the fleet's consumer group
+    rs:{rs<k>}:wh:dead         shard k's webhook events whose delivery gave up: dead letters
     rs:lease:<node id>         the node's lease: its incarnation, with a TTL (standalone Redis)
     rs:{rs<k>}:lease:<node id> in a Cluster, a copy per shard: a dead master hides only the
                                copies of its own shards, whose rooms it also holds
@@ -32,6 +35,8 @@ __all__ = [
     "publish_keys",
     "shard_of",
     "state_key",
+    "webhook_dead_key",
+    "webhook_key",
 ]
 
 SHARDS = 16  # shards (hash tags) rooms are spread over (Cluster slots; a lease copy each)
@@ -91,3 +96,13 @@ def fence(origin: str, group: int | None) -> tuple[str, str]:
 def epoch_key(shard: int) -> str:
     """A shard's epoch: a random value that changes when that shard's Redis loses its data."""
     return f"rs:{hash_tag(shard)}:epoch"
+
+
+def webhook_key(shard: int) -> str:
+    """Shard `shard`'s webhook stream: its rooms' events for the webhooks, in one slot."""
+    return f"rs:{hash_tag(shard)}:wh"
+
+
+def webhook_dead_key(shard: int) -> str:
+    """Shard `shard`'s dead letters: webhook events whose delivery gave up."""
+    return f"rs:{hash_tag(shard)}:wh:dead"

@@ -15,6 +15,9 @@ A room's stored state is a hash whose fields are the CRDT registers, each stored
     g                                 the floor (ms): removals older are forgotten (docs/crdt.md)
     q<, q>, q:<i>                     the removals to forget, oldest first: head, tail, and each
                                       "<ms> x <sid>" or "<ms> d <key>"
+    w                                 when (ms) the room's meeting started: there is one (webhooks)
+    wd                                when (ms) a session-data.updated was recorded that no
+                                      delivery has read the data for yet (webhooks)
 
 Payloads are canonical JSON (sorted keys) made by the node; the scripts never decode them, so no
 value is changed by Lua's number handling. Stamps and payloads are compared byte by byte (`lt`):
@@ -23,7 +26,7 @@ Lua's `<` on strings follows the server's locale.
 
 from __future__ import annotations
 
-__all__ = ["PUBLISH", "PUBLISH_MESSAGE", "RENEW_LEASE", "SNAPSHOT"]
+__all__ = ["PUBLISH", "PUBLISH_MESSAGE", "RENEW_LEASE", "SESSION_DATA_READ", "SNAPSHOT"]
 
 _COMMON = """
 local function lt(a, b)  -- byte-wise a < b, whatever the locale
@@ -78,9 +81,10 @@ PUBLISH = (
     + _FENCE
     + _APPEND
     + """
--- KEYS: log stream, state hash, the room's shard channel, the writer's lease (same slot)
--- ARGV: event bytes, maxlen, grace ms, the writer's incarnation, then ops of 4: kind, id,
--- stamp, payload
+-- KEYS: log stream, state hash, the room's shard channel, the writer's lease, the shard's
+-- webhook stream (same slot)
+-- ARGV: event bytes, maxlen, grace ms, the writer's incarnation, webhooks ("": off; else "w"
+-- and the event's reason), then ops of 4: kind, id, stamp, payload
 --   kind i/l/u  register of participant `id`       m  session entry `id` (payload "v<json>")
 --   x           remove participant `id`            d  session tombstone `id` (payload "d")
 --   e           session epoch                      c  only if participant `id`'s location is
@@ -102,8 +106,40 @@ local function wins(new_stamp, new_payload, old)
 end
 
 local ops = {}
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   ops[#ops + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}
+end
+
+-- Webhooks (roomstate.webhooks.events): what this event changed, recorded in the shard's
+-- webhook stream in the same step as the change, so an event is recorded exactly when the
+-- store took it (one joined per participant however many nodes merge its join, one left per
+-- removal). Off (ARGV[5] ""), nothing of this runs.
+local hooks = ARGV[5] ~= ""
+local why = string.sub(ARGV[5], 2)
+local hooked = {}  -- field lists of the events to record, in order
+local data_changed = false  -- the session data changed (one session-data.updated at a time)
+local function record(present, now)
+  local room = string.sub(log, select(2, string.find(log, ":log:", 1, true)) + 1)
+  local meeting = redis.call("HGET", state, "w")
+  local entries = hooked
+  if present > 0 and not meeting then  -- the first participant of a room with no meeting
+    meeting = tostring(now)
+    redis.call("HSET", state, "w", meeting)
+    table.insert(entries, 1, {"k", "s"})
+  end
+  local emptied = false  -- by this event's removals: the meeting ends unless someone comes
+  for _, fields in ipairs(entries) do emptied = emptied or fields[2] == "l" end
+  if present == 0 and meeting and emptied then
+    entries[#entries + 1] = {"k", "e"}  -- delivered once the room's grace has passed
+  end
+  -- Coalesced: one waits for delivery at a time; its delivery reads the data then
+  if data_changed and redis.call("HSETNX", state, "wd", now) == 1 then
+    entries[#entries + 1] = {"k", "d"}
+  end
+  for _, fields in ipairs(entries) do
+    redis.call("XADD", KEYS[5], "MAXLEN", "~", 100000, "*", "r", room, "t", now,
+      "m", meeting or "", unpack(fields))
+  end
 end
 
 for _, op in ipairs(ops) do
@@ -144,8 +180,11 @@ for _, op in ipairs(ops) do
     local sid = op[2]
     if redis.call("HSETNX", state, "x:" .. sid, now) == 1 then
       forget_later("x", sid)
+      local info = hooks and redis.call("HGET", state, "p:" .. sid .. ":i")
+      if info then info = select(2, split(info)) end  -- (its JSON, without the stamp)
       if redis.call("HDEL", state, "p:" .. sid .. ":i") == 1 then
         redis.call("HINCRBY", state, "n", -1)
+        if hooks then hooked[#hooked + 1] = {"k", "l", "s", sid, "i", info or "", "w", why} end
       end
       redis.call("HDEL", state, "p:" .. sid .. ":l", "p:" .. sid .. ":u")
     end
@@ -157,6 +196,7 @@ for _, op in ipairs(ops) do
     local old = redis.call("HGET", state, "e")
     if (not old) or lt(old, op[3]) then
       redis.call("HSET", state, "e", op[3])
+      data_changed = true
       local fields = redis.call("HGETALL", state)
       for j = 1, #fields, 2 do
         local f = fields[j]
@@ -195,7 +235,10 @@ for _, op in ipairs(ops) do
       local old = redis.call("HGET", state, field)
       if wins(op[3], op[4], old) then
         redis.call("HSET", state, field, op[3] .. " " .. op[4])
-        if kind == "i" and not old then redis.call("HINCRBY", state, "n", 1) end
+        if kind == "i" and not old then
+          redis.call("HINCRBY", state, "n", 1)
+          if hooks then hooked[#hooked + 1] = {"k", "j", "s", op[2], "i", op[4]} end
+        end
       end
     end
   elseif kind == "m" or kind == "d" then
@@ -204,6 +247,7 @@ for _, op in ipairs(ops) do
       local old = redis.call("HGET", state, field)
       if (old or not below or not lt(op[3], below)) and wins(op[3], op[4], old) then
         redis.call("HSET", state, field, op[3] .. " " .. op[4])
+        data_changed = true
         if kind == "d" then forget_later("d", op[2]) end
       end
     end
@@ -247,6 +291,7 @@ elseif tail ~= tonumber(meta[4] or "0") or head ~= first then
 end
 
 local present = tonumber(redis.call("HGET", state, "n") or "0")
+if hooks then record(present, now) end
 return append(present, redis.call("HGET", state, "l") or "0-0", true)
 """
 )
@@ -291,4 +336,21 @@ if ARGV[3] == "register" or current == ARGV[1] then
 end
 if current then return 0 end
 return -1
+"""
+
+
+SESSION_DATA_READ = """
+-- KEYS: state hash. The session data's entries ("m:<key>" fields and values), read for a
+-- session-data.updated delivery, in one step with clearing "wd": a change stored after this
+-- records a new session-data.updated.
+redis.call("HDEL", KEYS[1], "wd")
+local fields = redis.call("HGETALL", KEYS[1])
+local entries = {}
+for j = 1, #fields, 2 do
+  if string.sub(fields[j], 1, 2) == "m:" then
+    entries[#entries + 1] = fields[j]
+    entries[#entries + 1] = fields[j + 1]
+  end
+end
+return entries
 """

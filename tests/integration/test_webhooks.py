@@ -1,0 +1,299 @@
+"""Webhooks end to end: three real nodes on a real redis-server deliver to a real HTTP receiver
+(an aiohttp server in this process): every join, leave and meeting start arrives signed, each
+event once after dropping repeats by id; a node killed with -9 while its deliveries are claimed
+leaves them to another node; a receiver failing for good sends events to the dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from deploy.local.servers import RedisServer, free_port
+from roomstate.bus.redis.keys import SHARDS, webhook_key
+from roomstate.sdk.client import CallClient
+
+from .conftest import FAST, NodeProcess, start_node
+
+pytestmark = pytest.mark.integration
+
+KEY = b"webhook-test-key-0123456789abcdef"
+SECRET = base64.b64encode(KEY).decode()
+
+
+class Receiver:
+    """A backend's webhook endpoint: keeps what it got; answers `status`."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self.status = 200
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self._runner: web.AppRunner | None = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        timestamp = request.headers.get("X-Webhook-Timestamp", "")
+        # The check a backend makes (docs/webhooks.md), written here from the definition.
+        mac = hmac.new(KEY, timestamp.encode() + b"." + body, hashlib.sha256).digest()
+        if (
+            not hmac.compare_digest(
+                base64.b64encode(mac).decode(), request.headers.get("X-Webhook-Signature", "")
+            )
+            or abs(time.time() - int(timestamp)) > 300
+        ):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.status != 200:
+            return web.Response(status=self.status)
+        self.got.append(orjson.loads(body))
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def unique(self) -> dict[str, dict[str, Any]]:
+        """What arrived, repeats dropped by id."""
+        return {event["id"]: event for event in self.got}
+
+    def of(self, kind: str, room: str) -> list[dict[str, Any]]:
+        return [
+            e for e in self.unique().values() if e["type"] == kind and e["payload"]["room"] == room
+        ]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    started = Receiver()
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.start(tmp_path)
+    yield server
+    server.stop()
+
+
+def start_nodes(
+    tmp: Path, redis: RedisServer, receiver: Receiver, count: int, **extra: str
+) -> list[NodeProcess]:
+    env = {
+        **FAST,
+        "ROOMSTATE_WEBHOOK_URL": receiver.url,
+        "ROOMSTATE_WEBHOOK_SECRET": SECRET,
+        **{f"ROOMSTATE_{k.upper()}": v for k, v in extra.items()},
+    }
+    return [
+        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis", redis.url)
+        for i in range(count)
+    ]
+
+
+async def wait_for(check: Any, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+def pending_of(redis: RedisServer, node_id: str) -> int:
+    """Webhook events pending under the consumers of `node_id` (all its incarnations)."""
+    total = 0
+    for shard in range(SHARDS):
+        key = webhook_key(shard)
+        if not redis.command("EXISTS", key) or not redis.command("XINFO", "GROUPS", key):
+            continue
+        consumers: Any = redis.command("XINFO", "CONSUMERS", key, "webhooks") or []
+        for consumer in consumers:
+            fields = dict(zip(consumer[::2], consumer[1::2], strict=True))
+            if str(fields["name"]).startswith(f"{node_id}/"):
+                total += int(fields["pending"])
+    return total
+
+
+async def test_every_join_leave_and_meeting_start_arrives_signed_once(
+    tmp_path: Path, redis: RedisServer, receiver: Receiver
+) -> None:
+    # (a 2 s claim timeout: a meeting.ended in its room's grace is looked at again that soon)
+    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="2")
+    clients = [CallClient() for _ in range(6)]
+    try:
+        sids: list[str] = []
+        for i, client in enumerate(clients):
+            await client.join(nodes[i % 3].room_url("hooks"), user_name=f"user-{i}")
+            sids.append(str(client.session_id))
+        await wait_for(lambda: len(receiver.of("participant.joined", "hooks")) == 6, 10)
+        for i in range(10):  # coalesced: one session-data.updated a second at most
+            await clients[i % 6].set_meeting_session_data({"poll": i})
+            await asyncio.sleep(0.05)
+
+        def final_data() -> bool:
+            updates = receiver.of("session-data.updated", "hooks")
+            return any(u["payload"]["meeting_session_data"] == {"poll": 9} for u in updates)
+
+        await wait_for(final_data, 10)
+        for client in clients[:3]:
+            await client.leave()
+        for client in clients[3:]:
+            await client.close()  # dropped: they leave as "disconnected" after resume grace
+        await wait_for(lambda: len(receiver.of("participant.left", "hooks")) == 6, 15)
+        emptied_at = time.time()
+        # ended once the room's grace (1.5 s) passed: within a claim timeout or two after
+        await wait_for(lambda: receiver.of("meeting.ended", "hooks"), 15)
+        await asyncio.sleep(1)  # anything sent twice by then is dropped by id
+    finally:
+        for client in clients:
+            await client.leave()
+        for node in nodes:
+            node.stop()
+    assert receiver.bad_signatures == 0
+    [started] = receiver.of("meeting.started", "hooks")
+    assert started["payload"]["meeting_id"].startswith("hooks-")
+    [ended] = receiver.of("meeting.ended", "hooks")
+    assert ended["payload"]["meeting_id"] == started["payload"]["meeting_id"]
+    assert ended["event_ts"] >= emptied_at + 1.5 - 0.5  # not before the grace passed
+    updates = sorted(receiver.of("session-data.updated", "hooks"), key=lambda u: u["event_ts"])
+    assert 1 <= len(updates) <= 3
+    gaps = [b["event_ts"] - a["event_ts"] for a, b in itertools.pairwise(updates)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    joined = receiver.of("participant.joined", "hooks")
+    assert sorted(e["payload"]["session_id"] for e in joined) == sorted(sids)
+    assert {e["payload"]["user_name"] for e in joined} == {f"user-{i}" for i in range(6)}
+    left = receiver.of("participant.left", "hooks")
+    reasons = {e["payload"]["session_id"]: e["payload"]["reason"] for e in left}
+    assert reasons == {
+        **dict.fromkeys(sids[:3], "left"),
+        **dict.fromkeys(sids[3:], "disconnected"),
+    }
+    assert all(e["payload"]["duration"] >= 0 for e in left)
+    assert all(e["version"] == "1.0.0" and e["event_ts"] > 0 for e in receiver.got)
+
+
+async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
+    tmp_path: Path, redis: RedisServer, receiver: Receiver
+) -> None:
+    receiver.status = 500  # every node's deliveries stay claimed, retried
+    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="2", webhook_retry_s="120")
+    clients = [CallClient() for _ in range(30)]
+    try:
+        for i, client in enumerate(clients):  # 30 rooms: spread over the shards and lanes
+            await client.join(nodes[i % 3].room_url(f"kill-{i}"))
+        await wait_for(lambda: pending_of(redis, "node-0") > 0, 10)
+        os.kill(nodes[0].proc.pid, signal.SIGKILL)
+        claimed = pending_of(redis, "node-0")
+        assert claimed > 0, "the killed node had claimed deliveries"
+        killed_at = time.monotonic()
+        receiver.status = 200
+        rooms = {f"kill-{i}" for i in range(30)}
+
+        def all_joins() -> bool:
+            got = {e["payload"]["room"] for e in receiver.unique().values()
+                   if e["type"] == "participant.joined"}  # fmt: skip
+            return rooms <= got
+
+        await wait_for(all_joins, 2 + 10 + 5)  # the claim timeout, a retry, and slack
+        took = time.monotonic() - killed_at
+    finally:
+        for client in clients:
+            await client.close()
+        for node in nodes:
+            node.stop()
+    starts = {e["payload"]["room"] for e in receiver.unique().values()
+              if e["type"] == "meeting.started"}  # fmt: skip
+    assert rooms <= starts
+    assert receiver.bad_signatures == 0
+    print(f"node-0 had {claimed} claimed deliveries; all delivered {took:.1f} s after kill -9")
+
+
+async def test_a_receiver_failing_for_good_fills_the_dead_letters_which_replay(
+    tmp_path: Path, redis: RedisServer, receiver: Receiver
+) -> None:
+    receiver.status = 500
+    [node] = start_nodes(tmp_path, redis, receiver, 1, webhook_retry_s="2")
+    client = CallClient()
+    try:
+        await client.join(node.room_url("dead"), user_name="ann")
+        async with aiohttp.ClientSession() as http:
+            letters: list[dict[str, Any]] = []
+
+            async def dead() -> None:
+                async with http.get(f"{node.url}/v1/webhooks/dead-letters") as response:
+                    assert response.status == 200
+                    letters[:] = (await response.json())["data"]
+
+            async with asyncio.timeout(15):
+                while len(letters) < 2:
+                    await dead()
+                    await asyncio.sleep(0.2)
+            assert {d["event"]["type"] for d in letters} == {
+                "meeting.started",
+                "participant.joined",
+            }
+            assert all("answered 500" in d["error"] for d in letters)
+            receiver.status = 200
+            for letter in letters:
+                url = f"{node.url}/v1/webhooks/dead-letters/{letter['id']}/replay"
+                async with http.post(url) as response:
+                    assert response.status == 200
+                async with http.post(url) as response:
+                    assert response.status == 404
+            await wait_for(lambda: len(receiver.unique()) == 2, 10)
+            assert set(receiver.unique()) == {d["event"]["id"] for d in letters}
+            await dead()
+            assert letters == []
+    finally:
+        await client.leave()
+        node.stop()
+
+
+async def test_a_receiver_down_for_30_s_gets_everything_sent_meanwhile(
+    tmp_path: Path, redis: RedisServer, receiver: Receiver
+) -> None:
+    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="5")
+    await receiver.stop()  # connection refused from now on
+    clients = [CallClient() for _ in range(9)]
+    try:
+        down_at = time.monotonic()
+        for i, client in enumerate(clients):
+            await client.join(nodes[i % 3].room_url(f"down-{i % 3}"))
+        for client in clients[::2]:
+            await client.leave()
+        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        await receiver.start()
+
+        def everything() -> bool:
+            kinds = [e["type"] for e in receiver.unique().values()]
+            return kinds.count("participant.joined") == 9 and kinds.count("participant.left") == 5
+
+        await wait_for(everything, 20)  # the longest retry delay (2.5 s here) and slack
+    finally:
+        for client in clients:
+            await client.leave()
+        for node in nodes:
+            node.stop()
+    assert sum(e["type"] == "meeting.started" for e in receiver.unique().values()) == 3
+    assert receiver.bad_signatures == 0
