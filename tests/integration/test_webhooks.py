@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from deploy.local.servers import RedisServer, free_port
+from deploy.local.servers import RedisCluster, RedisServer, free_port
 from roomstate.bus.redis.keys import SHARDS, webhook_key
 from roomstate.sdk.client import CallClient
 
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 KEY = b"webhook-test-key-0123456789abcdef"
 SECRET = base64.b64encode(KEY).decode()
+LOST = "node-lost"
 
 
 class Receiver:
@@ -78,6 +79,9 @@ class Receiver:
         """What arrived, repeats dropped by id."""
         return {event["id"]: event for event in self.got}
 
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.unique().values() if e["type"] == kind]
+
     def of(self, kind: str, room: str) -> list[dict[str, Any]]:
         return [
             e for e in self.unique().values() if e["type"] == kind and e["payload"]["room"] == room
@@ -100,7 +104,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def start_nodes(
-    tmp: Path, redis: RedisServer, receiver: Receiver, count: int, **extra: str
+    tmp: Path, redis: RedisServer | RedisCluster, receiver: Receiver, count: int, **extra: str
 ) -> list[NodeProcess]:
     env = {
         **FAST,
@@ -108,9 +112,13 @@ def start_nodes(
         "ROOMSTATE_WEBHOOK_SECRET": SECRET,
         **{f"ROOMSTATE_{k.upper()}": v for k, v in extra.items()},
     }
+    store = (
+        ("--redis", redis.url)
+        if isinstance(redis, RedisServer)
+        else ("--redis-cluster", redis.seeds)
+    )
     return [
-        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, "--redis", redis.url)
-        for i in range(count)
+        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, *store) for i in range(count)
     ]
 
 
@@ -135,11 +143,20 @@ def pending_of(redis: RedisServer, node_id: str) -> int:
     return total
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer | RedisCluster]:
+    started: RedisServer | RedisCluster = (
+        RedisServer.start(tmp_path) if request.param == "redis" else RedisCluster.start(tmp_path)
+    )
+    yield started
+    started.stop()
+
+
 async def test_every_join_leave_and_meeting_start_arrives_signed_once(
-    tmp_path: Path, redis: RedisServer, receiver: Receiver
+    tmp_path: Path, store: RedisServer | RedisCluster, receiver: Receiver
 ) -> None:
     # (a 2 s claim timeout: a meeting.ended in its room's grace is looked at again that soon)
-    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="2")
+    nodes = start_nodes(tmp_path, store, receiver, 3, webhook_claim_s="2")
     clients = [CallClient() for _ in range(6)]
     try:
         sids: list[str] = []
@@ -198,10 +215,12 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
 ) -> None:
     receiver.status = 500  # every node's deliveries stay claimed, retried
     nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="2", webhook_retry_s="120")
-    clients = [CallClient() for _ in range(30)]
+    clients = [CallClient() for _ in range(40)]
     try:
-        for i, client in enumerate(clients):  # 30 rooms: spread over the shards and lanes
+        for i, client in enumerate(clients[:30]):  # 30 rooms: spread over the shards and lanes
             await client.join(nodes[i % 3].room_url(f"kill-{i}"))
+        for i, client in zip(range(0, 30, 3), clients[30:], strict=True):
+            await client.join(nodes[1].room_url(f"kill-{i}"))  # hosted by a node that lives
         await wait_for(lambda: pending_of(redis, "node-0") > 0, 10)
         os.kill(nodes[0].proc.pid, signal.SIGKILL)
         claimed = pending_of(redis, "node-0")
@@ -210,13 +229,21 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
         receiver.status = 200
         rooms = {f"kill-{i}" for i in range(30)}
 
-        def all_joins() -> bool:
-            got = {e["payload"]["room"] for e in receiver.unique().values()
-                   if e["type"] == "participant.joined"}  # fmt: skip
-            return rooms <= got
+        sids = {str(client.session_id) for client in clients}
+
+        def all_joins() -> bool:  # every one: those the killed node had claimed too
+            joined = receiver.of_type("participant.joined")
+            return sids <= {e["payload"]["session_id"] for e in joined}
 
         await wait_for(all_joins, 2 + 10 + 5)  # the claim timeout, a retry, and slack
         took = time.monotonic() - killed_at
+        lost = {f"kill-{i}" for i in range(0, 30, 3)}  # the killed node's participants' rooms
+
+        def all_lost() -> bool:
+            left = receiver.of_type("participant.left")
+            return lost <= {e["payload"]["room"] for e in left if e["payload"]["reason"] == LOST}
+
+        await wait_for(all_lost, 20)  # the lease's 5 s, the other nodes' check, delivery
     finally:
         for client in clients:
             await client.close()
