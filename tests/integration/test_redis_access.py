@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from deploy.local.servers import RedisCluster, RedisServer, TlsFiles, make_tls_files, track
@@ -87,20 +88,42 @@ async def wait_ready(http: aiohttp.ClientSession, url: str, timeout: float = 10.
             await asyncio.sleep(0.1)
 
 
+def listening(node: JsonNode) -> set[int]:
+    """The PIDs of the node's processes (it, and its workers) listening on its port."""
+    port = int(node.url.rsplit(":", 1)[1].split("/")[0])
+    pids = set()
+    for process in [psutil.Process(node.proc.pid), *psutil.Process(node.proc.pid).children()]:
+        try:
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    pids.add(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_node_on_tls_redis_as_an_acl_user_serves_rest_and_logs_json(
-    acl_redis: RedisServer, tls: TlsFiles, tmp_path: Path, http: aiohttp.ClientSession, room: str
+    acl_redis: RedisServer,
+    tls: TlsFiles,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    room: str,
+    workers: int,
 ) -> None:
     """The production line: an API key (from a file), rediss:// with the ACL user and password
-    in the URL, the CA file, JSON logs: ready, a session-data write and read through REST."""
+    in the URL, the CA file, JSON logs, one process or two workers on one port: ready, a
+    session-data write and read through REST."""
     (tmp_path / "api-key").write_text(API_KEY + "\n")
     url = f"rediss://roomstate:{NODE_PASSWORD}@127.0.0.1:{acl_redis.port}/0"
     node = start_json_node(
         tmp_path,
         {"ROOMSTATE_API_KEY_FILE": str(tmp_path / "api-key")},
-        "--redis", url, "--redis-tls-ca", str(tls.ca),
+        "--redis", url, "--redis-tls-ca", str(tls.ca), "--workers", str(workers),
     )  # fmt: skip
     try:
         await wait_ready(http, node.url)
+        assert len(listening(node)) == workers, "each worker listens on the one port"
         async with RestClient(node.url, API_KEY) as rest:
             assert await rest.set_session_data(room, {"topic": "tls"}) == {"data": {"topic": "tls"}}
             assert await rest.get_session_data(room) == {"data": {"topic": "tls"}}
