@@ -139,6 +139,12 @@ class Settings:
         if self.webhook_url:
             decode_secret(self.webhook_secret or "")  # (each raises naming its variable)
             parse_types(self.webhook_types)
+            if self.webhook_claim_s <= self.webhook_timeout_s:
+                raise ValueError(
+                    f"ROOMSTATE_WEBHOOK_CLAIM_S={self.webhook_claim_s:g} must be more than"
+                    f" ROOMSTATE_WEBHOOK_TIMEOUT_S={self.webhook_timeout_s:g}: a node still"
+                    " waiting for a receiver would have its delivery taken over"
+                )
 
     def _check_redis_access(self) -> None:
         url = urlsplit(self.redis) if self.redis is not None else None

@@ -156,7 +156,7 @@ async def test_every_join_leave_and_meeting_start_arrives_signed_once(
     tmp_path: Path, store: RedisServer | RedisCluster, receiver: Receiver
 ) -> None:
     # (a 2 s claim timeout: a meeting.ended in its room's grace is looked at again that soon)
-    nodes = start_nodes(tmp_path, store, receiver, 3, webhook_claim_s="2")
+    nodes = start_nodes(tmp_path, store, receiver, 3, webhook_claim_s="2", webhook_timeout_s="1")
     clients = [CallClient() for _ in range(6)]
     try:
         sids: list[str] = []
@@ -214,7 +214,8 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
     tmp_path: Path, redis: RedisServer, receiver: Receiver
 ) -> None:
     receiver.status = 500  # every node's deliveries stay claimed, retried
-    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="2", webhook_retry_s="120")
+    timeouts = {"webhook_claim_s": "2", "webhook_timeout_s": "1", "webhook_retry_s": "120"}
+    nodes = start_nodes(tmp_path, redis, receiver, 3, **timeouts)
     clients = [CallClient() for _ in range(40)]
     try:
         for i, client in enumerate(clients[:30]):  # 30 rooms: spread over the shards and lanes
@@ -300,7 +301,7 @@ async def test_a_receiver_failing_for_good_fills_the_dead_letters_which_replay(
 async def test_a_receiver_down_for_30_s_gets_everything_sent_meanwhile(
     tmp_path: Path, redis: RedisServer, receiver: Receiver
 ) -> None:
-    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="5")
+    nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="5", webhook_timeout_s="2")
     await receiver.stop()  # connection refused from now on
     clients = [CallClient() for _ in range(9)]
     try:

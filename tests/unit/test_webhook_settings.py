@@ -48,3 +48,14 @@ def test_a_bad_secret_or_type_stops_the_node_with_its_name(variable: str, raw: s
     env = {"ROOMSTATE_WEBHOOK_URL": "http://a/h", "ROOMSTATE_WEBHOOK_SECRET": SECRET, variable: raw}
     with pytest.raises(ValueError, match=variable):
         Settings.from_env(env)
+
+
+def test_a_claim_timeout_within_the_request_timeout_is_refused_with_the_rule() -> None:
+    env = {
+        "ROOMSTATE_WEBHOOK_URL": "http://a/h",
+        "ROOMSTATE_WEBHOOK_SECRET": SECRET,
+        "ROOMSTATE_WEBHOOK_CLAIM_S": "5",
+    }
+    with pytest.raises(ValueError, match="ROOMSTATE_WEBHOOK_CLAIM_S=5 must be more than"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "ROOMSTATE_WEBHOOK_TIMEOUT_S": "4"}).webhook_claim_s == 5
