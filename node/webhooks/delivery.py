@@ -71,7 +71,8 @@ class Deliverer:
         self._lanes: list[asyncio.Queue[Recorded]] = [
             asyncio.Queue() for _ in range(settings.webhook_concurrency)
         ]
-        self._held: set[tuple[int, str]] = set()  # (shard, position) of the events taken
+        # the events taken, by (shard, position): in a lane, or waiting to be due
+        self._held: dict[tuple[int, str], Recorded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -100,10 +101,12 @@ class Deliverer:
             free = capacity - len(self._held)
             taken: list[Recorded] = []
             try:
-                if free > 0 and time.monotonic() - claimed_at >= self._claim_s / 4:
+                if time.monotonic() - claimed_at >= self._claim_s / 4:
                     claimed_at = time.monotonic()
+                    await self._keep_held()
                     idle_ms = int(self._claim_s * 1000)
-                    taken += await self.queue.claim_stale(self.consumer, idle_ms, free)
+                    if free > 0:
+                        taken += await self.queue.claim_stale(self.consumer, idle_ms, free)
                     self.metrics.backlog = await self.queue.backlog()
                 if free - len(taken) > 0:
                     taken += await self.queue.read(self.consumer, free - len(taken))
@@ -113,11 +116,17 @@ class Deliverer:
                 where = (recorded.shard, recorded.position)
                 if where in self._held:
                     continue  # already in a lane (its idle time ran out while it waited)
-                self._held.add(where)
+                self._held[where] = recorded
                 lane = zlib.crc32(recorded.room.encode()) % len(self._lanes)
                 self._lanes[lane].put_nowait(recorded)
             if not taken:
                 await asyncio.sleep(POLL_S)
+
+    async def _keep_held(self) -> None:
+        """Touch the events waiting in this node's lanes: no other node takes them over while
+        this one is alive (a slow receiver can keep them waiting longer than the timeout)."""
+        for recorded in list(self._held.values()):
+            await self.queue.touch(self.consumer, recorded)
 
     async def _lane(self, lane: asyncio.Queue[Recorded]) -> None:
         loop = asyncio.get_running_loop()
@@ -131,7 +140,7 @@ class Deliverer:
             except Exception:  # a bug: the event stays pending, the lane goes on
                 log.exception("webhook event %s", recorded.position)
             if later is None:
-                self._held.discard((recorded.shard, recorded.position))
+                self._held.pop((recorded.shard, recorded.position), None)
             else:  # not due yet: back in its lane then (the room's later events go on)
                 loop.call_later(later, lane.put_nowait, recorded)
 

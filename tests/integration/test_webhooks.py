@@ -104,13 +104,19 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def start_nodes(
-    tmp: Path, redis: RedisServer | RedisCluster, receiver: Receiver, count: int, **extra: str
+    tmp: Path,
+    redis: RedisServer | RedisCluster,
+    receiver: Receiver,
+    count: int,
+    first: int = 0,
+    extra: dict[str, str] | None = None,
+    **settings: str,
 ) -> list[NodeProcess]:
     env = {
         **FAST,
         "ROOMSTATE_WEBHOOK_URL": receiver.url,
         "ROOMSTATE_WEBHOOK_SECRET": SECRET,
-        **{f"ROOMSTATE_{k.upper()}": v for k, v in extra.items()},
+        **{f"ROOMSTATE_{k.upper()}": v for k, v in {**(extra or {}), **settings}.items()},
     }
     store = (
         ("--redis", redis.url)
@@ -118,7 +124,8 @@ def start_nodes(
         else ("--redis-cluster", redis.seeds)
     )
     return [
-        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, *store) for i in range(count)
+        start_node(tmp, {**env, "ROOMSTATE_NODE_ID": f"node-{i}"}, *store)
+        for i in range(first, first + count)
     ]
 
 
@@ -214,15 +221,17 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
     tmp_path: Path, redis: RedisServer, receiver: Receiver
 ) -> None:
     receiver.status = 500  # every node's deliveries stay claimed, retried
+    # node-0 alone first: it claims deliveries (the others would race it for them)
     timeouts = {"webhook_claim_s": "2", "webhook_timeout_s": "1", "webhook_retry_s": "120"}
-    nodes = start_nodes(tmp_path, redis, receiver, 3, **timeouts)
+    nodes = start_nodes(tmp_path, redis, receiver, 1, extra=timeouts)
     clients = [CallClient() for _ in range(40)]
     try:
         for i, client in enumerate(clients[:30]):  # 30 rooms: spread over the shards and lanes
-            await client.join(nodes[i % 3].room_url(f"kill-{i}"))
+            await client.join(nodes[0].room_url(f"kill-{i}"))
+        await wait_for(lambda: pending_of(redis, "node-0") > 0, 10)
+        nodes += start_nodes(tmp_path, redis, receiver, 2, first=1, extra=timeouts)
         for i, client in zip(range(0, 30, 3), clients[30:], strict=True):
             await client.join(nodes[1].room_url(f"kill-{i}"))  # hosted by a node that lives
-        await wait_for(lambda: pending_of(redis, "node-0") > 0, 10)
         os.kill(nodes[0].proc.pid, signal.SIGKILL)
         claimed = pending_of(redis, "node-0")
         assert claimed > 0, "the killed node had claimed deliveries"
