@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from deploy.local.servers import RedisCluster, RedisServer
+from deploy.local.servers import RedisCluster, RedisSentinels, RedisServer
 from roomstate.bus import Bus, MemoryBus
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.crdt import RoomState, Stamp
@@ -53,7 +53,21 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster", "redis-tls-acl", "cluster-tls"])
+@pytest.fixture(scope="module")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
+    """A master, its replica and three Sentinels watching them."""
+    tmp = tmp_path_factory.mktemp("sentinel")
+    master = RedisServer.start(tmp)
+    replica = RedisServer.start(tmp, extra_args=("--replicaof", "127.0.0.1", str(master.port)))
+    try:
+        with RedisSentinels.start(tmp / "sentinels", master) as sentinels:
+            yield sentinels
+    finally:
+        replica.stop()
+        master.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster", "redis-tls-acl", "cluster-tls", "sentinel"])
 def bus_settings(request: pytest.FixtureRequest) -> Iterator[Settings | None]:
     """None for the in-memory bus, else the Settings that select a Redis bus."""
     if request.param == "memory":
@@ -69,6 +83,13 @@ def bus_settings(request: pytest.FixtureRequest) -> Iterator[Settings | None]:
         url = f"rediss://{NODE_USER}:{NODE_PASSWORD}@127.0.0.1:{server.port}/0"
         yield Settings(redis=url, redis_tls_ca=ca, room_grace_s=GRACE_S)
         assert denials(server) == [], "the documented ACL rule allows all the bus does"
+    elif request.param == "sentinel":
+        sentinels = request.getfixturevalue("redis_sentinels")
+        yield Settings(
+            redis_sentinel=sentinels.addresses,
+            redis_sentinel_master=sentinels.name,
+            room_grace_s=GRACE_S,
+        )
     else:
         cluster = request.getfixturevalue("tls_cluster")
         ca = str(request.getfixturevalue("tls").ca)
