@@ -10,7 +10,7 @@
 #   ./deploy/dev.sh setup             only set up
 #
 # Needs Python 3.11+. As root on Debian it installs the system packages it is missing
-# (python3-venv; before the tests: redis-server, haproxy, chromium, a colour emoji font) with
+# (python3-venv; before the tests: redis-server, haproxy, chromium, npm, a colour emoji font) with
 # apt-get.
 #
 # ROOMSTATE_PYTHON=/path/to/python3 picks the interpreter of .venv, and a .venv made with another
@@ -96,7 +96,7 @@ test_binaries() {
     # install what is missing itself, but inside its own time limit). Best effort: without root
     # the tests name the package that is missing.
     local missing=() pair
-    for pair in redis-server:redis-server haproxy:haproxy chromium:chromium; do
+    for pair in redis-server:redis-server haproxy:haproxy chromium:chromium npm:npm; do
         PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null ||
             missing+=("${pair##*:}")
     done
