@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deploy.local.servers import track
@@ -95,3 +96,17 @@ def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess
     started = start_node(tmp_path_factory.mktemp("node"), {**FAST, "ROOMSTATE_API_KEY": API_KEY})
     yield started
     started.stop()
+
+
+def listening_pids(root_pid: int, port: int) -> set[int]:
+    """The PIDs of process `root_pid` and its children that listen on TCP `port`."""
+    pids = set()
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children()]:
+        try:
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    pids.add(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids

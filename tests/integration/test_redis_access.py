@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 
 from deploy.local.servers import RedisCluster, RedisServer, TlsFiles, make_tls_files, track
@@ -27,7 +26,7 @@ from roomstate.sdk.client import CallClient
 from roomstate.sdk.rest import RestClient
 from roomstate.settings import Settings
 
-from .conftest import API_KEY, FAST, ROOT
+from .conftest import API_KEY, FAST, ROOT, listening_pids
 from .secure_redis import NODE_PASSWORD, NODE_USER, acl_redis, denials, tls, tls_cluster
 
 __all__ = ["acl_redis", "tls", "tls_cluster"]  # fixtures
@@ -90,16 +89,7 @@ async def wait_ready(http: aiohttp.ClientSession, url: str, timeout: float = 10.
 
 def listening(node: JsonNode) -> set[int]:
     """The PIDs of the node's processes (it, and its workers) listening on its port."""
-    port = int(node.url.rsplit(":", 1)[1].split("/")[0])
-    pids = set()
-    for process in [psutil.Process(node.proc.pid), *psutil.Process(node.proc.pid).children()]:
-        try:
-            for conn in process.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-                    pids.add(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
+    return listening_pids(node.proc.pid, int(node.url.rsplit(":", 1)[1].split("/")[0]))
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -24,7 +24,7 @@ from roomstate.sdk.client import CallClient
 from roomstate.settings import Settings
 from roomstate.supervisor import CRASH_LOOP
 
-from .conftest import FAST, ROOT, NodeProcess, start_node
+from .conftest import FAST, ROOT, NodeProcess, listening_pids, start_node
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +76,7 @@ def workers(node: NodeProcess) -> dict[str, psutil.Process]:
 
 def listeners(node: NodeProcess) -> set[int]:
     """The PIDs of the supervisor and its children listening on its port."""
-    port = port_of(node)
-    pids = set()
-    for process in [psutil.Process(node.proc.pid), *psutil.Process(node.proc.pid).children()]:
-        try:
-            for conn in process.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-                    pids.add(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
+    return listening_pids(node.proc.pid, port_of(node))
 
 
 async def location(store: RedisBus, room: str, session_id: str) -> str:
