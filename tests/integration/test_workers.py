@@ -70,7 +70,8 @@ def workers(node: NodeProcess) -> dict[str, psutil.Process]:
         except psutil.NoSuchProcess:
             continue
         ids = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--node-id"]
-        found[ids[-1]] = child
+        if ids:  # none yet: a worker forked but not yet exec'd still shows the supervisor's argv
+            found[ids[-1]] = child
     return found
 
 
