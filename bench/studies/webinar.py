@@ -5,6 +5,7 @@ client's view comes right.
     python -m bench webinar           # webinar 2,500 / 5,000 / 10,000; all present 1,000-4,000
     python -m bench webinar --quick   # webinar 1,000; all present 500 and 1,000 (under 3 min)
     python -m bench webinar --sizes 400 --present 4 --rate 200   # one webinar shape
+    python -m bench webinar --sizes 2000 --all-present           # one all-present shape (50/s)
 
 Phases, each timed from its first scheduled action until every client's view is right (or a
 timeout): a join storm at R joins/s (clients spread over both nodes; a refusal `unavailable` is
@@ -278,11 +279,13 @@ def shapes(quick: bool) -> tuple[list[Shape], list[Shape]]:
     return [webinar(n) for n in FULL_WEBINAR], [all_present(n) for n in FULL_PRESENT]
 
 
-def measure(tmp: Path, quick: bool = False, only: list[Shape] | None = None) -> dict[str, Any]:
-    """Every shape of the run (or `only` these), one deployment each; the results dict."""
+def measure(
+    tmp: Path, quick: bool = False, only: list[Shape] | None = None, group: str = "webinar"
+) -> dict[str, Any]:
+    """Every shape of the run (or `only` these, as `group`), one deployment each; the results."""
     started = time.monotonic()
     web, present = shapes(quick)
-    groups = {"webinar": only or web, "all_present": [] if only else present}
+    groups = {"webinar": web, "all_present": present} if only is None else {group: only}
     results: dict[str, Any] = {
         "mode": "webinar-quick" if quick else "webinar",
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
     ap.add_argument("--sizes", help="comma-separated webinar sizes to run instead")
     ap.add_argument("--present", type=int, help="with --sizes: present participants (default 1 %%)")
-    ap.add_argument("--rate", type=float, default=200.0, help="with --sizes: joins/s")
+    ap.add_argument("--rate", type=float, help="with --sizes: joins/s (default 200; 50 all present)")
+    ap.add_argument("--all-present", action="store_true", help="with --sizes: nobody hidden")
     ap.add_argument("--out", type=Path, default=OUT, help="directory for the .json/.md")
     args = ap.parse_args(argv)
     only = None
@@ -314,15 +318,19 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("every size must be at least 4 (2 hosts and an audience)")
         if args.present is not None and not 2 <= args.present < min(sizes):
             ap.error("--present must be at least 2 (the hosts) and below every size")
+        if args.all_present and args.present is not None:
+            ap.error("--all-present and --present exclude each other")
+        rate = args.rate or (50.0 if args.all_present else 200.0)
         only = [
-            webinar(n, args.rate) if args.present is None else
+            all_present(n, rate) if args.all_present else
+            webinar(n, rate) if args.present is None else
             Shape(f"webinar {n:,} ({args.present} present)", args.present, n - args.present,
-                  args.rate, timeout_s=30.0, bcasts=10, sessions=4)
+                  rate, timeout_s=30.0, bcasts=10, sessions=4)
             for n in sizes
         ]  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="roomstate-webinar-"))
     try:
-        results = measure(tmp, args.quick, only)
+        results = measure(tmp, args.quick, only, "all_present" if args.all_present else "webinar")
     finally:
         if os.environ.get("BENCH_KEEP_LOGS") != "1":
             shutil.rmtree(tmp, ignore_errors=True)
