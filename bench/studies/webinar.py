@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
     ap.add_argument("--sizes", help="comma-separated webinar sizes to run instead")
     ap.add_argument("--present", type=int, help="with --sizes: present participants (default 1 %%)")
-    ap.add_argument("--rate", type=float, help="with --sizes: joins/s (default 200; 50 all present)")
+    ap.add_argument("--rate", type=float, help="with --sizes: joins/s (200; 50 all present)")
     ap.add_argument("--all-present", action="store_true", help="with --sizes: nobody hidden")
     ap.add_argument("--out", type=Path, default=OUT, help="directory for the .json/.md")
     args = ap.parse_args(argv)
