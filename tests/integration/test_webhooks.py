@@ -159,6 +159,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServe
     started.stop()
 
 
+def position(event: dict[str, Any]) -> tuple[int, int]:
+    """Where the store recorded `event` in its shard's stream (its id ends with it)."""
+    ms, seq = event["id"].rsplit("-", 2)[-2:]
+    return int(ms), int(seq)
+
+
+def assert_in_each_rooms_order(receiver: Receiver) -> None:
+    """Each room's events first arrived in the order the store recorded them (but the two
+    kinds sent when due: a session-data.updated a second after, a meeting.ended after the
+    grace)."""
+    rooms: dict[str, list[dict[str, Any]]] = {}
+    for event in receiver.unique().values():  # (in the order of their first arrival)
+        if event["type"] not in ("session-data.updated", "meeting.ended"):
+            rooms.setdefault(event["payload"]["room"], []).append(event)
+    for room, events in rooms.items():
+        arrived = [(position(e), e["type"]) for e in events]
+        assert arrived == sorted(arrived, key=lambda a: a[0]), (room, arrived)
+
+
 async def test_every_join_leave_and_meeting_start_arrives_signed_once(
     tmp_path: Path, store: RedisServer | RedisCluster, receiver: Receiver
 ) -> None:
@@ -308,30 +327,41 @@ async def test_a_receiver_failing_for_good_fills_the_dead_letters_which_replay(
         node.stop()
 
 
-async def test_a_receiver_down_for_30_s_gets_everything_sent_meanwhile(
+async def test_a_receiver_down_for_30_s_gets_everything_sent_meanwhile_in_each_rooms_order(
     tmp_path: Path, redis: RedisServer, receiver: Receiver
 ) -> None:
     nodes = start_nodes(tmp_path, redis, receiver, 3, webhook_claim_s="5", webhook_timeout_s="2")
     await receiver.stop()  # connection refused from now on
-    clients = [CallClient() for _ in range(9)]
+    # 6 rooms (over several shards), each with a participant on every node
+    clients = [CallClient() for _ in range(18)]
     try:
         down_at = time.monotonic()
         for i, client in enumerate(clients):
-            await client.join(nodes[i % 3].room_url(f"down-{i % 3}"))
+            await client.join(nodes[i // 6].room_url(f"down-{i % 6}"))
         for client in clients[::2]:
             await client.leave()
+        # node-2 dies meanwhile: what it held goes to the others, after what they had
+        os.kill(nodes[2].proc.pid, signal.SIGKILL)
+        for client in clients[12:]:
+            await client.close()
+        for client in clients[1:12:4]:
+            await client.leave()  # after node-2's: later in their rooms
         await asyncio.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
         await receiver.start()
 
         def everything() -> bool:
             kinds = [e["type"] for e in receiver.unique().values()]
-            return kinds.count("participant.joined") == 9 and kinds.count("participant.left") == 5
+            # 9 left, 3 more left, node-2's 3 others lost
+            return kinds.count("participant.joined") == 18 and kinds.count("participant.left") == 15
 
         await wait_for(everything, 20)  # the longest retry delay (2.5 s here) and slack
     finally:
         for client in clients:
-            await client.leave()
+            await client.close()
         for node in nodes:
             node.stop()
-    assert sum(e["type"] == "meeting.started" for e in receiver.unique().values()) == 3
+    assert sum(e["type"] == "meeting.started" for e in receiver.unique().values()) == 6
+    reasons = [e["payload"]["reason"] for e in receiver.of_type("participant.left")]
+    assert reasons.count(LOST) == 3
     assert receiver.bad_signatures == 0
+    assert_in_each_rooms_order(receiver)

@@ -80,11 +80,19 @@ def left(sid: str, reason: str) -> BusEvent:
 
 
 async def read_all(bus: Bus, consumer: str) -> list[Recorded]:
-    found: list[Recorded] = []
+    """Everything waiting, taken by `consumer` (each shard's lease held as a deliverer does)."""
+    queue, found = bus.webhook_queue, []
     async with asyncio.timeout(5):
-        while batch := await bus.webhook_queue.read(consumer, 100):
-            found += batch
+        for shard in range(queue.shards):
+            if (await queue.hold(shard, consumer, consumer, 60_000))[0]:
+                found += (await queue.claim(shard, consumer, 60_000, 1000))[0]
+                while batch := await queue.read(shard, consumer, 100):
+                    found += batch
     return found
+
+
+def shard_in(bus: Bus, room: str) -> int:
+    return 0 if bus.webhook_queue.shards == 1 else shard_of(room)
 
 
 def summary(recorded: list[Recorded], room: str) -> list[tuple[str, str, str]]:
@@ -141,27 +149,64 @@ async def test_session_data_changes_coalesce_until_a_delivery_reads_them(
     assert await a.webhook_queue.session_data("sd") == {"poll": 2, "agenda": 3}
 
 
-async def test_each_event_goes_to_one_consumer_and_a_stale_one_is_taken_over(
+async def test_one_reader_a_shard_and_a_new_one_takes_over_in_stream_order(
     buses: tuple[Bus, Bus],
 ) -> None:
     a, b = buses
-    rooms = [f"room-{i}" for i in range(6)]  # several shards
-    assert len({shard_of(room) for room in rooms}) > 1
-    for room in rooms:
-        await a.publish(room, joined("s1", "ann"))
-    first = await a.webhook_queue.read("c1", 5)
-    rest = await read_all(b, "c2")
-    assert len(first) == 5 and len(first) + len(rest) == 12  # a start and a join per room
-    assert not {r.id for r in first} & {r.id for r in rest}
-    for recorded in rest:
-        await b.webhook_queue.ack(recorded)
-    await b.webhook_queue.touch("c1", first[0])
-    assert await b.webhook_queue.claim_stale("c2", 60_000, 100) == []  # not idle yet
+    qa, qb = a.webhook_queue, b.webhook_queue
+    for i in range(4):
+        await a.publish("order", joined(f"s{i}", f"p{i}"))  # a start and 4 joins, one shard
+    shard = shard_in(a, "order")
+    assert await qa.hold(shard, "n1", "n1/1", 500) == (True, True)
+    assert (await qb.hold(shard, "n2", "n2/1", 60_000))[0] is False  # n1 holds it
+    assert await qb.read(shard, "n2/1", 10) == []  # only the holder reads
+    first = await qa.read(shard, "n1/1", 3)
     await asyncio.sleep(0.3)
-    await a.webhook_queue.touch("c1", first[0])  # still worked on: not taken over
-    stale = await b.webhook_queue.claim_stale("c2", 200, 100)
-    assert sorted(r.id for r in stale) == sorted(r.id for r in first[1:])
-    assert await a.webhook_queue.backlog() == 5
+    await qa.touch(shard, "n1/1", [first[0].position])  # still worked on
+    await asyncio.sleep(0.3)  # n1's lease and membership ran out: a dead or cut-off node
+    assert await qb.hold(shard, "n2", "n2/1", 60_000) == (True, True)
+    assert await qa.read(shard, "n1/1", 10) == []  # the old holder takes nothing new
+    await qa.touch(shard, "n1/1", [first[1].position])  # and keeps nothing (no effect)
+    # first[0] was worked on 0.3 s ago: nothing is taken before all of n1's are idle 0.5 s
+    assert await qb.claim(shard, "n2/1", 500, 10) == ([], False)
+    assert await qb.read(shard, "n2/1", 10) != []  # (a deliverer reads only once caught up)
+    await asyncio.sleep(0.3)
+    claimed, caught_up = await qb.claim(shard, "n2/1", 500, 10)
+    assert caught_up and [r.position for r in claimed] == [r.position for r in first]
+    assert summary(first, "order") == [("s", "", ""), ("j", "s0", ""), ("j", "s1", "")]
+
+
+async def test_a_released_lease_is_taken_over_at_once(buses: tuple[Bus, Bus]) -> None:
+    a, b = buses
+    qa, qb = a.webhook_queue, b.webhook_queue
+    await a.publish("handover", joined("s1", "ann"))
+    shard = shard_in(a, "handover")
+    assert (await qa.hold(shard, "n1", "n1/1", 60_000))[0]
+    taken = await qa.read(shard, "n1/1", 10)
+    await qa.release(shard, "n1", "n1/1", 60_000, leaving=True)
+    assert await qb.hold(shard, "n2", "n2/1", 60_000) == (True, True)
+    claimed, caught_up = await qb.claim(shard, "n2/1", 60_000, 10)
+    assert caught_up and [r.id for r in claimed] == [r.id for r in taken]
+
+
+async def test_stopped_consumers_with_nothing_pending_are_deleted(buses: tuple[Bus, Bus]) -> None:
+    a, b = buses
+    qa, qb = a.webhook_queue, b.webhook_queue
+    await a.publish("gone", joined("s1", "ann"))
+    shard = shard_in(a, "gone")
+    assert (await qa.hold(shard, "n1", "n1/1", 60_000))[0]
+    [start, join] = await qa.read(shard, "n1/1", 10)
+    await qa.ack(start)
+    await qa.release(shard, "n1", "n1/1", 60_000, leaving=True)
+    assert (await qb.hold(shard, "n2", "n2/1", 60_000))[0]
+    assert await qb.claim(shard, "n2/1", 60_000, 10) == ([join], True)
+    await qb.ack(join)
+    assert (await qb.hold(shard, "n2", "n2/2", 60_000))[0] is False  # (n2/1 holds it)
+    await asyncio.sleep(0.3)
+    assert await qa.forget_consumers(shard, "n1/1", 200) == 0  # only the holder deletes
+    assert await qb.forget_consumers(shard, "n2/1", 60_000) == 0  # not idle that long
+    assert await qb.forget_consumers(shard, "n2/1", 200) == 1  # n1/1; the holder stays
+    assert await qb.forget_consumers(shard, "n2/1", 0) == 0
 
 
 async def test_a_dead_letter_is_kept_and_replayed_with_its_id(buses: tuple[Bus, Bus]) -> None:
@@ -190,7 +235,7 @@ async def test_nothing_is_recorded_with_webhooks_off(
     try:
         await bus.publish("off", joined("s1", "ann"))
         await bus.publish("off", left("s1", "left"))
-        assert await bus.webhook_queue.read("c1", 10) == []
+        assert await read_all(bus, "c1") == []
         assert await bus.webhook_queue.backlog() == 0
     finally:
         await bus.close()

@@ -12,8 +12,8 @@ import pytest
 from roomstate.bus import MemoryBus
 from roomstate.crdt import RoomState, Stamp
 from roomstate.webhooks.delivery import retry_delay_s
-from roomstate.webhooks.events import to_event
-from roomstate.webhooks.queue import MemoryWebhookQueue
+from roomstate.webhooks.events import Recorded, to_event
+from roomstate.webhooks.queue import MemoryWebhookQueue, WebhookQueue, preferred
 from roomstate.wire.events import BusEvent
 
 ORIGIN = "n1/inc"
@@ -29,8 +29,14 @@ def left(sid: str, reason: str) -> BusEvent:
     return BusEvent(ORIGIN, 2_000, RoomState(removed={sid}), reason=reason)
 
 
+async def take(queue: WebhookQueue, consumer: str = "c1", count: int = 100) -> list[Recorded]:
+    """What waits, read as the holder of the (one) shard's lease."""
+    assert (await queue.hold(0, consumer, consumer, 60_000))[0]
+    return await queue.read(0, consumer, count)
+
+
 async def kinds(bus: MemoryBus) -> list[tuple[str, str, str]]:
-    taken = await bus.webhook_queue.read("c1", 100)
+    taken = await take(bus.webhook_queue)
     return [(r.fields["k"], r.fields.get("s", ""), r.fields.get("w", "")) for r in taken]
 
 
@@ -56,7 +62,7 @@ async def test_a_left_event_carries_the_info_the_store_held() -> None:
     bus.webhooks = True
     await bus.publish("demo", joined("a", "ann"))
     await bus.publish("demo", left("a", "ejected"))
-    [leave] = [r for r in await bus.webhook_queue.read("c1", 10) if r.fields["k"] == "l"]
+    [leave] = [r for r in await take(bus.webhook_queue) if r.fields["k"] == "l"]
     event = to_event(leave, int(time.time() * 1000))
     assert event["type"] == "participant.left"
     assert event["payload"]["user_name"] == "ann"
@@ -72,7 +78,7 @@ async def test_a_meeting_ends_once_its_room_emptied_and_nobody_came_back() -> No
     await bus.publish("demo", left("a", "left"))
     await bus.publish("demo", joined("b", "bob"))  # within the grace: the same meeting
     await bus.publish("demo", left("b", "left"))
-    recorded = await bus.webhook_queue.read("c1", 10)
+    recorded = await take(bus.webhook_queue)
     assert [r.fields["k"] for r in recorded] == ["s", "j", "l", "e", "j", "l", "e"]
     ends = [r for r in recorded if r.fields["k"] == "e"]
     assert len({r.id for r in ends}) == 1, "one meeting, one meeting.ended id"
@@ -92,10 +98,10 @@ async def test_session_data_changes_coalesce_until_a_delivery_reads_them() -> No
     bus.webhooks = True
     await bus.publish("demo", data({"poll": 1}, 1_000))
     await bus.publish("demo", data({"poll": 2}, 1_001))
-    assert [r.fields["k"] for r in await bus.webhook_queue.read("c1", 10)] == ["d"]
+    assert [r.fields["k"] for r in await take(bus.webhook_queue)] == ["d"]
     assert await bus.webhook_queue.session_data("demo") == {"poll": 2}
     await bus.publish("demo", data({"agenda": 3}, 1_002))  # after the read: recorded again
-    assert [r.fields["k"] for r in await bus.webhook_queue.read("c1", 10)] == ["d"]
+    assert [r.fields["k"] for r in await take(bus.webhook_queue)] == ["d"]
     assert await bus.webhook_queue.session_data("demo") == {"poll": 2, "agenda": 3}
     await bus.close()
 
@@ -103,36 +109,51 @@ async def test_session_data_changes_coalesce_until_a_delivery_reads_them() -> No
 async def test_nothing_is_recorded_with_webhooks_off() -> None:
     bus = MemoryBus(room_grace_s=60)
     await bus.publish("demo", joined("a", "ann"))
-    assert await bus.webhook_queue.read("c1", 10) == []
+    assert await take(bus.webhook_queue) == []
     await bus.close()
 
 
-async def test_each_event_is_handed_out_once_then_taken_over_when_stale() -> None:
+async def test_the_lease_goes_to_the_preferred_member_and_only_its_holder_reads() -> None:
     queue = MemoryWebhookQueue()
     for i in range(3):
         queue.record({"k": "j", "r": "demo", "s": str(i)})
-    first = await queue.read("c1", 2)
-    rest = await queue.read("c2", 10)
-    assert [r.fields["s"] for r in first + rest] == ["0", "1", "2"]
-    assert await queue.read("c2", 10) == []
-    assert await queue.claim_stale("c2", 60_000, 10) == []  # not idle long enough
-    await queue.ack(first[0])
-    stale = await queue.claim_stale("c2", 0, 10)
-    assert [r.fields["s"] for r in stale] == ["1", "2"]
-    assert await queue.backlog() == 2
+    members = ["n1", "n2", "n3"]
+    first = preferred(members, queue.SALT)
+    others = [m for m in members if m != first]
+    assert await queue.hold(0, others[0], f"{others[0]}/1", 60_000) == (True, True)  # alone
+    assert (await queue.hold(0, others[1], f"{others[1]}/1", 60_000))[0] is False
+    assert await queue.hold(0, str(first), f"{first}/1", 60_000) == (False, True)
+    assert await queue.hold(0, others[0], f"{others[0]}/1", 60_000) == (True, False)  # to hand on
+    assert await queue.read(0, f"{first}/1", 10) == []  # held by others[0]
+    taken = await queue.read(0, f"{others[0]}/1", 2)
+    assert [r.fields["s"] for r in taken] == ["0", "1"]
+    # the holder hands it on (nothing in hand): the preferred one takes it and what was pending
+    await queue.release(0, others[0], f"{others[0]}/1", 60_000, leaving=False)
+    assert await queue.hold(0, str(first), f"{first}/1", 60_000) == (True, True)
+    claimed, caught_up = await queue.claim(0, f"{first}/1", 60_000, 10)
+    assert [r.fields["s"] for r in claimed] == ["0", "1"] and caught_up
+    assert [r.fields["s"] for r in await queue.read(0, f"{first}/1", 10)] == ["2"]
+    assert await queue.backlog() == 3
+
+
+def test_rendezvous_moves_only_the_shards_of_a_member_that_comes_or_goes() -> None:
+    three = {f"s{k}": preferred(["a", "b", "c"], f"s{k}") for k in range(64)}
+    two = {f"s{k}": preferred(["a", "b"], f"s{k}") for k in range(64)}
+    assert {three[s] for s in three} == {"a", "b", "c"}
+    assert all(two[s] == three[s] for s in three if three[s] != "c")
 
 
 async def test_a_dead_letter_is_kept_and_replayed_with_its_first_id() -> None:
     queue = MemoryWebhookQueue()
     queue.record({"k": "j", "r": "demo", "s": "a"})
-    [recorded] = await queue.read("c1", 1)
+    [recorded] = await take(queue, count=1)
     await queue.dead_letter(recorded, "http://x answered 500")
     [dead] = await queue.dead_letters(10)
     assert dead.error == "http://x answered 500" and dead.recorded == recorded
     assert await queue.backlog() == 0
     assert await queue.replay(dead.id)
     assert not await queue.replay(dead.id)
-    [again] = await queue.read("c1", 1)
+    [again] = await take(queue, count=1)
     assert again.position != recorded.position and again.id == recorded.id
     assert await queue.dead_letters(10) == []
 

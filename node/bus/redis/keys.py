@@ -11,6 +11,8 @@ Lua script can merge a delta into the state, append the event and publish it ato
     rs:{rs<k>}:wh              stream of shard k's webhook events, recorded by PUBLISH (when
                                webhooks are on); read by the fleet's consumer group
     rs:{rs<k>}:wh:dead         shard k's webhook events whose delivery gave up: dead letters
+    rs:{rs<k>}:wh:lease        the consumer that alone reads shard k's webhook stream, with a TTL
+    rs:{rs<k>}:wh:nodes        sorted set: the live webhook deliverers -> until when (ms)
     rs:lease:<node id>         the node's lease: its incarnation, with a TTL (standalone Redis)
     rs:{rs<k>}:lease:<node id> in a Cluster, a copy per shard: a dead master hides only the
                                copies of its own shards, whose rooms it also holds
@@ -37,6 +39,8 @@ __all__ = [
     "state_key",
     "webhook_dead_key",
     "webhook_key",
+    "webhook_lease_key",
+    "webhook_nodes_key",
 ]
 
 SHARDS = 16  # shards (hash tags) rooms are spread over (Cluster slots; a lease copy each)
@@ -106,3 +110,13 @@ def webhook_key(shard: int) -> str:
 def webhook_dead_key(shard: int) -> str:
     """Shard `shard`'s dead letters: webhook events whose delivery gave up."""
     return f"rs:{hash_tag(shard)}:wh:dead"
+
+
+def webhook_lease_key(shard: int) -> str:
+    """Shard `shard`'s webhook reader lease: the one consumer that reads its webhook stream."""
+    return f"rs:{hash_tag(shard)}:wh:lease"
+
+
+def webhook_nodes_key(shard: int) -> str:
+    """The live webhook deliverers, as shard `shard` sees them: who its lease should go to."""
+    return f"rs:{hash_tag(shard)}:wh:nodes"

@@ -26,9 +26,9 @@ Lua's `<` on strings follows the server's locale.
 
 from __future__ import annotations
 
-__all__ = ["PUBLISH", "PUBLISH_MESSAGE", "RENEW_LEASE", "SESSION_DATA_READ", "SNAPSHOT"]
+__all__ = ["LT", "PUBLISH", "PUBLISH_MESSAGE", "RENEW_LEASE", "SESSION_DATA_READ", "SNAPSHOT"]
 
-_COMMON = """
+LT = """
 local function lt(a, b)  -- byte-wise a < b, whatever the locale
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -37,12 +37,17 @@ local function lt(a, b)  -- byte-wise a < b, whatever the locale
   end
   return #a < #b
 end
+"""
 
+_COMMON = (
+    LT
+    + """
 local function split(v)  -- "<stamp> <payload>" -> stamp, payload
   local i = string.find(v, " ", 1, true)
   return string.sub(v, 1, i - 1), string.sub(v, i + 1)
 end
 """
+)
 
 _FENCE = """
 -- Fencing: KEYS[4] is the writer's lease, ARGV[4] the incarnation that wrote the event ("" for
