@@ -23,10 +23,11 @@ import pytest
 from aiohttp import web
 
 from deploy.local.servers import RedisCluster, RedisServer, free_port
+from roomstate.auth import make_token
 from roomstate.bus.redis.keys import SHARDS, webhook_key
 from roomstate.sdk.client import CallClient
 
-from .conftest import FAST, NodeProcess, start_node
+from .conftest import API_KEY, FAST, NodeProcess, start_node
 
 pytestmark = pytest.mark.integration
 
@@ -182,12 +183,14 @@ async def test_every_join_leave_and_meeting_start_arrives_signed_once(
     tmp_path: Path, store: RedisServer | RedisCluster, receiver: Receiver
 ) -> None:
     # (a 2 s claim timeout: a meeting.ended in its room's grace is looked at again that soon)
-    nodes = start_nodes(tmp_path, store, receiver, 3, webhook_claim_s="2", webhook_timeout_s="1")
+    timeouts = {"webhook_claim_s": "2", "webhook_timeout_s": "1"}
+    nodes = start_nodes(tmp_path, store, receiver, 3, api_key=API_KEY, **timeouts)
     clients = [CallClient() for _ in range(6)]
     try:
         sids: list[str] = []
-        for i, client in enumerate(clients):
-            await client.join(nodes[i % 3].room_url("hooks"), user_name=f"user-{i}")
+        for i, client in enumerate(clients):  # user-0 owns the room
+            token = make_token(API_KEY, "hooks", user_name=f"user-{i}", owner=i == 0)
+            await client.join(nodes[i % 3].room_url("hooks"), token=token)
             sids.append(str(client.session_id))
         await wait_for(lambda: len(receiver.of("participant.joined", "hooks")) == 6, 10)
         for i in range(10):  # coalesced: one session-data.updated a second at most
@@ -199,10 +202,14 @@ async def test_every_join_leave_and_meeting_start_arrives_signed_once(
             return any(u["payload"]["meeting_session_data"] == {"poll": 9} for u in updates)
 
         await wait_for(final_data, 10)
-        for client in clients[:3]:
-            await client.leave()
-        for client in clients[3:]:
+        await clients[1].leave()
+        await clients[0].update_participant(sids[2], {"eject": True})  # held by node-2
+        for client in clients[3:5]:
             await client.close()  # dropped: they leave as "disconnected" after resume grace
+        await wait_for(lambda: len(receiver.of("participant.left", "hooks")) == 4, 15)
+        nodes[2].proc.terminate()  # user-5 leaves with it; it hands its leases on
+        assert nodes[2].proc.wait(15) == 0
+        await clients[0].leave()
         await wait_for(lambda: len(receiver.of("participant.left", "hooks")) == 6, 15)
         emptied_at = time.time()
         # ended once the room's grace (1.5 s) passed: within a claim timeout or two after
@@ -210,7 +217,7 @@ async def test_every_join_leave_and_meeting_start_arrives_signed_once(
         await asyncio.sleep(1)  # anything sent twice by then is dropped by id
     finally:
         for client in clients:
-            await client.leave()
+            await client.close()
         for node in nodes:
             node.stop()
     assert receiver.bad_signatures == 0
@@ -226,14 +233,22 @@ async def test_every_join_leave_and_meeting_start_arrives_signed_once(
     joined = receiver.of("participant.joined", "hooks")
     assert sorted(e["payload"]["session_id"] for e in joined) == sorted(sids)
     assert {e["payload"]["user_name"] for e in joined} == {f"user-{i}" for i in range(6)}
+    assert [e["payload"]["owner"] for e in joined if e["payload"]["session_id"] == sids[0]] == [
+        True
+    ]
     left = receiver.of("participant.left", "hooks")
     reasons = {e["payload"]["session_id"]: e["payload"]["reason"] for e in left}
     assert reasons == {
-        **dict.fromkeys(sids[:3], "left"),
-        **dict.fromkeys(sids[3:], "disconnected"),
-    }
+        sids[0]: "left",
+        sids[1]: "left",
+        sids[2]: "ejected",
+        sids[3]: "disconnected",
+        sids[4]: "disconnected",
+        sids[5]: "node-shutdown",
+    }  # ("node-lost": the kill test)
     assert all(e["payload"]["duration"] >= 0 for e in left)
     assert all(e["version"] == "1.0.0" and e["event_ts"] > 0 for e in receiver.got)
+    assert_in_each_rooms_order(receiver)
 
 
 async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
