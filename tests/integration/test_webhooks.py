@@ -262,6 +262,7 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
     try:
         for i, client in enumerate(clients[:30]):  # 30 rooms: spread over the shards and lanes
             await client.join(nodes[0].room_url(f"kill-{i}"))
+        await clients[0].set_meeting_session_data({"poll": "final"})  # its update: claimed too
         # (generous: on a loaded machine the first deliveries can take a while to be claimed)
         await wait_for(lambda: pending_of(redis, "node-0") > 0, 30)
         nodes += start_nodes(tmp_path, redis, receiver, 2, first=1, extra=timeouts)
@@ -289,6 +290,8 @@ async def test_a_killed_nodes_claimed_deliveries_are_made_by_another_node(
             return lost <= {e["payload"]["room"] for e in left if e["payload"]["reason"] == LOST}
 
         await wait_for(all_lost, 20)  # the lease's 5 s, the other nodes' check, delivery
+        updates = receiver.of("session-data.updated", "kill-0")
+        assert [u["payload"]["meeting_session_data"] for u in updates] == [{"poll": "final"}]
     finally:
         for client in clients:
             await client.close()
