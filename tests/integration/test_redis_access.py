@@ -5,6 +5,7 @@ certificates are made with openssl for each module."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -12,13 +13,23 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from deploy.local.servers import RedisCluster, RedisServer, TlsFiles, make_tls_files, track
+from deploy.local.servers import (
+    RedisCluster,
+    RedisServer,
+    TlsFiles,
+    free_port,
+    make_tls_files,
+    track,
+)
 from roomstate.auth import make_token
 from roomstate.bus.redis.bus import RedisBus
 from roomstate.errors import BusError
@@ -132,10 +143,14 @@ async def test_a_node_on_a_tls_cluster_as_the_acl_user_serves_rest(
     """The same on a Cluster: TLS only, the default user off on every server, the node's user
     with what the docs add for a Cluster; credentials in settings, the password from a file."""
     (tmp_path / "redis-password").write_text(NODE_PASSWORD)
+    receiver = webhook_receiver()
+    hook_url, got = await anext(receiver)
     env = {
         "ROOMSTATE_API_KEY": API_KEY,
         "ROOMSTATE_REDIS_USERNAME": NODE_USER,
         "ROOMSTATE_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"),
+        "ROOMSTATE_WEBHOOK_URL": hook_url,  # (webhooks on: their commands are allowed too)
+        "ROOMSTATE_WEBHOOK_SECRET": base64.b64encode(b"acl-webhook-key-0123456789").decode(),
     }
     node = start_json_node(
         tmp_path, env, "--redis-cluster", tls_cluster.seeds, "--redis-tls-ca", str(tls.ca)
@@ -146,11 +161,35 @@ async def test_a_node_on_a_tls_cluster_as_the_acl_user_serves_rest(
             written = {"data": {"on": "cluster"}}
             assert await rest.set_session_data(room, {"on": "cluster"}) == written
             assert await rest.get_session_data(room) == written
+        async with asyncio.timeout(10):  # its session-data.updated
+            while not got:
+                await asyncio.sleep(0.1)
     finally:
         assert node.stop() == 0
+        await receiver.aclose()
     assert all(isinstance(json.loads(line), dict) for line in node.lines())
     for server in tls_cluster.servers:
         assert denials(server) == []
+
+
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP endpoint that keeps the webhook events it gets (answering 200)."""
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", got
+    finally:
+        await runner.cleanup()
 
 
 async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_upkeep(
@@ -161,10 +200,17 @@ async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_u
     room: str,
     clients: list[CallClient],
 ) -> None:
-    """Credentials in settings (the password from a file), a client certificate: every part of
-    the bus works with exactly the documented rule, and Redis refused nothing."""
+    """Credentials in settings (the password from a file), a client certificate, webhooks on:
+    every part of the bus works with exactly the documented rule, and Redis refused nothing."""
     (tmp_path / "redis-password").write_text(NODE_PASSWORD)
+    receiver = webhook_receiver()
+    hook_url, got = await anext(receiver)
     env = {
+        "ROOMSTATE_WEBHOOK_URL": hook_url,
+        "ROOMSTATE_WEBHOOK_SECRET": base64.b64encode(b"acl-webhook-key-0123456789").decode(),
+        # (short: leases change hands, claims and clean-ups run, within the test)
+        "ROOMSTATE_WEBHOOK_CLAIM_S": "2",
+        "ROOMSTATE_WEBHOOK_TIMEOUT_S": "1",
         "ROOMSTATE_API_KEY": API_KEY,
         "ROOMSTATE_REDIS": f"rediss://127.0.0.1:{acl_redis.port}/0",
         "ROOMSTATE_REDIS_USERNAME": "roomstate",
@@ -202,9 +248,18 @@ async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_u
         async with asyncio.timeout(15):
             while any(p.get("user_name") == "ann" for p in bob.participants().values()):
                 await asyncio.sleep(0.1)
+        async with asyncio.timeout(15):  # B delivers A's shards' events too, then its own
+            while not any(e["payload"].get("reason") == "node-lost" for e in got):
+                await asyncio.sleep(0.1)
+        async with http.get(
+            f"{b.url}/v1/webhooks/dead-letters", headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as response:
+            assert response.status == 200
     finally:
         a.stop()
         b.stop()
+        await receiver.aclose()
+    assert {"participant.joined", "participant.left"} <= {e["type"] for e in got}
     assert denials(acl_redis) == []
 
 
