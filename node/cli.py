@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from roomstate.allocator import keep_heap_top
 from roomstate.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -203,6 +204,7 @@ def _serve(args: argparse.Namespace, serve_args: list[str]) -> None:
 
         # the workers parse the same options; the supervisor appends what differs per worker
         sys.exit(supervise(settings, serve_args, json_logs))
+    keep_heap_top()
     thresholds = settings.gc_threshold_values()
     if thresholds is not None:
         gc.set_threshold(*thresholds)
