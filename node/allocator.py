@@ -4,7 +4,7 @@ A node builds large frames and frees them at once: a `joined` roster of thousand
 participants is hundreds of KB, built in a few steps. glibc gives the free memory at the top of
 its heap back to the system as soon as there is more than its trim threshold, and the next
 large frame faults every page in again; on a virtual machine the faults cost ten times the
-copying (docs/decisions/0018-membership-window-1-ms-and-heap-pad.md). `M_TOP_PAD` keeps that
+copying (docs/decisions/0019-membership-window-1-ms-and-heap-pad.md). `M_TOP_PAD` keeps that
 much free memory at the top of the heap instead: bounded RSS for joins that cost what their
 bytes do.
 """

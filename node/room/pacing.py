@@ -116,7 +116,7 @@ class Pending:
 # A storm's batch frame costs the node a write per local participant. Scaling the window with
 # them (1 ms each: 200 local participants, a frame each 200 ms) holds a storm near 1,000 writes
 # a second per room; from 1,000 local participants the window stays at 1 s, the pace of the
-# counts (docs/decisions/0018-membership-window-1-ms-and-heap-pad.md).
+# counts (docs/decisions/0019-membership-window-1-ms-and-heap-pad.md).
 WINDOW_MS_PER_RECIPIENT = 1.0
 MAX_WINDOW_MS = 1000
 
