@@ -136,24 +136,34 @@ class EventBatch:
         self.events: list[Pending] = []
         self.window_ms = window_ms  # the shortest window; 0: one batch per loop turn
         self.length = window_ms  # the open window's (`window_for` when it opened)
+        self.owners_length = window_ms  # the owners' window, for owners-only events
         self.since: int | None = None  # when the open batch began; None: quiet, send at once
+        self._everyone = False  # an event for everyone is waiting
         self._tick = 0
+
+    def _length(self) -> int:
+        # Events for the owners only (raised hands) never wait longer than the owners' window,
+        # even in a window a storm opened for everyone.
+        if self.events and not self._everyone:
+            return min(self.length, self.owners_length)
+        return self.length
 
     def closes_at(self) -> int | None:
         """When the open batch is due to go out (None: no batch is open)."""
-        return None if self.since is None else self.since + self.length
+        return None if self.since is None else self.since + self._length()
 
     def over(self, now_ms: int) -> bool:
         """Whether the open batch's window has passed (a batch of one turn ends by `close`)."""
-        return self.length > 0 and self.since is not None and now_ms >= self.since + self.length
+        length = self._length()
+        return length > 0 and self.since is not None and now_ms >= self.since + length
 
     def open(self, now_ms: int, local: int, owners: int) -> None:
         """A batch begins now, in a room with `local` local participants, `owners` of them
         owners: its window is as long as its events' recipients make it (a storm of raised
         hands, for the owners only, keeps the shortest)."""
-        everyone = any(not e.owners_only for e in self.events)
         self.since = now_ms
-        self.length = window_for(self.window_ms, local if everyone else owners)
+        self.owners_length = window_for(self.window_ms, owners)
+        self.length = window_for(self.window_ms, local) if self._everyone else self.owners_length
 
     def close(self, now_ms: int, local: int, owners: int) -> None:
         """The open batch goes out: a window that had events opens the next one (a storm goes
@@ -171,6 +181,7 @@ class EventBatch:
 
     def add(self, subject: str, frame: bytes, owners_only: bool) -> None:
         self.events.append(Pending(self.tick(), subject, frame, owners_only))
+        self._everyone = self._everyone or not owners_only
 
     def flush(self, local: dict[str, int], owners: Container[str], out: Output) -> None:
         """Send the pending events to `local` (session id -> its tick, in tick order), owners
@@ -180,6 +191,7 @@ class EventBatch:
         if not events:
             return
         self.events = []
+        self._everyone = False
         first = events[0].tick
         late: list[tuple[str, int]] = []
         for sid, tick in reversed(local.items()):

@@ -338,3 +338,20 @@ def test_raised_hands_for_the_owners_keep_the_shortest_window_in_a_large_room() 
     assert room.next_deadline() == 1100
     room.poll(1100)
     assert room.next_deadline() == 1100 + 1000
+
+
+def test_a_raised_hand_after_a_storm_is_not_held_for_the_storms_window() -> None:
+    room = make_room(RoomConfig(membership_batch_ms=50, counts_interval_ms=60_000))
+    settled(room, 0, ("host", False, True))
+    for n in range(1000):
+        join(room, f"h{n}", 0, hidden=True)
+    room.poll(0)
+    join(room, "a", 1000)  # at once; a storm's window for everyone opens (1,002 local: 1 s)
+    join(room, "b", 1100)
+    assert room.next_deadline() == 2000
+    room.poll(2000)  # b goes out; the storm's next window is open for 1 s
+    assert room.next_deadline() == 3000
+    room.set_user_data("h1", {"hand": True}, 2100)
+    assert room.next_deadline() == 2050, "owners-only events wait the owners' window at most"
+    sent = [(r, f["type"]) for r, f in frames(room.poll(2100))]
+    assert sent == [(["host"], "participant-updated")]
