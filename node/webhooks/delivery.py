@@ -97,8 +97,9 @@ class Deliverer:
         self._lanes: list[asyncio.Queue[tuple[Recorded, str]]] = [
             asyncio.Queue() for _ in range(settings.webhook_concurrency)
         ]
-        # the events taken, by (shard, position): in a lane, or waiting to be due
-        self._held: dict[tuple[int, str], Recorded] = {}
+        # the events taken, by (shard, position): in a lane, or waiting to be due; the consumer
+        # (lease tenure) each was taken as
+        self._held: dict[tuple[int, str], str] = {}
         self._leases: dict[int, _Lease] = {}  # the shards this node reads
         self._tenure = 0  # leases taken so far (each tenure's consumer is named after it)
         self._rounds = 0
@@ -168,9 +169,11 @@ class Deliverer:
     def _enqueue(self, taken: list[tuple[Recorded, str]]) -> None:
         for recorded, consumer in taken:
             where = (recorded.shard, recorded.position)
-            if where in self._held:
+            if self._held.get(where) == consumer:
                 continue  # already in a lane
-            self._held[where] = recorded
+            # (taken again by a new tenure of the lease: the earlier tenure's copy, still in a
+            # lane, is left there unsent; this one goes behind it, before the newer events)
+            self._held[where] = consumer
             lane = zlib.crc32(recorded.room.encode()) % len(self._lanes)
             self._lanes[lane].put_nowait((recorded, consumer))
 
@@ -211,7 +214,10 @@ class Deliverer:
                 del self._leases[shard]
                 await self.queue.release(shard, self.member, consumer, idle_ms, leaving=False)
             return []
-        await self.queue.touch(shard, consumer, [p for s, p in self._held if s == shard])
+        # Only this tenure's: touching an earlier one's would move it to this consumer, where
+        # nothing sends it until it is idle, after the room's newer events.
+        mine = [p for (s, p), c in self._held.items() if s == shard and c == consumer]
+        await self.queue.touch(shard, consumer, mine)
         if self._rounds % 4 == 0:  # about once a claim timeout
             await self.queue.forget_consumers(shard, consumer, FORGET_CLAIMS * idle_ms)
         if free <= 0:
@@ -248,7 +254,8 @@ class Deliverer:
                     log.exception("webhook event %s", recorded.position)
                     break
             if later is None:
-                self._held.pop((recorded.shard, recorded.position), None)
+                if self._held.get((recorded.shard, recorded.position)) == consumer:
+                    del self._held[recorded.shard, recorded.position]
             else:  # not due yet: back in its lane then (the room's later events go on)
                 loop.call_later(later, lane.put_nowait, (recorded, consumer))
 
