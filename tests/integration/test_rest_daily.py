@@ -337,5 +337,7 @@ async def test_the_served_openapi_document_is_the_packaged_file(
         "POST /v1/rooms/{room}/session-data",
         "POST /v1/meeting-tokens",
         "GET /v1/meeting-tokens/{token}",
+        "GET /v1/webhooks/dead-letters",
+        "POST /v1/webhooks/dead-letters/{id}/replay",
         "GET /v1/openapi.json",
     }
