@@ -7,14 +7,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from aiohttp import web
 
-from deploy.local.servers import track
+from deploy.local.servers import free_port, track
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-api-key-0123456789abcdef0123456789"
@@ -110,3 +112,23 @@ def listening_pids(root_pid: int, port: int) -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return pids
+
+
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP endpoint that keeps the webhook events it gets (answering 200)."""
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", got
+    finally:
+        await runner.cleanup()

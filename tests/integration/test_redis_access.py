@@ -13,20 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from deploy.local.servers import (
     RedisCluster,
     RedisServer,
     TlsFiles,
-    free_port,
     make_tls_files,
     track,
 )
@@ -37,7 +33,7 @@ from roomstate.sdk.client import CallClient
 from roomstate.sdk.rest import RestClient
 from roomstate.settings import Settings
 
-from .conftest import API_KEY, FAST, ROOT, listening_pids
+from .conftest import API_KEY, FAST, ROOT, listening_pids, webhook_receiver
 from .secure_redis import NODE_PASSWORD, NODE_USER, acl_redis, denials, tls, tls_cluster
 
 __all__ = ["acl_redis", "tls", "tls_cluster"]  # fixtures
@@ -170,26 +166,6 @@ async def test_a_node_on_a_tls_cluster_as_the_acl_user_serves_rest(
     assert all(isinstance(json.loads(line), dict) for line in node.lines())
     for server in tls_cluster.servers:
         assert denials(server) == []
-
-
-async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """An HTTP endpoint that keeps the webhook events it gets (answering 200)."""
-    got: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/hook", got
-    finally:
-        await runner.cleanup()
 
 
 async def test_two_nodes_as_the_documented_acl_user_join_write_read_resume_and_upkeep(

@@ -8,11 +8,8 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
-from aiohttp import web
 
-from deploy.local.servers import free_port
 from roomstate.bus import MemoryBus
 from roomstate.crdt import RoomState, Stamp
 from roomstate.metrics import WebhookMetrics
@@ -20,6 +17,8 @@ from roomstate.settings import Settings
 from roomstate.webhooks.delivery import HELD_PER_LANE, Deliverer
 from roomstate.webhooks.queue import preferred
 from roomstate.wire.events import BusEvent
+
+from .conftest import webhook_receiver
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +34,8 @@ def joined(sid: str) -> BusEvent:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(orjson.loads(await request.read()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/hook", got
-    await runner.cleanup()
+    async for endpoint in webhook_receiver():
+        yield endpoint
 
 
 async def test_a_lease_lost_and_taken_again_keeps_the_room_s_order_of_events_in_hand(
